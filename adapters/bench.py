@@ -1,0 +1,200 @@
+"""`journey bench` (SPEC §8): a realistic synthetic event mix through the engine, timed.
+
+Events are generated on the fly (generation is not timed) and spread over 30 virtual days, so
+timers, windows and time-driven segments fire as they would in production.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from journey_engine.compiler import CompiledWorkspace
+from journey_engine.engine import Engine, Outcome
+from journey_engine.events import Event
+from journey_engine.ports import Store
+from journey_engine.runtime import MemoryStore, Runtime
+
+START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+SPAN = timedelta(days=30)
+ZONES = ["Europe/Berlin", "America/New_York", "Asia/Seoul", "Europe/London", "UTC"]
+# (event, share): a product-analytics-like mix; page views and feature use dominate, orders are rare
+MIX = [("Feature Used", 0.30), ("Page Viewed", 0.25), ("Application Opened", 0.14), ("Product Added", 0.12),
+       ("Checkout Started", 0.05), ("Order Completed", 0.03), ("identify", 0.11)]
+
+
+class Progress(Protocol):
+    def print(self, *objects: Any, **kwargs: Any) -> None: ...
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.records = 0
+        self.sends = 0
+        self.timers = 0
+
+    def __call__(self, outcome: Outcome) -> None:
+        self.records += len(outcome.records)
+        self.sends += len(outcome.sends)
+        for r in outcome.records:
+            if r["kind"] == "transition" and r["trigger"] in _TIMER_TRIGGERS:
+                self.timers += 1
+
+
+_TIMER_TRIGGERS = frozenset({"after", "at"})
+
+
+def _identify(rng: random.Random, user: str, at: datetime, first: bool) -> Event:
+    if first:
+        traits: dict[str, Any] = {"email": f"{user}@example.com", "timezone": rng.choice(ZONES),
+                                  "first_name": f"N{user[1:]}", "created_at": at, "onboarding_step": "profile"}
+        if rng.random() < 0.5:
+            traits["push_token"] = f"tok-{user}"
+        if rng.random() < 0.1:
+            traits["locale"] = "de-DE"
+    else:
+        traits = {"onboarding_step": rng.choice(["profile", "team", "completed"])}
+    return Event(type="identify", user_id=user, traits=traits, timestamp=at)
+
+
+def _event(rng: random.Random, users: int, at: datetime, names: list[str], weights: list[float]) -> Event:
+    user = f"u{rng.randrange(users)}"
+    name = rng.choices(names, weights)[0]
+    if name == "identify":
+        return _identify(rng, user, at, False)
+    properties: dict[str, Any] = {}
+    if name == "Product Added":
+        properties = {"cartId": f"c{rng.randrange(3)}", "price": rng.choice([9, 25, 60, 150]), "name": "x"}
+    elif name == "Order Completed":
+        properties = {"revenue": rng.choice([20, 45, 90, 300])}
+    return Event(type="track", user_id=user, name=name, properties=properties, timestamp=at,
+                 message_id=f"m{rng.getrandbits(64):x}")
+
+
+def _reachable(obj: Any, seen: dict[int, Any]) -> None:
+    """Every object `obj` holds, itself included, into `seen` (id -> object)."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen or item is None or isinstance(item, bool | type):
+            continue
+        seen[id(item)] = item
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+        elif hasattr(item, "__slots__"):
+            stack.extend(getattr(item, name, None) for name in item.__slots__)
+
+
+def _bytes_per_user(store: MemoryStore, rng: random.Random, sample: int = 2000) -> tuple[int, int]:
+    """Mean bytes a sampled profile holds, journey instances and timers included: (shared, strict).
+
+    `shared` splits an object several profiles hold between them (metric and trait names, journey and
+    state names, shared defaults and small numbers cost next to nothing per user; trait values and
+    everything else a user has alone count in full). `strict` counts every object in full for every
+    profile that holds it, as this benchmark first did (all but three interned names).
+    """
+    users = list(store.profiles.values())
+    chosen = rng.sample(users, min(sample, len(users)))
+    if not chosen:
+        return 0, 0
+    held = []
+    holders: dict[int, int] = {}
+    for profile in chosen:
+        seen: dict[int, Any] = {}
+        _reachable(profile, seen)
+        held.append(seen)
+        for key in seen:
+            holders[key] = holders.get(key, 0) + 1
+    shared = sum(sys.getsizeof(o) / holders[k] for seen in held for k, o in seen.items())
+    names = {id(sys.intern(name)) for name in ("Feature Used", "email", "onboarding")}
+    strict = sum(sys.getsizeof(o) for seen in held for k, o in seen.items() if k not in names)
+    return round(shared / len(chosen)), round(strict / len(chosen))
+
+
+def events_stream(users: int, events: int, seed: int) -> Iterator[Event]:
+    """The synthetic stream: everyone identifies and signs up first, then the mix, over 30 days."""
+    rng = random.Random(seed)
+    names = [n for n, _ in MIX]
+    weights = [w for _, w in MIX]
+    step = SPAN / max(events, 1)
+    for i in range(events):
+        at = START + step * i
+        if i < 2 * users:  # one active journey each
+            user = f"u{i // 2}"
+            yield _identify(rng, user, at, True) if i % 2 == 0 else Event(
+                type="track", user_id=user, name="Signed Up", timestamp=at, message_id=f"s{i}")
+        else:
+            yield _event(rng, users, at, names, weights)
+
+
+def run_bench(compiled: CompiledWorkspace, *, users: int, events: int, seed: int = 1, store: Store | None = None,
+              batch: int = 1, progress: Progress | None = None) -> dict[str, Any]:
+    """Process the stream through `store` in batches of `batch` events (one commit each).
+
+    Latency is from the start of a batch to its commit: every event of the batch is acknowledged
+    then, so it bounds each event's wait once the batch is formed.
+    """
+    counter = _Counter()
+    memory = store is None
+    target: Store = MemoryStore() if store is None else store
+    runtime = Runtime(Engine(compiled, seed=seed), target, sink=counter, claim=1 if memory else 500)
+    gc.collect()
+    rss_before = _rss_mb()
+    latencies: list[float] = []
+    busy = 0.0
+    clock = time.perf_counter
+    pending: list[Event] = []
+    done = 0
+    last = START
+    for event in events_stream(users, events, seed):
+        pending.append(event)
+        if len(pending) < batch:
+            continue
+        began = clock()
+        runtime.advance(pending[0].timestamp)
+        runtime.process(pending)
+        spent = clock() - began
+        busy += spent
+        latencies.append(spent)
+        done += len(pending)
+        last = pending[-1].timestamp
+        pending = []
+        if progress is not None and done % 100_000 < batch:
+            progress.print(f"{done:>9} events  {done / busy:,.0f}/s")
+    if pending:
+        began = clock()
+        runtime.process(pending)
+        busy += clock() - began
+    began = clock()
+    runtime.advance(last)
+    drain = clock() - began
+    latencies.sort()
+    report: dict[str, Any] = {
+        "events": events, "users": users, "batch": batch, "seconds": round(busy + drain, 3),
+        "events_per_s": round(events / busy) if busy else 0,
+        "p50_ms": round(latencies[len(latencies) // 2] * 1000, 3) if latencies else 0,
+        "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 3) if latencies else 0,
+        "timers_fired": counter.timers,
+        "timers_fired_per_s": round(counter.timers / (busy + drain)) if busy + drain else 0,
+        "sends": counter.sends, "trace_records": counter.records,
+        "rss_mb": round(_rss_mb(), 1),
+        "rss_growth_mb": round(_rss_mb() - rss_before, 1),
+    }
+    if isinstance(target, MemoryStore):
+        report["bytes_per_user"], report["bytes_per_user_strict"] = _bytes_per_user(target, random.Random(seed))
+    return report

@@ -1,0 +1,458 @@
+"""The `journey` command (SPEC §7): wiring of the core and adapters from flags and environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from journey_engine.errors import JourneyError, ScenarioError, UnknownJourneyError, WorkspaceError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="An adaptive customer-journey engine: journeys as YAML state machines.")
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", "-w", help="workspace folder "
+                                                   "(default: $JOURNEY_WORKSPACE or journeys/)")]
+
+
+DatabaseOpt = Annotated[str | None, typer.Option("--database", "-d", help="database URL (default: "
+                                                 "$JOURNEY_DATABASE_URL or sqlite:///journey.db)")]
+
+
+def _database(url: str | None) -> str:
+    from adapters.storage.sql import DEFAULT_URL
+
+    return url or os.environ.get("JOURNEY_DATABASE_URL") or DEFAULT_URL
+
+
+def _open_store(url: str | None, defaults: dict[str, object] | None = None):  # type: ignore[no-untyped-def]
+    from adapters.storage.sql import SqlStore
+    from journey_engine.ports import StoreUnavailable, StoreVersionError
+
+    try:
+        return SqlStore(_database(url), defaults=dict(defaults or {}))
+    except (StoreUnavailable, StoreVersionError) as exc:
+        err.print(f"[red]{exc}[/red]", soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _workspace(path: Path | None) -> Path:
+    return path or Path(os.environ.get("JOURNEY_WORKSPACE", "journeys"))
+
+
+def _load(path: Path):  # type: ignore[no-untyped-def]
+    from journey_engine.compiler import load_workspace
+
+    try:
+        return load_workspace(path)
+    except WorkspaceError as exc:
+        _problems(exc)
+        raise typer.Exit(2) from None
+
+
+def _problems(exc: WorkspaceError) -> None:
+    for p in exc.problems:
+        style = "red" if p.severity == "error" else "yellow"
+        err.print(f"[{style}]{p}[/{style}]", soft_wrap=True)
+    errors = sum(p.severity == "error" for p in exc.problems)
+    err.print(f"{errors} error(s), {len(exc.problems) - errors} warning(s)")
+
+
+@app.command()
+def validate(workspace: Annotated[Path | None, typer.Argument(help="workspace folder")] = None) -> None:
+    """Load and lint a workspace; print every problem as file:line:col; exit 1 on error."""
+    from journey_engine.compiler import load_workspace
+
+    root = _workspace(workspace)
+    try:
+        compiled = load_workspace(root)
+    except WorkspaceError as exc:
+        _problems(exc)
+        raise typer.Exit(1) from None
+    for p in compiled.warnings:
+        err.print(f"[yellow]{p}[/yellow]", soft_wrap=True)
+    ws = compiled.workspace
+    out.print(f"[green]ok[/green] {root}: {len(ws.journeys)} journeys, {len(ws.messages)} messages, "
+              f"{len(ws.segments)} segments, {len(ws.metrics)} metrics, {len(compiled.warnings)} warning(s)")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of a workspace file, for editors to complete and check journey files."""
+    from journey_engine.model import WorkspaceFile
+
+    document = WorkspaceFile.model_json_schema(by_alias=True)
+    document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    document["title"] = "journey-engine workspace file"
+    out.print_json(json.dumps(document))
+
+
+@app.command()
+def graph(journey: Annotated[str, typer.Argument(help="journey name")],
+          format: Annotated[str, typer.Option("--format", "-f", help="mermaid | dot | svg")] = "mermaid",
+          workspace: WorkspaceOpt = None) -> None:
+    """Draw a journey as mermaid, dot, or svg (svg needs graphviz's `dot`)."""
+    from journey_engine.graph import to_dot, to_mermaid
+
+    compiled = _load(_workspace(workspace))
+    journeys = compiled.workspace.journeys
+    if journey not in journeys:
+        err.print(f"[red]{UnknownJourneyError(journey, journeys)}[/red]")
+        raise typer.Exit(1)
+    if format == "mermaid":
+        sys.stdout.write(to_mermaid(journeys[journey]) + "\n")
+    elif format == "dot":
+        sys.stdout.write(to_dot(journeys[journey]) + "\n")
+    elif format == "svg":
+        from adapters.graphviz import to_svg
+
+        try:
+            sys.stdout.write(to_svg(journeys[journey]))
+        except JourneyError as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+    else:
+        err.print(f"[red]unknown format `{format}`: use mermaid, dot or svg[/red]")
+        raise typer.Exit(2)
+
+
+@app.command()
+def simulate(scenario: Annotated[list[Path], typer.Argument(help="scenario file(s)")],
+             workspace: WorkspaceOpt = None,
+             as_json: Annotated[bool, typer.Option("--json", help="the trace as JSON lines")] = False) -> None:
+    """Run scenarios on a virtual clock: exit 0 when every expect holds, 1 when one fails, 2 when one
+    does not load."""
+    from journey_engine.compiler import load_workspace
+    from journey_engine.simulation import format_record, load_scenario, run_scenario
+
+    failed = False
+    for path in scenario:
+        try:
+            loaded = load_scenario(path)
+            compiled = load_workspace(workspace or loaded.workspace_dir())
+        except ScenarioError as exc:
+            err.print(f"[red]{exc}[/red]", soft_wrap=True)
+            raise typer.Exit(2) from None
+        except WorkspaceError as exc:
+            _problems(exc)
+            raise typer.Exit(2) from None
+        result = run_scenario(loaded, compiled)
+        failed = failed or not result.passed
+        if as_json:
+            for record in result.trace:
+                sys.stdout.write(json.dumps(record, default=str) + "\n")
+            sys.stdout.write(json.dumps(result.summary()) + "\n")
+            continue
+        out.print(f"[bold]{loaded.scenario.scenario}[/bold]  ({path})")
+        for record in result.trace:
+            out.print("  " + format_record(record), soft_wrap=True, markup=False)
+        for failure in result.failures:
+            err.print(failure.describe(str(path)), soft_wrap=True, markup=False)
+        verdict = "[green]passed[/green]" if result.passed else "[red]FAILED[/red]"
+        out.print(f"{verdict}: {result.expectations - len(result.failures)}/{result.expectations} "
+                  "expectations hold\n")
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
+          events: Annotated[int, typer.Option(help="events to process")] = 1_000_000,
+          store: Annotated[str, typer.Option(help="memory | sqlite | postgres")] = "memory",
+          batch: Annotated[int | None, typer.Option(help="events per commit (1 in memory, 500 on disk)")] = None,
+          workspace: WorkspaceOpt = None, seed: int = 1, database: DatabaseOpt = None,
+          http: Annotated[str | None, typer.Option(help="drive a running `journey serve` at this URL instead")] = None,
+          rate: Annotated[float | None, typer.Option(help="with --http: events/s to offer (default: flat out)")] = None,
+          requests: Annotated[int, typer.Option(help="with --http: /v1/batch requests of 100 events")] = 500,
+          as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False) -> None:
+    """Throughput and latency on this machine (SPEC §8). Disk stores count only committed events."""
+    import tempfile
+
+    from adapters.bench import run_bench
+
+    if http is not None:
+        from adapters.loadtest import run_http_bench
+
+        keys = os.environ.get("JOURNEY_WRITE_KEYS", "").split(",")
+        report = run_http_bench(http, keys[0] or None, requests=requests, users=users, rate=rate, seed=seed)
+        sys.stdout.write(json.dumps(report) + "\n")
+        return
+
+    compiled = _load(_workspace(workspace))
+    target = None
+    scratch = None
+    if store == "sqlite":
+        scratch = tempfile.TemporaryDirectory(prefix="journey-bench-")
+        target = _open_store(database or f"sqlite:///{scratch.name}/bench.db", compiled.metrics.defaults)
+    elif store == "postgres":
+        url = _database(database)
+        if not url.startswith("postgres"):
+            err.print("[red]--store postgres needs JOURNEY_DATABASE_URL (or --database): a postgresql:// URL[/red]")
+            raise typer.Exit(2)
+        from adapters.storage.sql import SqlStore
+
+        target = SqlStore(url, defaults=dict(compiled.metrics.defaults), schema=f"journey_bench_{os.getpid()}")
+    elif store != "memory":
+        err.print(f"[red]unknown store `{store}`: memory, sqlite or postgres[/red]")
+        raise typer.Exit(2)
+    try:
+        report = run_bench(compiled, users=users, events=events, seed=seed, store=target,
+                           batch=batch or (1 if target is None else 500), progress=None if as_json else err)
+    finally:
+        if target is not None:
+            if store == "postgres":
+                target.drop_schema()
+            target.close()
+        if scratch is not None:
+            scratch.cleanup()
+    report["store"] = store
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+    else:
+        for key, value in report.items():
+            out.print(f"{key:>22}: {value}")
+
+
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(database: DatabaseOpt = None) -> None:
+    """Create or upgrade the schema in place (Alembic); data is kept."""
+    store = _open_store(database)
+    out.print(f"schema at revision {store.revision()} ({_database(database)})")
+    store.close()
+
+
+@app.command()
+def ingest(source: Annotated[str, typer.Argument(help="a .jsonl file of Segment messages, or - for stdin")],
+           database: DatabaseOpt = None, workspace: WorkspaceOpt = None,
+           clock: Annotated[str, typer.Option(help="wall: apply at ingestion time; event: replay each event "
+                                                   "at its own timestamp (backfills, tests)")] = "wall",
+           batch: Annotated[int, typer.Option(help="events per commit")] = 500) -> None:
+    """Feed Segment-format events from a file or stdin, validated like the HTTP API, with a progress bar."""
+    from datetime import UTC, datetime
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from adapters.sources.jsonl import BadLine, read_events
+    from journey_engine.engine import Engine
+    from journey_engine.events import Event
+    from journey_engine.ports import StoreUnavailable
+    from journey_engine.runtime import Runtime
+
+    if clock not in ("wall", "event"):
+        err.print("[red]--clock is wall or event[/red]")
+        raise typer.Exit(2)
+    compiled = _load(_workspace(workspace))
+    store = _open_store(database, compiled.metrics.defaults)
+    runtime = Runtime(Engine(compiled), store, claim=500)
+    handle = sys.stdin if source == "-" else open(source, encoding="utf-8")  # noqa: SIM115
+    total = None
+    if source != "-":
+        with open(source, encoding="utf-8") as counting:
+            total = sum(1 for _ in counting)
+    accepted = refused = 0
+    pending: list[Event] = []
+    last: list[datetime] = []
+
+    def flush() -> None:
+        nonlocal accepted
+        if not pending:
+            return
+        last[:] = [max(e.timestamp for e in pending)]
+        if clock == "event":
+            runtime.advance(min(e.timestamp for e in pending))
+            runtime.process(pending)
+        else:
+            now = datetime.now(UTC)
+            runtime.advance(now)
+            runtime.process(pending, now)
+        accepted += len(pending)
+        pending.clear()
+
+    columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with handle, Progress(*columns, console=err, disable=not err.is_terminal) as bar:
+            task = bar.add_task("ingest", total=total)
+            for item in read_events(handle, now=datetime.now(UTC)):
+                if isinstance(item, BadLine):
+                    refused += 1
+                    err.print(f"[yellow]{source}: {item}[/yellow]", soft_wrap=True)
+                    continue
+                pending.append(item)
+                if len(pending) >= batch:
+                    flush()
+                    bar.update(task, completed=accepted)
+            flush()
+            if clock == "event" and last:
+                runtime.advance(last[0])
+            bar.update(task, completed=accepted)
+    except StoreUnavailable as exc:
+        err.print(f"[red]{exc}[/red]", soft_wrap=True)
+        err.print(f"{accepted} events committed before the error; run the same command again to resume "
+                  "(duplicates are ignored)")
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    out.print(f"{accepted} events committed, {refused} refused")
+    if refused:
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="port")] = 8000,
+          workspace: WorkspaceOpt = None, database: DatabaseOpt = None,
+          write_keys: Annotated[str | None, typer.Option(help="comma-separated; default $JOURNEY_WRITE_KEYS")] = None,
+          admin_key: Annotated[str | None, typer.Option(help="default $JOURNEY_ADMIN_KEY")] = None) -> None:
+    """The HTTP API, the engine worker and its timers on the configured store (embedded SQLite by default)."""
+    import logging
+
+    import uvicorn
+
+    from adapters.channels import ChannelConfigError, ChannelSettings, build_channels
+    from adapters.sources.http_api import Settings, create_app
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "skipped: max instances" is by design
+    try:
+        channels = build_channels(ChannelSettings.from_env())
+    except ChannelConfigError as exc:
+        err.print(f"[red]{exc}[/red]", soft_wrap=True)
+        raise typer.Exit(1) from None
+    compiled = _load(_workspace(workspace))
+    store = _open_store(database, compiled.metrics.defaults)
+    keys = [k.strip() for k in (write_keys or os.environ.get("JOURNEY_WRITE_KEYS", "")).split(",") if k.strip()]
+    admin = admin_key or os.environ.get("JOURNEY_ADMIN_KEY") or None
+    if not keys:
+        err.print("[yellow]no write keys configured (JOURNEY_WRITE_KEYS): any client may send events[/yellow]")
+    if admin is None:
+        err.print("[yellow]no admin key configured (JOURNEY_ADMIN_KEY): user and journey reads are open[/yellow]")
+    tick = float(os.environ.get("JOURNEY_TICK_SECONDS", "1"))
+    app = create_app(compiled, store, Settings(write_keys=keys, admin_key=admin, tick=tick), channels=channels)
+    err.print(f"journey-engine on http://{host}:{port}  workspace {_workspace(workspace)}  "
+              f"database {_database(database)}")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@app.command()
+def user(user_id: Annotated[str, typer.Argument(help="the user id")], database: DatabaseOpt = None,
+         workspace: WorkspaceOpt = None,
+         as_json: Annotated[bool, typer.Option("--json", help="what GET /v1/users/{id} returns")] = False) -> None:
+    """Where a user is in every journey and why: the event, rule or timer that moved them, and every
+    message that was or was not sent, with the reason."""
+    from adapters.sources.http_api import user_view
+    from journey_engine.engine import Engine
+    from journey_engine.simulation import format_record
+
+    compiled = _load(_workspace(workspace))
+    store = _open_store(database, compiled.metrics.defaults)
+    try:
+        view = user_view(store, Engine(compiled), user_id)
+    finally:
+        store.close()
+    if view is None:
+        err.print(f"[red]no user `{user_id}` in {_database(database)}[/red]")
+        raise typer.Exit(1)
+    if as_json:
+        sys.stdout.write(json.dumps(view, default=str) + "\n")
+        return
+    out.print(f"[bold]{view['user_id']}[/bold]  segments: {', '.join(view['segments']) or '-'}")
+    for inst in view["journeys"]:
+        key = f" [{inst['key']}]" if inst["key"] else ""
+        out.print(f"  {inst['journey']}{key}: [bold]{inst['state']}[/bold] since {inst['since']}")
+        if inst["why"]:
+            out.print("    because " + format_record(inst["why"]), markup=False)
+        for timer in inst["timers"]:
+            out.print(f"    next: transition {timer['transition']} at {timer['due']}")
+    if not view["journeys"]:
+        out.print("  in no journey now")
+    out.print("[bold]decisions[/bold]")
+    for record in view["decisions"]:
+        out.print("  " + format_record(record), markup=False, soft_wrap=True)
+
+
+@app.command()
+def report(journey: Annotated[str | None, typer.Argument(help="one journey (default: all)")] = None,
+           html: Annotated[Path | None, typer.Option(help="also write one self-contained HTML file")] = None,
+           database: DatabaseOpt = None, workspace: WorkspaceOpt = None) -> None:
+    """Funnel per state, message performance, holdout lift, bandit estimates and segment cohorts."""
+    from adapters.reports import build_report, render_html, render_terminal
+
+    compiled = _load(_workspace(workspace))
+    store = _open_store(database, compiled.metrics.defaults)
+    try:
+        built = build_report(store, compiled, journey)
+    except UnknownJourneyError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    render_terminal(built, out)
+    if html is not None:
+        html.write_text(render_html(built), encoding="utf-8")
+        err.print(f"wrote {html}")
+
+
+@app.command()
+def demo(users: Annotated[int, typer.Option(help="synthetic users")] = 10_000,
+         days: Annotated[int, typer.Option(help="simulated days")] = 30,
+         seed: Annotated[int, typer.Option(help="the population's seed")] = 7,
+         html: Annotated[Path, typer.Option(help="where to write the HTML report")] = Path("journey-demo.html"),
+         database: Annotated[str, typer.Option(help="a fresh database for the demo (replaced each run)")] =
+         "sqlite:///journey-demo.db",
+         workspace: WorkspaceOpt = None) -> None:
+    """A synthetic population lives through the workspace for 30 simulated days on the embedded SQLite
+    store, then the report is printed and written as HTML."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from adapters.demo import run_demo
+    from adapters.reports import build_report, render_html, render_terminal
+
+    compiled = _load(_workspace(workspace))
+    if database.startswith("sqlite:///"):
+        for suffix in ("", "-wal", "-shm"):
+            Path(database.removeprefix("sqlite:///") + suffix).unlink(missing_ok=True)
+    store = _open_store(database, compiled.metrics.defaults)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+               TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=err) as bar:
+            task = bar.add_task(f"{users:,} users × {days} days", total=1.0)
+            result = run_demo(compiled, store, users=users, days=days, seed=seed,
+                              progress=lambda done, note: bar.update(task, completed=done, description=note))
+        built = build_report(store, compiled)
+    finally:
+        store.close()
+    render_terminal(built, out)
+    out.rule("adaptive choice vs a fixed one (expected conversions per decision, same responses)")
+    for c in result.choices:
+        out.print(f"  {c.journey}.{c.state}: bandit {c.adaptive_rate:.2%}, always first {c.fixed_rate:.2%}, "
+                  f"best possible {c.best_rate:.2%} ({c.decisions} decisions)")
+    verdict = "beats" if result.adaptive_beat_fixed else "does not beat"
+    out.print(f"  overall: the bandit {verdict} the fixed choice: "
+              f"{result.adaptive_rate:.2%} vs {result.fixed_rate:.2%}")
+    for h in result.holdouts:
+        treated = h.treated_converted / h.treated if h.treated else 0.0
+        held = h.holdout_converted / h.holdout if h.holdout else 0.0
+        out.print(f"  {h.journey}: {treated:.1%} of {h.treated} treated converted vs {held:.1%} of {h.holdout} "
+                  "held out")
+    html.write_text(render_html(built), encoding="utf-8")
+    out.print(f"\n{result.events:,} events, {result.sends:,} sends in {result.elapsed_seconds:.0f} s; "
+              f"report written to {html}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The outbox dispatcher: committed sends are rendered, addressed and handed to their channel, with
+retries (exponential backoff with jitter and a cap), a dead letter after the last attempt, and the
+outcome in the trace.
+
+A send is marked delivered only after its channel said so; a crash in between resends it with the
+same idempotency key, which the channel passes to its provider. A delivered key is never sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from adapters.storage.sql import SqlStore, send_from_payload
+from journey_engine import trace
+from journey_engine.engine import Engine, SendMessage
+from journey_engine.ports import Channel, Delivery, DeliveryResult
+from journey_engine.templates import TemplateError
+
+log = logging.getLogger("journey.dispatch")
+
+ADDRESS = {"email": "email", "sms": "phone", "push": "push_token"}
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 8
+    base: float = 30.0  # seconds before the second attempt
+    cap: float = 6 * 3600.0  # never wait longer than this between attempts
+    jitter: float = 0.2  # +-20%: many sends failing together do not retry together
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        raw = min(self.cap, self.base * 2 ** (attempt - 1))
+        return raw * (1 + rng.uniform(-self.jitter, self.jitter))
+
+
+class Dispatcher:
+    def __init__(self, store: SqlStore, engine: Engine, channels: Mapping[str, Channel], *,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC), retry: RetryPolicy | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.store, self.engine, self.channels, self.clock = store, engine, channels, clock
+        self.retry = retry or RetryPolicy()
+        self.rng = rng or random.Random()
+
+    def run_once(self, limit: int = 200) -> dict[str, int]:
+        """Hand every due send to its channel once; return how many ended in each status."""
+        now = self.clock()
+        rows = self.store.claim_outbox(now, limit)
+        updates: list[dict[str, Any]] = []
+        records: list[dict[str, Any]] = []
+        counts: dict[str, int] = {}
+        for row in rows:
+            send = send_from_payload(row["payload"])
+            attempt = row["attempts"] + 1
+            result = self._attempt(send, attempt)
+            update, record = self._settle(row, send, attempt, result, now)
+            updates.append(update)
+            if record is not None:
+                records.append(record)
+            counts[update["status"]] = counts.get(update["status"], 0) + 1
+        if rows:
+            self.store.settle_outbox(updates, records)
+        return counts
+
+    def _attempt(self, send: SendMessage, attempt: int) -> DeliveryResult:
+        channel = self.channels.get(send.channel)
+        if channel is None:
+            return DeliveryResult(status="failed", detail=f"no channel `{send.channel}` is configured")
+        try:
+            delivery = self._delivery(send, attempt)
+        except TemplateError as exc:
+            return DeliveryResult(status="failed", detail=f"template: {exc}")
+        if delivery.to is None and send.channel in ADDRESS:
+            return DeliveryResult(status="failed", detail=f"the user has no traits.{ADDRESS[send.channel]}")
+        try:
+            return channel.send(delivery)
+        except Exception as exc:  # a channel bug or an unexpected error: try again later
+            log.exception("channel %s raised", send.channel)
+            return DeliveryResult(status="retry", detail=f"{type(exc).__name__}: {exc}")
+
+    def _delivery(self, send: SendMessage, attempt: int) -> Delivery:
+        rendered = self.engine.render(send)
+        traits = send.context.get("traits", {})
+        field = ADDRESS.get(send.channel)
+        to = traits.get(field) if field else (rendered.url if send.channel == "webhook" else None)
+        return Delivery(key=send.idempotency_key, user=send.user, journey=send.journey, message=send.message,
+                        channel=send.channel, to=to if isinstance(to, str) and to else None,
+                        subject=rendered.subject, title=rendered.title, body=rendered.body, url=rendered.url,
+                        locale=send.locale, attempt=attempt,
+                        data={"user_id": send.user, "traits": traits,
+                              "journey": send.context.get("journey", {})})
+
+    def _settle(self, row: dict[str, Any], send: SendMessage, attempt: int, result: DeliveryResult,
+                now: datetime) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        base = {"key": row["key"], "attempts": attempt, "last_error": None, "next_attempt_at": now.timestamp()}
+        fields = dict(send_key=send.idempotency_key, detail=result.detail, attempt=attempt)
+        kind = None
+        if result.status == "delivered":
+            update = {**base, "status": "delivered"}
+            kind = "message_delivered"
+        elif result.status == "retry" and attempt < self.retry.attempts:
+            wait = self.retry.delay(attempt, self.rng)
+            update = {**base, "status": "pending", "last_error": result.detail,
+                      "next_attempt_at": now.timestamp() + wait}
+        else:
+            update = {**base, "status": "dead", "last_error": result.detail}
+            kind = "message_failed"
+            if result.suppress_address:
+                fields["suppress_address"] = True
+        record = None if kind is None else trace.message(
+            kind, now, send.user, send.journey, send.key, send.state, send.message, send.channel, send.locale,
+            **fields)
+        return update, record

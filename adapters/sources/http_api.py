@@ -1,0 +1,540 @@
+"""The Segment-compatible HTTP API (SPEC §6) and the user API, on FastAPI.
+
+Requests are validated here and handed to one engine worker thread, which applies everything that
+is waiting as one batch and commits once (group commit); a request is answered `200 {"success": true}`
+only after its events are committed. A batch with a bad message keeps the good ones (committed) and
+answers 400 naming the bad message's index and field, so the SDKs do not resend the good ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+import queue
+import threading
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from adapters.scheduling.apscheduler import build_scheduler
+from adapters.scheduling.dispatcher import Dispatcher
+from adapters.sources.dashboard import PAGE, journey_svg
+from adapters.storage.sql import SqlStore
+from journey_engine.compiler import CompiledWorkspace
+from journey_engine.engine import Engine, Outcome
+from journey_engine.errors import InvalidEventError
+from journey_engine.events import Event, corrected_time, event_from_segment
+from journey_engine.graph import to_mermaid
+from journey_engine.ports import Channel
+from journey_engine.runtime import Runtime
+
+log = logging.getLogger("journey.serve")
+
+MAX_MESSAGE = 32 * 1024
+MAX_BATCH = 500 * 1024
+MAX_DEPTH = 32
+SINGLE_CALLS = ("track", "identify", "alias", "page", "screen", "group")
+
+
+@dataclass(slots=True)
+class Settings:
+    write_keys: list[str] = field(default_factory=list)  # empty: writes need no key (development)
+    admin_key: str | None = None  # None: admin endpoints are open (development, loopback)
+    trigger_window: timedelta = timedelta(hours=24)  # older events update metrics but move no journey
+    queue_limit: int = 50_000  # events waiting for the engine before 429
+    max_batch_events: int = 2_000  # events per commit
+    tick: float = 1.0  # seconds between timer rounds
+
+
+class Refused(Exception):
+    """A request refused with a 4xx and `{"code", "message"}`."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+class Overloaded(Exception):
+    pass
+
+
+class EngineWorker:
+    """The one thread that runs the engine: batches of events, timer rounds, erasures, in order."""
+
+    def __init__(self, runtime: Runtime, store: SqlStore, settings: Settings, metrics: Metrics,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.runtime, self.store, self.settings, self.metrics, self.clock = runtime, store, settings, metrics, clock
+        self.work: queue.Queue[tuple[list[Event] | Callable[[], Any], Future[Any]]] = queue.Queue()
+        self.waiting = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the engine thread (again after a stop; a second start while running does nothing)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="journey-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def submit(self, events: list[Event]) -> Future[None]:
+        with self._lock:
+            if self.waiting + len(events) > self.settings.queue_limit:
+                raise Overloaded
+            self.waiting += len(events)
+        future: Future[None] = Future()
+        self.work.put((events, future))
+        self.metrics.queue_depth.set(self.waiting)
+        return future
+
+    def call(self, job: Callable[[], Any]) -> Future[Any]:
+        """Run `job` on the engine thread, between batches (erasure must not race with events)."""
+        future: Future[Any] = Future()
+        self.work.put((job, future))
+        return future
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self.work.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            items = [first]
+            size = len(first[0]) if isinstance(first[0], list) else 0
+            while size < self.settings.max_batch_events:
+                try:
+                    item = self.work.get_nowait()
+                except queue.Empty:
+                    break
+                items.append(item)
+                size += len(item[0]) if isinstance(item[0], list) else 0
+            self._handle(items)
+
+    def _handle(self, items: list[tuple[list[Event] | Callable[[], Any], Future[Any]]]) -> None:
+        requests = [(payload, f) for payload, f in items if isinstance(payload, list)]
+        if requests and not self._commit(requests) and len(requests) > 1:
+            for request in requests:  # one bad request must not fail the others in its group
+                self._commit([request])
+        for payload, future in items:
+            if not isinstance(payload, list):
+                try:
+                    future.set_result(payload())
+                except Exception as exc:
+                    future.set_exception(exc)
+
+    def _commit(self, requests: list[tuple[list[Event], Future[Any]]]) -> bool:
+        """Apply and commit these requests' events as one batch; settle their futures if it worked."""
+        events = [e for payload, _ in requests for e in payload]
+        began = time.perf_counter()
+        try:
+            erased = self.store.erased({e.user_id for e in events})
+            outcome = self.runtime.process([e for e in events if e.user_id not in erased], self.clock())
+        except Exception as exc:  # not committed: nobody is told it was accepted
+            log.exception("batch of %d events not committed", len(events))
+            if len(requests) == 1:
+                requests[0][1].set_exception(exc)
+                self._done(len(events))
+            return False
+        self.metrics.observe(outcome, len(events), time.perf_counter() - began)
+        for _, future in requests:
+            future.set_result(None)
+        self._done(len(events))
+        return True
+
+    def _done(self, events: int) -> None:
+        with self._lock:
+            self.waiting -= events
+        self.metrics.queue_depth.set(self.waiting)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.accepted = Counter("journey_events_accepted", "Events committed", registry=r)
+        self.refused = Counter("journey_events_refused", "Events refused, by reason", ["reason"], registry=r)
+        self.batch_seconds = Histogram("journey_batch_seconds", "Engine batch latency, apply to commit", registry=r)
+        self.queue_depth = Gauge("journey_queue_depth", "Events waiting for the engine", registry=r)
+        self.sends = Counter("journey_sends", "Send decisions by channel and outcome", ["channel", "outcome"],
+                             registry=r)
+        self.timers = Counter("journey_timers_fired", "Timer transitions fired", registry=r)
+        self.deliveries = Counter("journey_deliveries", "Channel outcomes by status", ["status"], registry=r)
+
+    def observe(self, outcome: Outcome, events: int, seconds: float) -> None:
+        if events:
+            self.accepted.inc(events)
+            self.batch_seconds.observe(seconds)
+        for record in outcome.records:
+            kind = record["kind"]
+            if kind.startswith("message_"):
+                self.sends.labels(record.get("channel", "?"), kind.removeprefix("message_")).inc()
+            elif kind == "transition" and record.get("trigger") in ("after", "at"):
+                self.timers.inc()
+
+
+# --- request parsing ------------------------------------------------------------------------------
+
+
+def _inflate(body: bytes, limit: int) -> bytes:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        raise Refused(400, "invalid_gzip", "body: Content-Encoding is gzip but the body is not valid gzip") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise Refused(413, "body_too_large", f"body: inflates past the limit of {limit // 1024} KB")
+    return data
+
+
+def _depth(value: Any, limit: int) -> int:
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body as JSON, within the limits, or Refused naming what is wrong."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in ("application/json", "text/plain", ""):
+        raise Refused(415, "unsupported_media_type", f"Content-Type: {media} is not accepted; send application/json")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise Refused(413, "body_too_large", f"body: larger than the limit of {limit // 1024} KB")
+    if request.headers.get("content-encoding", "").lower() == "gzip":
+        body = _inflate(body, limit)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Refused(400, "invalid_encoding", f"body: not UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise Refused(400, "too_deep", f"body: nested deeper than {MAX_DEPTH} levels") from None
+    except json.JSONDecodeError as exc:
+        raise Refused(400, "invalid_json", f"body: not valid JSON ({exc.msg} at line {exc.lineno} column "
+                                           f"{exc.colno})") from None
+    if _depth(data, MAX_DEPTH) > MAX_DEPTH:
+        raise Refused(400, "too_deep", f"body: nested deeper than {MAX_DEPTH} levels")
+    return data
+
+
+def check_write_key(request: Request, body: Any, settings: Settings) -> None:
+    if not settings.write_keys:
+        return
+    key = None
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("basic "):
+        try:
+            key = base64.b64decode(header[6:], validate=True).decode("utf-8").split(":", 1)[0]
+        except (binascii.Error, UnicodeDecodeError):
+            key = None
+    if not key and isinstance(body, dict) and isinstance(body.get("writeKey"), str):
+        key = body["writeKey"]
+    if not key or not any(hmac.compare_digest(key.encode(), k.encode()) for k in settings.write_keys):
+        raise Refused(401, "unauthorized", "Authorization: a valid write key is required (HTTP Basic username "
+                                           "or `writeKey` in the body)")
+
+
+def check_admin(request: Request, settings: Settings) -> None:
+    if settings.admin_key is None:
+        return
+    header = request.headers.get("authorization", "")
+    token = header[7:] if header.lower().startswith("bearer ") else ""
+    if not hmac.compare_digest(token.encode(), settings.admin_key.encode()):
+        raise Refused(401, "unauthorized", "Authorization: the admin key is required as `Bearer <key>`")
+
+
+def to_events(messages: list[Any], *, received_at: datetime, sent_at: Any, settings: Settings,
+              call: str | None = None) -> tuple[list[Event], list[tuple[int, str, str]]]:
+    """Valid messages as events, and (index, field, message) for each bad one."""
+    events: list[Event] = []
+    bad: list[tuple[int, str, str]] = []
+    for index, raw in enumerate(messages):
+        if not isinstance(raw, dict):
+            bad.append((index, "message", "must be a JSON object"))
+            continue
+        if call is not None:
+            raw = {**raw, "type": call}
+        if len(json.dumps(raw, separators=(",", ":"))) > MAX_MESSAGE:
+            bad.append((index, "message", f"larger than {MAX_MESSAGE // 1024} KB"))
+            continue
+        try:
+            happened = corrected_time(raw, received_at=received_at, sent_at=sent_at)
+            event = event_from_segment({**raw, "timestamp": happened}, default_time=received_at)
+        except InvalidEventError as exc:
+            bad.append((index, exc.field, str(exc).split(": ", 1)[-1]))
+            continue
+        if received_at - event.timestamp > settings.trigger_window:
+            event = replace(event, backfill=True)
+        events.append(event)
+    return events, bad
+
+
+# --- the application ------------------------------------------------------------------------------
+
+MESSAGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A Segment Spec message; unknown fields are accepted and ignored.",
+    "properties": {
+        "type": {"type": "string", "enum": list(SINGLE_CALLS)},
+        "userId": {"type": ["string", "null"]}, "anonymousId": {"type": ["string", "null"]},
+        "event": {"type": "string"}, "previousId": {"type": "string"},
+        "properties": {"type": "object"}, "traits": {"type": "object"}, "context": {"type": "object"},
+        "timestamp": {"type": "string", "format": "date-time"}, "messageId": {"type": "string"},
+    },
+}
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "a bad body or message: `{code, message}` naming the field"},
+    401: {"description": "no valid write key"}, 413: {"description": "body over the limit"},
+    415: {"description": "not JSON"}, 429: {"description": "the engine is behind: retry after `Retry-After`"},
+}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+
+def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings | None = None, *,
+               clock: Callable[[], datetime] = lambda: datetime.now(UTC), start_worker: bool = True,
+               channels: Mapping[str, Channel] | None = None, scheduler: bool = True) -> FastAPI:
+    """The app; with `scheduler`, APScheduler jobs fire timers and dispatch the outbox to `channels`."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    engine = Engine(compiled)
+    runtime = Runtime(engine, store, claim=500)
+    worker = EngineWorker(runtime, store, settings, metrics, clock)
+    dispatcher = Dispatcher(store, engine, channels or {}, clock=clock)
+
+    def timers() -> None:
+        outcome = worker.call(lambda: runtime.advance(clock())).result()
+        metrics.observe(outcome, 0, 0.0)
+
+    def dispatch() -> int:
+        counts = dispatcher.run_once()
+        for status, n in counts.items():
+            metrics.deliveries.labels(status).inc(n)
+        return sum(counts.values())
+
+    jobs = build_scheduler(timers=timers, dispatch=dispatch, prune=lambda: store.prune(clock()),
+                           tick=settings.tick)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if start_worker:
+            worker.start()
+            if scheduler:
+                jobs.start()
+        yield
+        if start_worker:
+            if scheduler:
+                jobs.stop()
+            worker.stop()
+
+    app = FastAPI(title="journey-engine", version="0.1.0", lifespan=lifespan,
+                  description="Segment-compatible event API, user API and operations endpoints.")
+    app.state.worker, app.state.store, app.state.engine = worker, store, engine
+
+    @app.exception_handler(Refused)
+    async def _refused(_: Request, exc: Refused) -> JSONResponse:
+        metrics.refused.labels(exc.code).inc()
+        return JSONResponse({"code": exc.code, "message": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    async def accept(request: Request, call: str | None) -> JSONResponse:
+        limit = MAX_BATCH if call is None else MAX_MESSAGE
+        body = await read_json(request, limit)
+        check_write_key(request, body, settings)
+        if not isinstance(body, dict):
+            raise Refused(400, "invalid_body", "body: must be a JSON object")
+        received = clock()
+        if call is None:
+            messages = body.get("batch")
+            if not isinstance(messages, list):
+                raise Refused(400, "invalid_batch", "batch: must be a list of messages")
+        else:
+            messages = [body]
+        events, bad = to_events(messages, received_at=received, sent_at=body.get("sentAt"), settings=settings,
+                                call=call)
+        if events:
+            await _wait(worker, events)
+        if bad:
+            index, field_name, text = bad[0]
+            where = f"batch[{index}].{field_name}" if call is None else field_name
+            more = f" ({len(bad) - 1} more bad message(s))" if len(bad) > 1 else ""
+            kept = f"; the other {len(events)} message(s) were accepted" if events else ""
+            metrics.refused.labels("invalid_message").inc(len(bad))
+            return JSONResponse({"code": "invalid_message", "message": f"{where}: {text}{more}{kept}"},
+                                status_code=400)
+        return JSONResponse({"success": True})
+
+    @app.post("/v1/batch", summary="Segment batch", openapi_extra=_body({"type": "object", "properties": {
+        "batch": {"type": "array", "items": MESSAGE_SCHEMA}, "sentAt": {"type": "string"},
+        "writeKey": {"type": "string"}}, "required": ["batch"]}), responses=RESPONSES)
+    async def batch(request: Request) -> JSONResponse:
+        return await accept(request, None)
+
+    def single(call: str) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> JSONResponse:
+            return await accept(request, call)
+
+        endpoint.__name__ = f"v1_{call}"
+        return endpoint
+
+    for call in SINGLE_CALLS:
+        app.add_api_route(f"/v1/{call}", single(call), methods=["POST"], summary=f"Segment {call}",
+                          openapi_extra=_body(MESSAGE_SCHEMA), responses=RESPONSES)
+
+    @app.get("/v1/users/{user_id}")
+    async def get_user(user_id: str, request: Request) -> JSONResponse:
+        check_admin(request, settings)
+        view = user_view(store, engine, user_id)
+        if view is None:
+            raise Refused(404, "not_found", f"user `{user_id}`: no such user")
+        return JSONResponse(view)
+
+    @app.delete("/v1/users/{user_id}")
+    async def delete_user(user_id: str, request: Request) -> JSONResponse:
+        check_admin(request, settings)
+        erased = await _await(worker.call(lambda: store.erase(user_id, clock())))
+        return JSONResponse({"success": True, "erased": erased})
+
+    @app.get("/v1/users/{user_id}/inbox")
+    async def inbox(user_id: str, request: Request) -> JSONResponse:
+        check_admin(request, settings)
+        return JSONResponse({"messages": store.inbox(user_id, engine)})
+
+    @app.post("/v1/users/{user_id}/inbox/{key}/read")
+    async def read(user_id: str, key: str, request: Request) -> JSONResponse:
+        check_admin(request, settings)
+        if not store.mark_read(user_id, key):
+            raise Refused(404, "not_found", f"inbox message `{key}` of `{user_id}`: no such message")
+        return JSONResponse({"success": True})
+
+    @app.get("/v1/journeys")
+    async def journeys(request: Request) -> JSONResponse:
+        check_admin(request, settings)
+        counts = store.state_counts()
+        return JSONResponse({"journeys": [_journey_summary(compiled, n, counts.get(n, {}))
+                                          for n in compiled.journeys]})
+
+    @app.get("/v1/journeys/{name}")
+    async def journey(name: str, request: Request) -> JSONResponse:
+        check_admin(request, settings)
+        if name not in compiled.journeys:
+            raise Refused(404, "not_found", f"journey `{name}`: no such journey")
+        j = compiled.workspace.journeys[name]
+        summary = _journey_summary(compiled, name, store.state_counts().get(name, {}))
+        return JSONResponse({**summary, "definition": j.model_dump(mode="json", by_alias=True, exclude_none=True),
+                             "graph": {"mermaid": to_mermaid(j)}})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"ok": True, "queue": worker.waiting})
+
+    @app.get("/", response_class=HTMLResponse, summary="The dashboard")
+    async def home() -> HTMLResponse:
+        return HTMLResponse(PAGE)
+
+    @app.get("/dashboard/journeys/{name}.svg", summary="A journey as SVG with live counts")
+    async def journey_picture(name: str, request: Request) -> Response:
+        check_admin(request, settings)
+        if name not in compiled.journeys:
+            raise Refused(404, "not_found", f"journey `{name}`: no such journey")
+        svg = journey_svg(compiled.workspace.journeys[name], store.state_counts().get(name, {}))
+        return Response(svg, media_type="image/svg+xml")
+
+    return app
+
+
+async def _wait(worker: EngineWorker, events: list[Event]) -> None:
+    try:
+        future = worker.submit(events)
+    except Overloaded:
+        raise Refused(429, "overloaded", "the engine is behind; retry after a second",
+                      headers={"Retry-After": "1"}) from None
+    try:
+        await _await(future)
+    except Exception:
+        raise Refused(503, "unavailable", "the events could not be committed; retry",
+                      headers={"Retry-After": "2"}) from None
+
+
+async def _await(future: Future[Any]) -> Any:
+    import asyncio
+
+    return await asyncio.wrap_future(future)
+
+
+def _journey_summary(compiled: CompiledWorkspace, name: str, counts: dict[str, int]) -> dict[str, Any]:
+    j = compiled.workspace.journeys[name]
+    return {"name": name, "description": j.description, "version": compiled.journeys[name].version,
+            "states": {s: counts.get(s, 0) for s in j.states}, "active": sum(counts.values())}
+
+
+def user_view(store: SqlStore, engine: Engine, user_id: str) -> dict[str, Any] | None:
+    """What GET /v1/users/{id} and `journey user --json` show: where the user is, and why."""
+    resolved = store.aliases([user_id]).get(user_id, user_id)
+    profile = store.load([resolved]).get(resolved)
+    if profile is None:
+        return None
+    records = store.trace(resolved, limit=200)
+
+    def iso(value: Any) -> Any:
+        return value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
+
+    instances = []
+    for inst in profile.instances.values():
+        why = next((r for r in reversed(records) if r.get("journey") == inst.journey
+                    and r.get("key") == (inst.key or None) and r["kind"] in ("transition", "journey_entered")), None)
+        instances.append({"journey": inst.journey, "key": inst.key or None, "state": inst.state,
+                          "since": iso(inst.state_entered_at), "entered_at": iso(inst.entered_at),
+                          "holdout": inst.holdout,
+                          "timers": [{"due": iso(at), "transition": i} for at, i in inst.timers],
+                          "why": why})
+    return {
+        "user_id": resolved,
+        "traits": {k: iso(v) for k, v in profile.traits.items()},
+        "metrics": {k: iso(v) for k, v in profile.metrics.items()},
+        "segments": sorted(profile.segments),
+        "journeys": instances,
+        "subscriptions": profile.subscriptions,
+        "last_messages": [{k: r[k] for k in ("key", "message", "channel", "journey", "status")}
+                          | {"at": iso(datetime.fromtimestamp(r["at"], UTC))}
+                          for r in store.outbox_of(resolved)[-20:]],
+        "decisions": [r for r in records if r["kind"].startswith("message_") or r["kind"] in
+                      ("transition", "journey_entered", "journey_exited", "goal_reached")][-30:],
+        "next_wake": iso(profile.wake),
+    }

@@ -1,0 +1,467 @@
+"""The Store port on SQL through SQLAlchemy Core: SQLite (embedded default, WAL) and PostgreSQL (psycopg 3).
+
+One transaction per batch (group commit); dialect upserts with executemany; timers are the indexed
+`profiles.wake_at` column, claimed in batches with a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL),
+so several workers can share one database and a crashed worker's claims come back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from journey_engine import codec
+from journey_engine.engine import Engine as JourneyEngine
+from journey_engine.engine import SendMessage
+from journey_engine.ports import DEDUPE_FOR, Batch, StoreUnavailable, StoreVersionError
+from journey_engine.profile import Profile
+
+from .tables import (
+    AliasRow,
+    BanditRow,
+    ErasedRow,
+    OutboxRow,
+    ProcessedRow,
+    ProfileRow,
+    SegmentHistoryRow,
+    StateCountRow,
+    TraceRow,
+)
+
+DEFAULT_URL = "sqlite:///journey.db"
+LEASE_SECONDS = 60.0
+_CHUNK = 900  # bound parameters per IN (SQLite allows 32766; keep statements small)
+T = TypeVar("T")
+
+profiles_t = ProfileRow.__table__
+aliases_t = AliasRow.__table__
+processed_t = ProcessedRow.__table__
+trace_t = TraceRow.__table__
+outbox_t = OutboxRow.__table__
+bandit_t = BanditRow.__table__
+history_t = SegmentHistoryRow.__table__
+erased_t = ErasedRow.__table__
+counts_t = StateCountRow.__table__
+
+
+def normalise_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 here (psycopg2 leaves ON CONFLICT out of fast executemany)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def _alembic(connection: Connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+class SqlStore:
+    """Store on SQLite or PostgreSQL. `defaults` are the workspace's metric defaults (left out of blobs)."""
+
+    def __init__(self, url: str = DEFAULT_URL, *, defaults: dict[str, Any] | None = None, upgrade: bool = True,
+                 wall: Callable[[], float] = time.time, schema: str | None = None) -> None:
+        """`schema` (PostgreSQL): keep every table in that schema, created when missing (benchmarks use
+        their own, never the production tables)."""
+        self.url = normalise_url(url)
+        self.schema = schema
+        self.defaults = defaults or {}
+        self.wall = wall  # leases are about real workers, so they use the wall clock: an adapter's business
+        self.engine = self._connect()
+        self.dialect = self.engine.dialect.name
+        self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        self._check_version(upgrade)
+
+    # --- connection and schema ----------------------------------------------------------------
+
+    def _connect(self) -> Engine:
+        kwargs: dict[str, Any] = {}
+        if self.url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 5.0}
+        elif self.schema is not None:
+            kwargs["connect_args"] = {"options": f"-csearch_path={self.schema}"}
+        try:
+            engine = sa.create_engine(self.url, **kwargs)
+        except (sa.exc.ArgumentError, ImportError) as exc:
+            raise StoreUnavailable(f"cannot use database URL {self.url!r}: {exc}") from None
+        if engine.dialect.name == "sqlite":
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text("SELECT 1"))
+                if self.schema is not None and engine.dialect.name == "postgresql":
+                    conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+        except (OperationalError, DBAPIError) as exc:
+            raise StoreUnavailable(f"cannot reach the database at {_redact(self.url)}: "
+                                   f"{str(exc.orig).strip() if exc.orig else exc}") from None
+        return engine
+
+    def _check_version(self, upgrade: bool) -> None:
+        with self.engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+        script = ScriptDirectory.from_config(_alembic(None))  # type: ignore[arg-type]
+        head = script.get_current_head()
+        known = {rev.revision for rev in script.walk_revisions()}
+        if current is not None and current not in known:
+            raise StoreVersionError(f"the database is at schema revision {current}, written by a newer "
+                                    "journey-engine than this one; upgrade journey-engine")
+        if current != head:
+            if not upgrade:
+                raise StoreVersionError(f"the database is at schema revision {current or 'none'}, this "
+                                        f"version needs {head}: run `journey db upgrade`")
+            self.upgrade()
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Bring the schema to `revision` in place, keeping the data (Alembic)."""
+        with self.engine.begin() as conn:
+            command.upgrade(_alembic(conn), revision)
+
+    def revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            message = str(exc.orig).strip() if exc.orig else str(exc)
+            raise StoreUnavailable(f"database error, nothing of this batch was committed: {message}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def drop_schema(self) -> None:
+        """Remove this store's own schema and everything in it (PostgreSQL benchmark clean-up)."""
+        if self.schema is not None and self.dialect == "postgresql":
+            with self.engine.begin() as conn:
+                conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def load(self, users: Collection[str]) -> dict[str, Profile]:
+        found: dict[str, Profile] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(users)):
+                rows = conn.execute(sa.select(profiles_t.c.user_id, profiles_t.c.body)
+                                    .where(profiles_t.c.user_id.in_(chunk)))
+                for user, body in rows:
+                    found[user] = codec.decode(body, self.defaults)
+        return found
+
+    def aliases(self, users: Collection[str]) -> dict[str, str]:
+        return self._lookup(aliases_t.c.previous_id, aliases_t.c.user_id, users)
+
+    def seen(self, message_ids: Collection[str]) -> set[str]:
+        return set(self._lookup(processed_t.c.message_id, processed_t.c.message_id, message_ids))
+
+    def erased(self, users: Collection[str]) -> set[str]:
+        return set(self._lookup(erased_t.c.user_id, erased_t.c.user_id, users))
+
+    def _lookup(self, key: sa.Column[Any], value: sa.Column[Any], keys: Collection[str]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        if not keys:
+            return result
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(keys)):
+                result.update((k, v) for k, v in conn.execute(sa.select(key, value).where(key.in_(chunk))))
+        return result
+
+    def bandit(self) -> dict[tuple[str, str], dict[str, tuple[int, int]]]:
+        stats: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
+        with self.engine.connect() as conn:
+            for journey, state, arm, sends, conversions in conn.execute(sa.select(bandit_t)):
+                stats.setdefault((journey, state), {})[arm] = (sends, conversions)
+        return stats
+
+    def due(self, until: datetime, limit: int) -> list[tuple[datetime, str]]:
+        """Claim users whose wake-up is due, with a lease, earliest first."""
+        wall = self.wall()
+        free = sa.or_(profiles_t.c.lease_until.is_(None), profiles_t.c.lease_until < wall)
+        pick = (sa.select(profiles_t.c.user_id).where(profiles_t.c.wake_at <= until.timestamp(), free)
+                .order_by(profiles_t.c.wake_at, profiles_t.c.user_id).limit(limit))
+        if self.dialect == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        claim = (sa.update(profiles_t).where(profiles_t.c.user_id.in_(pick.scalar_subquery()))
+                 .values(lease_until=wall + LEASE_SECONDS)
+                 .returning(profiles_t.c.wake_at, profiles_t.c.user_id))
+        with self._tx() as conn:
+            rows = conn.execute(claim).all()
+        return sorted((datetime.fromtimestamp(at, UTC), user) for at, user in rows)
+
+    # --- the one write ----------------------------------------------------------------------------
+
+    def commit(self, batch: Batch) -> None:
+        """Everything of the batch in one transaction, or nothing."""
+        if not batch:
+            return
+        wall = self.wall()
+        with self._tx() as conn:
+            self._write_profiles(conn, batch.profiles, wall)
+            for chunk in _chunks(list(batch.deleted)):
+                conn.execute(sa.delete(profiles_t).where(profiles_t.c.user_id.in_(chunk)))
+            if batch.released:
+                for chunk in _chunks(list(batch.released)):
+                    conn.execute(sa.update(profiles_t).where(profiles_t.c.user_id.in_(chunk))
+                                 .values(lease_until=None))
+            self._upsert(conn, aliases_t, [{"previous_id": k, "user_id": v} for k, v in batch.aliases.items()],
+                         ["previous_id"], ["user_id"])
+            self._upsert(conn, processed_t, [{"message_id": m, "at": at.timestamp()} for m, at in batch.message_ids],
+                         ["message_id"], [])
+            if batch.records:
+                conn.execute(sa.insert(trace_t), [_trace_row(r) for r in batch.records])
+                self._history(conn, batch.records)
+            self._upsert(conn, outbox_t, [_outbox_row(s) for s in batch.sends], ["key"], [])
+            if batch.bandit:
+                self._bandit(conn, batch)
+            self._counts(conn, state_deltas(batch.records))
+
+    def _write_profiles(self, conn: Connection, profiles: dict[str, Profile], wall: float) -> None:
+        rows = [{"user_id": user, "body": codec.encode(p, self.defaults),
+                 "wake_at": p.wake.timestamp() if p.wake else None, "lease_until": None, "updated_at": wall}
+                for user, p in profiles.items()]
+        self._upsert(conn, profiles_t, rows, ["user_id"], ["body", "wake_at", "lease_until", "updated_at"])
+
+    def _upsert(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]], keys: list[str],
+                update: list[str]) -> None:
+        if not rows:
+            return
+        stmt = self._insert(table)
+        if update:
+            stmt = stmt.on_conflict_do_update(index_elements=keys,
+                                              set_={c: getattr(stmt.excluded, c) for c in update})
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=keys)
+        conn.execute(stmt, rows)
+
+    def _bandit(self, conn: Connection, batch: Batch) -> None:
+        stmt = self._insert(bandit_t)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["journey", "state", "arm"],
+            set_={"sends": bandit_t.c.sends + stmt.excluded.sends,
+                  "conversions": bandit_t.c.conversions + stmt.excluded.conversions})
+        conn.execute(stmt, [{"journey": j, "state": s, "arm": a, "sends": n, "conversions": c}
+                            for (j, s, a), (n, c) in batch.bandit.items()])
+
+    def _counts(self, conn: Connection, deltas: dict[tuple[str, str], int]) -> None:
+        rows = [{"journey": j, "state": st, "users": n} for (j, st), n in deltas.items() if n]
+        if not rows:
+            return
+        stmt = self._insert(counts_t)
+        stmt = stmt.on_conflict_do_update(index_elements=["journey", "state"],
+                                          set_={"users": counts_t.c.users + stmt.excluded.users})
+        conn.execute(stmt, rows)
+
+    def state_counts(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for journey, state, users in conn.execute(sa.select(counts_t)):
+                counts.setdefault(journey, {})[state] = users
+        return counts
+
+    def _history(self, conn: Connection, records: list[dict[str, Any]]) -> None:
+        entered = [{"user_id": r["user"], "segment": r["segment"], "entered_at": r["at"], "left_at": None}
+                   for r in records if r["kind"] == "segment_entered"]
+        left = [{"u": r["user"], "s": r["segment"], "at": r["at"]} for r in records if r["kind"] == "segment_left"]
+        if left:
+            h = history_t.c
+            conn.execute(sa.update(history_t)
+                         .where(h.user_id == sa.bindparam("u"), h.segment == sa.bindparam("s"), h.left_at.is_(None))
+                         .values(left_at=sa.bindparam("at")), left)
+        if entered:
+            conn.execute(sa.insert(history_t), entered)
+
+    # --- maintenance and reads for operators ----------------------------------------------------
+
+    def prune(self, now: datetime, trace_for_days: float = 90) -> dict[str, int]:
+        """Drop processed messageIds older than the deduplication window, and old trace rows."""
+        with self._tx() as conn:
+            ids = conn.execute(sa.delete(processed_t).where(
+                processed_t.c.at < (now - DEDUPE_FOR).timestamp())).rowcount
+            horizon = datetime.fromtimestamp(now.timestamp() - trace_for_days * 86400, UTC)
+            old = conn.execute(sa.delete(trace_t).where(
+                trace_t.c.at < horizon.isoformat().replace("+00:00", "Z"))).rowcount
+        return {"processed": ids, "trace": old}
+
+    def trace(self, user: str, limit: int = 200) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(trace_t.c.body).where(trace_t.c.user_id == user)
+                                .order_by(trace_t.c.id.desc()).limit(limit)).scalars().all()
+        return [json.loads(r) for r in reversed(rows)]
+
+    def erase(self, user: str, now: datetime) -> bool:
+        """Erase a user everywhere (profile, aliases, trace, outbox, history) and refuse their later events."""
+        users = {user} | {prev for prev, target in self.aliases_to(user)}
+        with self._tx() as conn:
+            bodies = conn.execute(sa.select(profiles_t.c.body).where(profiles_t.c.user_id.in_(users))).scalars().all()
+            deltas: dict[tuple[str, str], int] = {}
+            for body in bodies:
+                for inst in codec.decode(body, self.defaults).instances.values():
+                    deltas[(inst.journey, inst.state)] = deltas.get((inst.journey, inst.state), 0) - 1
+            self._counts(conn, deltas)
+            conn.execute(sa.delete(profiles_t).where(profiles_t.c.user_id.in_(users)))
+            conn.execute(sa.delete(aliases_t).where(sa.or_(aliases_t.c.user_id == user,
+                                                           aliases_t.c.previous_id.in_(users))))
+            for table in (trace_t, outbox_t, history_t):
+                conn.execute(sa.delete(table).where(table.c.user_id.in_(users)))
+            self._upsert(conn, erased_t, [{"user_id": u, "at": now.timestamp()} for u in users], ["user_id"], [])
+        return bool(bodies)
+
+    def aliases_to(self, user: str) -> list[tuple[str, str]]:
+        with self.engine.connect() as conn:
+            return [(a, b) for a, b in conn.execute(sa.select(aliases_t.c.previous_id, aliases_t.c.user_id)
+                                                    .where(aliases_t.c.user_id == user))]
+
+    def outbox_of(self, user: str, channel: str | None = None) -> list[dict[str, Any]]:
+        query = sa.select(outbox_t).where(outbox_t.c.user_id == user).order_by(outbox_t.c.at, outbox_t.c.key)
+        if channel is not None:
+            query = query.where(outbox_t.c.channel == channel)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def inbox(self, user: str, engine: JourneyEngine) -> list[dict[str, Any]]:
+        """The user's unread in-app messages, rendered."""
+        found = []
+        for row in self.outbox_of(user, "in_app"):
+            if row["status"] == "read":
+                continue
+            rendered = engine.render(send_from_payload(row["payload"]))
+            found.append({"id": row["key"], "message": row["message"], "journey": row["journey"],
+                          "at": datetime.fromtimestamp(row["at"], UTC).isoformat().replace("+00:00", "Z"),
+                          "title": rendered.title, "body": rendered.body, "url": rendered.url})
+        return found
+
+    def mark_read(self, user: str, key: str) -> bool:
+        with self._tx() as conn:
+            done = conn.execute(sa.update(outbox_t).where(outbox_t.c.user_id == user, outbox_t.c.key == key,
+                                                          outbox_t.c.channel == "in_app")
+                                .values(status="read")).rowcount
+        return bool(done)
+
+    def claim_outbox(self, now: datetime, limit: int) -> list[dict[str, Any]]:
+        """Pending sends whose time has come, leased to this dispatcher (others skip them until the
+        lease runs out, so a crashed dispatcher's claims come back)."""
+        o = outbox_t.c
+        pick = (sa.select(o.key).where(o.status == "pending", o.next_attempt_at <= now.timestamp(),
+                                       o.channel != "in_app")
+                .order_by(o.next_attempt_at, o.key).limit(limit))
+        if self.dialect == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        lease = (sa.update(outbox_t).where(o.key.in_(pick.scalar_subquery()))
+                 .values(next_attempt_at=now.timestamp() + LEASE_SECONDS, status="pending")
+                 .returning(*outbox_t.c))
+        with self._tx() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(lease)]
+        return sorted(rows, key=lambda r: (r["at"], r["key"]))
+
+    def settle_outbox(self, updates: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
+        """Record what channels answered (status, attempts, next attempt, error) with its trace, at once."""
+        with self._tx() as conn:
+            if updates:
+                o = outbox_t.c
+                conn.execute(sa.update(outbox_t).where(o.key == sa.bindparam("k"))
+                             .values(status=sa.bindparam("status"), attempts=sa.bindparam("attempts"),
+                                     next_attempt_at=sa.bindparam("next_attempt_at"),
+                                     last_error=sa.bindparam("last_error")),
+                             [{"k": u["key"], **{f: u[f] for f in ("status", "attempts", "next_attempt_at",
+                                                                    "last_error")}} for u in updates])
+            if records:
+                conn.execute(sa.insert(trace_t), [_trace_row(r) for r in records])
+
+    def outbox(self, status: str | None = None) -> list[dict[str, Any]]:
+        query = sa.select(outbox_t).order_by(outbox_t.c.at, outbox_t.c.key)
+        if status is not None:
+            query = query.where(outbox_t.c.status == status)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def count(self, table: sa.Table) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+    def all_profiles(self) -> Iterator[Profile]:
+        with self.engine.connect() as conn:
+            for (body,) in conn.execute(sa.select(profiles_t.c.body).order_by(profiles_t.c.user_id)):
+                yield codec.decode(body, self.defaults)
+
+
+def state_deltas(records: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """How the trace of a batch moves users between journey states."""
+    deltas: dict[tuple[str, str], int] = {}
+
+    def add(journey: str, state: str, n: int) -> None:
+        deltas[(journey, state)] = deltas.get((journey, state), 0) + n
+
+    for r in records:
+        kind = r["kind"]
+        if kind == "journey_entered":
+            add(r["journey"], r["state"], 1)
+        elif kind == "transition":
+            add(r["journey"], r["from"], -1)
+            add(r["journey"], r["to"], 1)
+        elif kind == "journey_exited":
+            add(r["journey"], r["state"], -1)
+    return deltas
+
+
+def send_from_payload(payload: str) -> SendMessage:
+    data = json.loads(payload)
+    data["at"] = datetime.fromisoformat(data["at"].replace("Z", "+00:00"))
+    return SendMessage(**data)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged batch survives power loss, not just a crash
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def _trace_row(record: dict[str, Any]) -> dict[str, Any]:
+    return {"user_id": record.get("user", ""), "at": record["at"], "kind": record["kind"],
+            "journey": record.get("journey"), "body": json.dumps(record, default=_json_default, ensure_ascii=False)}
+
+
+def _outbox_row(send: SendMessage) -> dict[str, Any]:
+    payload = {name: getattr(send, name) for name in SendMessage.__slots__}  # asdict() deep-copies: 30x slower
+    return {"key": send.idempotency_key, "user_id": send.user, "at": send.at.timestamp(), "channel": send.channel,
+            "message": send.message, "journey": send.journey,
+            "payload": json.dumps(payload, default=_json_default, ensure_ascii=False), "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": send.at.timestamp(), "last_error": None}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    return str(value)
+
+
+def _chunks(items: list[T], size: int = _CHUNK) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _redact(url: str) -> str:
+    return sa.engine.make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,158 @@
+"""Models -> runtime: rules compiled, machines built, metrics and segments indexed, once per load.
+
+`load_workspace` is the one entry point: read every file, compile every rule, lint the whole, and
+raise WorkspaceError with every problem at once, or return a `CompiledWorkspace` ready to run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import Problem, WorkspaceError
+from .loading import PathKey, Workspace, read_workspace
+from .machine import JourneyMachine
+from .metrics import MetricBook
+from .model import Journey, Trigger
+from .rules import CompiledRule, RuleCompiler, RuleProblem
+from .segments import SegmentBook
+from .templates import Renderer
+from .validation import lint
+
+_RuleFn = Callable[[str | None, str, str, PathKey], CompiledRule | None]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledTrigger:
+    """Entry, exit or goal: an event name, a segment, and/or a rule."""
+
+    on: str | None
+    segment: str | None
+    rule: CompiledRule | None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledTransition:
+    index: int
+    kind: str  # on | segment | if | after | at | always
+    to: str
+    on: str | None
+    segment: str | None
+    rule: CompiledRule | None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledJourney:
+    journey: Journey
+    machine: JourneyMachine
+    version: str
+    entry: CompiledTrigger
+    exits: tuple[CompiledTrigger, ...]
+    goal: CompiledTrigger | None
+    transitions: dict[str, tuple[CompiledTransition, ...]]
+    name: str  # journey.name, read on every trace record
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledWorkspace:
+    workspace: Workspace
+    metrics: MetricBook
+    segments: SegmentBook
+    message_rules: dict[str, CompiledRule]
+    journeys: dict[str, CompiledJourney]  # in name order: the order of work for one event
+    renderer: Renderer
+    warnings: list[Problem] = field(default_factory=list)
+
+
+def load_workspace(root: str | Path) -> CompiledWorkspace:
+    """Read, compile and lint a workspace folder; raise WorkspaceError listing every problem."""
+    return compile_workspace(read_workspace(root, keep_going=True))
+
+
+def compile_workspace(ws: Workspace) -> CompiledWorkspace:
+    """Compile every rule and lint the whole; raise WorkspaceError with every problem, the files' own too."""
+    own = list(ws.warnings)  # what reading the files found
+    ws.warnings.clear()
+    problems: list[Problem] = list(lint(ws))
+    compiler = RuleCompiler(ws.metrics, set(ws.segments))
+    renderer = Renderer()
+
+    def rule(text: str | None, kind: str, name: str, path: PathKey) -> CompiledRule | None:
+        if text is None:
+            return None
+        try:
+            return compiler.compile(text)
+        except RuleProblem as exc:
+            problems.append(ws.problem(kind, name, path, str(exc)))
+            return None
+
+    segment_rules = {n: rule(s.rule, "segments", n, ("rule",)) for n, s in ws.segments.items()}
+    where = {n: rule(m.where, "metrics", n, ("where",)) for n, m in ws.metrics.items()}
+    message_rules = {n: rule(m.if_, "messages", n, ("if",)) for n, m in ws.messages.items()}
+    for name, msg in ws.messages.items():
+        problems.extend(_template_problems(ws, renderer, name, msg.subject, msg.title, msg.body, msg.template))
+    journeys = {n: _compile_journey(j, rule) for n, j in sorted(ws.journeys.items())}
+    problems = own + _known_elsewhere(problems, ws.unreadable)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise WorkspaceError(sorted(problems, key=lambda p: (p.file, p.line, p.column)))
+    read = [r for r in segment_rules.values() if r is not None]
+    for cj in journeys.values():
+        if cj is not None:
+            triggers = (cj.entry, *cj.exits, *((cj.goal,) if cj.goal else ()))
+            read.extend(t.rule for t in triggers if t.rule is not None)
+            read.extend(t.rule for ts in cj.transitions.values() for t in ts if t.rule is not None)
+    watched = frozenset(name for r in read for name in r.metrics)
+    metrics = MetricBook(ws.metrics, {n: r for n, r in where.items() if r is not None}, watched)
+    ready = {n: r for n, r in segment_rules.items() if r is not None}
+    segments = SegmentBook(ws.segments, ready, metrics.windowed)
+    return CompiledWorkspace(workspace=ws, metrics=metrics, segments=segments,
+                             message_rules={n: r for n, r in message_rules.items() if r is not None},
+                             journeys={n: j for n, j in journeys.items() if j is not None},
+                             renderer=renderer, warnings=problems)
+
+
+def _known_elsewhere(problems: list[Problem], unreadable: set[str]) -> list[Problem]:
+    """Drop complaints about names that a file with errors declares: its own errors say what is wrong."""
+    if not unreadable:
+        return list(problems)
+    return [p for p in problems if not any(f"`{name}`" in p.message for name in unreadable)]
+
+
+def _template_problems(ws: Workspace, renderer: Renderer, name: str, *sources: str | None) -> list[Problem]:
+    found = []
+    for index, source in enumerate(sources):
+        if source is None:
+            continue
+        text = ws.templates.get(source, "") if index == 3 else source
+        error = renderer.check(text)
+        if error:
+            field_name = ("subject", "title", "body", "template")[index]
+            found.append(ws.problem("messages", name, (field_name,), f"template: {error}"))
+    return found
+
+
+def _compile_journey(journey: Journey, rule: _RuleFn) -> CompiledJourney | None:
+    name = journey.name
+
+    def trigger(t: Trigger, path: PathKey) -> CompiledTrigger:
+        return CompiledTrigger(on=t.on, segment=t.segment, rule=rule(t.if_, "journeys", name, (*path, "if")))
+
+    transitions = {
+        state_name: tuple(
+            CompiledTransition(index=i, kind=t.kind, to=t.to, on=t.on, segment=t.segment,
+                               rule=rule(t.if_, "journeys", name, ("states", state_name, "transitions", i, "if")))
+            for i, t in enumerate(state.transitions))
+        for state_name, state in journey.states.items()
+    }
+    try:
+        machine = JourneyMachine(journey)
+    except ValueError:
+        return None  # unknown target states: lint has reported them
+    return CompiledJourney(
+        journey=journey, machine=machine, version=journey.version,
+        entry=trigger(journey.entry, ("entry",)),
+        exits=tuple(trigger(t, ("exit", i)) for i, t in enumerate(journey.exit)),
+        goal=trigger(journey.goal, ("goal",)) if journey.goal else None, name=name,
+        transitions=transitions)

@@ -1,0 +1,790 @@
+"""The engine: (profile, input, now) -> the profile moved on, plus trace records and sends.
+
+Inputs are an event, a wake-up (timers, deferred sends, time-driven segments) or an alias merge.
+The engine mutates the profile in place (a million users must fit) and never reads the wall clock.
+Order of work for one event (SPEC §3 item 2): traits and metrics, segments, then per journey in
+name order: exit criteria, goal, the current state's transitions, entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sys
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+from typing import Any
+
+from . import trace
+from .compiler import CompiledJourney, CompiledTransition, CompiledTrigger, CompiledWorkspace
+from .events import Event
+from .model import AttributeTime, Choose, Message, State, Transition, clock_minutes
+from .policies import Decision, decide, resolve_zone
+from .policies import best_hour as learned_hour
+from .profile import UNSETTLED, Deferred, Instance, InstanceKey, Profile
+from .selection import choose_best, choose_first, choose_random, split_bandit, split_random
+from .trace import Record
+
+MAX_CHAIN = 100
+SUBSCRIPTION_EVENTS = {"Subscribed": True, "Unsubscribed": False}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendMessage:
+    """An effect: hand this rendered message to its channel, once (the key makes retries safe)."""
+
+    idempotency_key: str
+    at: datetime
+    user: str
+    journey: str
+    key: str | None
+    state: str
+    message: str
+    channel: str
+    locale: str | None
+    context: dict[str, Any]  # what the templates see, as it was when the send was decided
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RenderedMessage:
+    subject: str | None
+    title: str | None
+    body: str
+    url: str | None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one call did: trace records, sends to hand to channels, and bandit learning to persist."""
+
+    records: list[Record] = field(default_factory=list)
+    sends: list[SendMessage] = field(default_factory=list)
+    bandit: dict[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)
+
+    def extend(self, other: Outcome) -> None:
+        self.records.extend(other.records)
+        if other.sends:
+            self.sends.extend(other.sends)
+        for arm, (sends, conversions) in other.bandit.items():
+            self.learned(arm, sends, conversions)
+
+    def learned(self, arm: tuple[str, str, str], sends: int, conversions: int) -> None:
+        before = self.bandit.get(arm, (0, 0))
+        self.bandit[arm] = (before[0] + sends, before[1] + conversions)
+
+
+class _Run:
+    """The working set of one call: the profile, the clock, the evaluation scope, what happened."""
+
+    __slots__ = ("changed", "entered", "event", "now", "out", "profile", "scope")
+
+    def __init__(self, profile: Profile, now: datetime, event: Event | None = None) -> None:
+        self.profile = profile
+        self.now = now
+        self.event = event
+        self.out = Outcome()
+        self.changed = False
+        self.entered: set[str] = set()
+        # `metrics` reads the stored values, the rule accessor supplies defaults; `segments` is replaced
+        # by SegmentBook.evaluate whenever membership changes (it is a tuple)
+        self.scope: dict[str, Any] = {"traits": profile.traits, "metrics": profile.metric_values,
+                                      "segments": profile.segments, "user_id": profile.user_id}
+        if event is not None:
+            self.scope["event"] = {"name": event.name, "properties": event.properties,
+                                   "timestamp": event.timestamp}
+            self.scope["properties"] = event.properties
+
+
+Stats = dict[str, tuple[int, int]]
+_DETAIL = {"segment": "rule", "if": "rule", "always": "rule", "after": "after", "at": "at"}
+
+
+@dataclass(frozen=True, slots=True)
+class _StatePlan:
+    """One state's transitions sorted by how they fire, once at load (the hot path never re-sorts).
+
+    The engine moves an instance by assigning the target state: the journey's `transitions` machine
+    (cj.machine, built at load, no callbacks) checks the graph there, and firing its trigger would do
+    the same assignment for ~7 µs per move (tests/test_fastpaths.py checks every move against it).
+    """
+
+    spec: State
+    checks: tuple[CompiledTransition, ...]  # on / segment / if / always, in file order
+    timers: tuple[tuple[int, Transition], ...]  # after / at, with their index
+    clock_rules: tuple[CompiledTransition, ...]  # `if` rules that read $now: they need a wake-up
+    candidates: tuple[str, ...]  # the messages `send` names
+    choose: str | None  # first / random / best, or None: send every eligible candidate
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A compiled journey with what the engine asks of it on every input, precomputed."""
+
+    cj: CompiledJourney
+    name: str
+    key_prop: str | None
+    states: dict[str, _StatePlan]
+    reads_journey: bool  # exits, goal or transitions read `journey.*`: _check must set the scope
+    ikey: InstanceKey  # the unkeyed instance's key, one tuple shared by every profile
+    entry_on: str | None
+    entry_segment: str | None
+    exits_on: dict[str, tuple[CompiledTrigger, ...]]  # exit criteria an event of that name may meet
+    exits_changed: tuple[CompiledTrigger, ...]  # segment and rule exits: whenever something changed
+
+    @classmethod
+    def of(cls, cj: CompiledJourney) -> _Plan:
+        states = {}
+        for name, spec in cj.journey.states.items():
+            compiled = cj.transitions[name]
+            states[name] = _StatePlan(
+                spec=spec,
+                checks=tuple(t for t in compiled if t.kind not in ("after", "at")),
+                timers=tuple((i, t) for i, t in enumerate(spec.transitions) if t.kind in ("after", "at")),
+                clock_rules=tuple(t for t in compiled if t.rule is not None and t.rule.now and t.kind == "if"),
+                candidates=tuple(spec.candidates),
+                choose=spec.send.choose if isinstance(spec.send, Choose) else None)
+        triggers = (*cj.exits, *((cj.goal,) if cj.goal else ()))
+        rules = [t.rule for t in triggers] + [t.rule for ts in cj.transitions.values() for t in ts]
+        return cls(cj=cj, name=cj.name, key_prop=cj.journey.entry.key, states=states,
+                   reads_journey=any(r is not None and r.journey for r in rules), ikey=(cj.name, ""),
+                   entry_on=cj.entry.on, entry_segment=cj.entry.segment,
+                   exits_on={e.on: tuple(x for x in cj.exits if x.on == e.on) for e in cj.exits if e.on},
+                   exits_changed=tuple(x for x in cj.exits if x.on is None))
+
+    def exits(self, run: _Run, event: Event | None) -> tuple[CompiledTrigger, ...]:
+        """The exit criteria that may fire on this input (any one that does ends the instance)."""
+        on = self.exits_on.get(event.name) if event is not None and event.name is not None else None
+        if not run.changed:
+            return on or ()
+        return self.exits_changed + on if on else self.exits_changed
+
+    def may_enter(self, run: _Run, event: Event | None) -> bool:
+        """The cheap half of entry: the trigger kind matches this input (the rest is in Engine._enter)."""
+        if self.entry_on is not None:
+            return event is not None and event.name == self.entry_on
+        if self.entry_segment is not None:
+            return self.entry_segment in run.entered
+        return run.changed
+
+
+class Engine:
+    """Runs a compiled workspace. Bandit statistics are the only state it keeps itself."""
+
+    def __init__(self, compiled: CompiledWorkspace, *, seed: int = 0) -> None:
+        self.cw = compiled
+        self.seed = seed
+        self.policies = compiled.workspace.policies
+        self.messages = compiled.workspace.messages
+        self.bandits: dict[tuple[str, str], Stats] = {}
+        self._plans = tuple(_Plan.of(cj) for cj in compiled.journeys.values())
+        self._plan = {p.name: p for p in self._plans}
+        self._clock_rules = any(sp.clock_rules for p in self._plans for sp in p.states.values())
+        self._defaults = MappingProxyType(compiled.metrics.defaults)  # shared by every profile, read-only
+        self._ledger_span = max((c.per for c in self.policies.frequency_caps), default=timedelta(0))
+        self._subscribed_by_default = {name: sub.default == "subscribed"
+                                       for name, sub in compiled.workspace.subscriptions.items()}
+
+    # --- the three inputs ---------------------------------------------------------------------
+
+    def new_profile(self, user_id: str) -> Profile:
+        return Profile(user_id, self._defaults)
+
+    def apply(self, profile: Profile, event: Event, now: datetime) -> Outcome:
+        """One event for this user (already deduplicated by the caller)."""
+        run = _Run(profile, now, event)
+        traits_changed = False
+        changed_metrics = self.cw.metrics.refresh(profile, now)
+        if event.traits:
+            traits_changed = self._set_traits(profile, event.traits)
+        if event.name is not None:
+            changed_metrics |= self.cw.metrics.apply(profile, event, now)
+            self._subscription(run, event)
+        self._segments(run, metrics=changed_metrics, traits=traits_changed, timed=False)
+        run.changed = bool(changed_metrics or traits_changed or run.entered or run.changed)
+        self._journeys(run, event)
+        self._settle(run)
+        return run.out
+
+    def wake(self, profile: Profile, now: datetime) -> Outcome:
+        """Everything that falls due for this user at `now`: windows, `for:`, timers, deferred sends."""
+        run = _Run(profile, now)
+        self._wake(run)
+        self._settle(run)
+        return run.out
+
+    def _wake(self, run: _Run) -> None:
+        profile = run.profile
+        changed = self.cw.metrics.refresh(profile, run.now)
+        self._segments(run, metrics=changed, traits=False, timed=True)
+        run.changed = True
+        if profile.deferred:
+            self._deferred(run)
+        groups = _by_journey(profile) if profile.instances else _NO_GROUPS
+        for plan in self._plans:
+            instances = groups.get(plan.name)
+            if instances:
+                for inst in instances:
+                    if not self._fire_timer(run, plan, inst):
+                        self._check(run, plan, inst, None)
+            if plan.entry_on is None and (plan.entry_segment is None or plan.entry_segment in run.entered):
+                self._enter(run, plan.cj, None)  # a segment or rule entry (a wake-up has always `changed`)
+        run.entered.clear()
+
+    def merge(self, into: Profile, other: Profile, now: datetime) -> Outcome:
+        """alias: fold the anonymous profile `other` into `into`, journeys and metrics included."""
+        run = _Run(into, now)
+        run.out.records.append(trace.other("alias_merged", now, into.user_id, previous_id=other.user_id))
+        into.traits.update({k: v for k, v in other.traits.items() if k not in into.traits})
+        self.cw.metrics.merge(into, other, now)
+        for key, inst in other.instances.items():
+            if key not in into.instances:
+                into.add_instance(key, inst)
+                moved = [d for d in other.deferred or () if (d.journey, d.key) == key]
+                into.deferred = (into.deferred or []) + moved or None
+        if other.entries:
+            entries = into.entries if into.entries is not None else {}
+            for key, at in other.entries.items():
+                entries[key] = max(entries.get(key, at), at)
+            into.entries = entries
+        into.ledger = tuple(sorted((*(into.ledger or ()), *(other.ledger or ())))) or None
+        for name, choice in (other.choices or {}).items():
+            into.subscriptions.setdefault(name, choice)
+        into.engagements = sorted((into.engagements or []) + (other.engagements or [])) or None
+        self._segments(run, metrics=set(self.cw.metrics.metrics), traits=True, timed=True)
+        run.changed = True
+        self._journeys(run, None)
+        self._settle(run)
+        return run.out
+
+    def enroll(self, profile: Profile, now: datetime, journeys: Iterable[str]) -> Outcome:
+        """A journey loaded for the first time enrolls users already in its entry segment."""
+        run = _Run(profile, now)
+        for name in journeys:
+            cj = self.cw.journeys[name]
+            if cj.entry.segment in profile.segments:
+                run.entered.add(cj.entry.segment)
+                self._enter(run, cj, None)
+                run.entered.discard(cj.entry.segment)
+        self._settle(run)
+        return run.out
+
+    # --- profile updates ----------------------------------------------------------------------
+
+    @staticmethod
+    def _set_traits(profile: Profile, traits: dict[str, Any]) -> bool:
+        changed = any(profile.traits.get(k, _MISSING) != v for k, v in traits.items())
+        if changed:
+            # every profile has the same few trait names: one shared copy of each, not one per user
+            profile.traits.update({sys.intern(k) if type(k) is str else k: v for k, v in traits.items()})
+        return changed
+
+    def _subscription(self, run: _Run, event: Event) -> None:
+        choice = SUBSCRIPTION_EVENTS.get(event.name or "")
+        name = event.properties.get("subscription")
+        if choice is None or not isinstance(name, str):
+            return
+        if (run.profile.choices or {}).get(name) != choice:
+            run.profile.subscriptions[name] = choice
+            run.out.records.append(trace.other("subscription_changed", run.now, run.profile.user_id,
+                                               subscription=name, subscribed=choice))
+            run.changed = True
+
+    def _segments(self, run: _Run, *, metrics: AbstractSet[str], traits: bool, timed: bool) -> None:
+        run.scope.pop("journey", None)  # membership is per user: never read a journey instance's leftovers
+        for name, entered in self.cw.segments.evaluate(run.profile, run.scope, run.now, metrics=metrics,
+                                                       traits=traits, timed=timed):
+            kind = "segment_entered" if entered else "segment_left"
+            run.out.records.append(trace.segment(kind, run.now, run.profile.user_id, name))
+            if entered:
+                run.entered.add(name)
+            run.changed = True
+
+    # --- journeys -----------------------------------------------------------------------------
+
+    def _journeys(self, run: _Run, event: Event | None) -> None:
+        groups = _by_journey(run.profile) if run.profile.instances else _NO_GROUPS
+        for plan in self._plans:
+            instances = groups.get(plan.name)
+            if instances:
+                key_prop = plan.key_prop
+                routed = None
+                if event is not None and key_prop is not None and key_prop in event.properties:
+                    routed = str(event.properties[key_prop])
+                for inst in instances:
+                    if routed is None or inst.key == routed:
+                        self._check(run, plan, inst, event)
+            if plan.may_enter(run, event):
+                self._enter(run, plan.cj, event)  # the rest of the entry checks
+
+    def _check(self, run: _Run, plan: _Plan, inst: Instance, event: Event | None) -> None:
+        """Exit criteria, then the goal, then the current state's transitions."""
+        cj = plan.cj
+        if plan.reads_journey:
+            self._journey_scope(run, inst)
+        for criterion in plan.exits(run, event):
+            if self._fires(run, criterion, event, edge=False):
+                self._exit(run, cj, inst, "exit")
+                return
+        if cj.goal is not None and self._fires(run, cj.goal, event, edge=False):
+            self._goal(run, cj, inst)
+            if cj.journey.goal is not None and cj.journey.goal.exit:
+                self._exit(run, cj, inst, "goal")
+                return
+        transition = self._first(run, plan.states[inst.state].checks, event, arrival=False)
+        if transition is not None:
+            self._move(run, cj, inst, transition)
+
+    def _fires(self, run: _Run, trigger: CompiledTrigger, event: Event | None, *, edge: bool) -> bool:
+        if trigger.on is not None:
+            if event is None or event.name != trigger.on:
+                return False
+        elif trigger.segment is not None:
+            if not run.changed or trigger.segment not in (run.entered if edge else run.profile.segments):
+                return False
+        elif not run.changed:
+            return False
+        return trigger.rule is None or trigger.rule(run.scope, run.now)
+
+    def _first(self, run: _Run, transitions: tuple[CompiledTransition, ...], event: Event | None, *,
+               arrival: bool) -> CompiledTransition | None:
+        """The first transition that fires now; timers fire elsewhere."""
+        for t in transitions:
+            kind = t.kind
+            if kind == "on":
+                if event is not None and event.name == t.on and (t.rule is None or t.rule(run.scope, run.now)):
+                    return t
+            elif kind == "segment":
+                if (arrival or run.changed) and t.segment in run.profile.segments and (
+                        t.rule is None or t.rule(run.scope, run.now)):
+                    return t
+            elif kind == "if":
+                if (arrival or run.changed) and t.rule is not None and t.rule(run.scope, run.now):
+                    return t
+            elif kind == "always":
+                return t
+        return None
+
+    def _journey_scope(self, run: _Run, inst: Instance) -> None:
+        run.scope["journey"] = {"entered_at": inst.entered_at, "state_entered_at": inst.state_entered_at,
+                                "key": inst.key or None, "data": inst.data}
+
+    def _enter(self, run: _Run, cj: CompiledJourney, event: Event | None) -> None:
+        entry = cj.entry
+        if entry.on is not None:
+            if event is None or event.name != entry.on:
+                return
+        elif entry.segment is not None:
+            if entry.segment not in run.entered:
+                return
+        elif not run.changed:
+            return
+        key = ""
+        if entry.on is not None and event is not None and entry.on == event.name and cj.journey.entry.key:
+            value = event.properties.get(cj.journey.entry.key)
+            if value is None:
+                return
+            key = str(value)
+        ikey = self._plan[cj.name].ikey if not key else (cj.name, key)
+        if ikey in run.profile.instances or not self._may_reenter(run, cj, ikey):
+            return
+        run.scope.pop("journey", None)
+        if not self._fires(run, entry, event, edge=True):
+            return
+        data = dict(event.properties) if event is not None and entry.on is not None else {}
+        inst = Instance(journey=cj.name, version=cj.version, key=key, state=cj.journey.initial,
+                        entered_at=run.now, data=data, holdout=self._held_out(cj, run.profile.user_id))
+        run.profile.add_instance(ikey, inst)
+        if run.profile.entries is None:
+            run.profile.entries = {}
+        run.profile.entries[ikey] = run.now.timestamp()
+        extra = {"holdout": True} if inst.holdout else {}
+        run.out.records.append(trace.journey_entered(run.now, run.profile.user_id, cj.name, key or None,
+                                                     inst.state, **extra))
+        self._arrive(run, cj, inst)
+
+    def _may_reenter(self, run: _Run, cj: CompiledJourney, ikey: InstanceKey) -> bool:
+        last = run.profile.entries.get(ikey) if run.profile.entries else None
+        if last is None:
+            return True
+        policy = cj.journey.entry.reentry
+        if policy == "never":
+            return False
+        if policy == "always":
+            return True
+        return run.now - datetime.fromtimestamp(last, UTC) >= policy.after  # exact: see Profile.wake
+
+    def _held_out(self, cj: CompiledJourney, user: str) -> bool:
+        if cj.journey.holdout <= 0:
+            return False
+        digest = hashlib.sha1(f"{cj.name}:{user}".encode()).digest()
+        return int.from_bytes(digest[:4], "big") / 2**32 < cj.journey.holdout
+
+    def _move(self, run: _Run, cj: CompiledJourney, inst: Instance, t: CompiledTransition,
+              trigger: str | None = None) -> None:
+        src = inst.state
+        inst.state = t.to  # see _StatePlan: the same move as cj.machine's, without its 7 µs
+        detail = f"event:{t.on}" if t.kind == "on" else _DETAIL[t.kind]
+        run.out.records.append(trace.transition(run.now, run.profile.user_id, cj.name, inst.key or None, src,
+                                                inst.state, trigger or detail))
+        self._arrive(run, cj, inst)
+
+    def _arrive(self, run: _Run, cj: CompiledJourney, inst: Instance) -> None:
+        """Enter inst.state: send, start timers, then follow splits, true rules and fallbacks at once."""
+        states = self._plan[cj.name].states
+        for _ in range(MAX_CHAIN):
+            plan = states[inst.state]
+            state = plan.spec
+            inst.visit += 1
+            inst.state_entered_at = run.now
+            self._journey_scope(run, inst)
+            self._send_state(run, cj, inst, plan)
+            if (cj.name, inst.key) not in run.profile.instances:
+                return
+            if state.final:
+                self._exit(run, cj, inst, "final")
+                return
+            inst.timers = tuple(self._timers(run, plan)) if plan.timers else ()
+            if state.split is not None:
+                self._split(run, cj, inst)
+                continue
+            t = self._first(run, plan.checks, None, arrival=True)
+            if t is None:
+                return
+            src = inst.state
+            inst.state = t.to
+            run.out.records.append(trace.transition(run.now, run.profile.user_id, cj.name, inst.key or None,
+                                                    src, inst.state, "rule"))
+        run.out.records.append(trace.other("cycle", run.now, run.profile.user_id, journey=cj.name,
+                                           key=inst.key or None, state=inst.state,
+                                           error=f"more than {MAX_CHAIN} transitions in a row: a loop of "
+                                                 "states whose rules are all true; stopped here"))
+
+    def _split(self, run: _Run, cj: CompiledJourney, inst: Instance) -> None:
+        split = cj.journey.states[inst.state].split
+        assert split is not None
+        paths = [(p.to, p.weight) for p in split.paths]
+        rng = self._rng(run, inst, "split")
+        if split.strategy == "bandit":
+            stats = self.bandits.setdefault((cj.name, inst.state), {})
+            target = split_bandit(paths, {k[2:]: v for k, v in stats.items() if k.startswith("->")}, rng)
+            self._learn(run, cj.name, inst.state, "->" + target, 1, 0)
+            _attribute(inst, "->" + target, run.now)
+        else:
+            target = split_random(paths, rng)
+        src = inst.state
+        inst.state = target
+        run.out.records.append(trace.transition(run.now, run.profile.user_id, cj.name, inst.key or None, src,
+                                                inst.state, "split"))
+
+    def _exit(self, run: _Run, cj: CompiledJourney, inst: Instance, reason: str) -> None:
+        profile = run.profile
+        ikey = (cj.name, inst.key)
+        profile.remove_instance(ikey)
+        if profile.entries is None:
+            profile.entries = {}
+        profile.entries[ikey] = inst.entered_at.timestamp()
+        inst.timers = ()
+        kept = []
+        for d in profile.deferred or ():
+            if (d.journey, d.key) == ikey:
+                msg = self.messages[d.message]
+                run.out.records.append(trace.message("message_suppressed", run.now, profile.user_id, cj.name,
+                                                     inst.key or None, d.state, d.message, msg.channel, None,
+                                                     reason="left_journey"))
+            else:
+                kept.append(d)
+        profile.deferred = kept or None
+        run.out.records.append(trace.journey_exited(run.now, profile.user_id, cj.name, inst.key or None, reason,
+                                                    state=inst.state))
+
+    def _goal(self, run: _Run, cj: CompiledJourney, inst: Instance) -> None:
+        goal = cj.journey.goal
+        assert goal is not None
+        credited = []
+        for arm, at, state in inst.sent or ():
+            if run.now - at <= goal.within and (cj.name, state) in self.bandits:
+                self._learn(run, cj.name, state, arm, 0, 1)
+                credited.append(arm.removeprefix("->"))
+        extra = {"attributed": credited} if credited else {}
+        run.out.records.append(trace.goal_reached(run.now, run.profile.user_id, cj.name, inst.key or None,
+                                                  **extra))
+        inst.sent = None
+
+    # --- timers -------------------------------------------------------------------------------
+
+    def _timers(self, run: _Run, plan: _StatePlan) -> list[tuple[datetime, int]]:
+        timers = []
+        for index, t in plan.timers:
+            due: datetime | None = None
+            if t.after is not None:
+                due = run.now + t.after
+            elif isinstance(t.at, str):
+                due = self._next_local(run, t.at)
+            elif isinstance(t.at, AttributeTime):
+                value = _path(run.scope, t.at.attribute)
+                due = value + t.at.offset if isinstance(value, datetime) else None
+                if due is not None and due < run.now:
+                    due = run.now  # the date has passed while the user was on the way: go now
+            if due is not None:
+                timers.append((due, index))
+        return timers
+
+    def _next_local(self, run: _Run, clock: str) -> datetime:
+        zone = resolve_zone(_str(run.profile.traits.get("timezone")), self.policies.timezone)
+        local = run.now.astimezone(zone)
+        minutes = clock_minutes(clock)
+        candidate = local.replace(hour=minutes // 60, minute=minutes % 60, second=0, microsecond=0)
+        if candidate <= local:
+            candidate = (local + timedelta(days=1)).replace(hour=minutes // 60, minute=minutes % 60, second=0,
+                                                           microsecond=0)
+        # replace() on an aware datetime keeps the old offset: rebuild in the zone for DST days
+        naive = candidate.replace(tzinfo=None)
+        return naive.replace(tzinfo=zone).astimezone(UTC)
+
+    def _fire_timer(self, run: _Run, plan: _Plan, inst: Instance) -> bool:
+        """The earliest timer due (the first one written on a tie) moves the instance; _arrive sets the scope."""
+        first: tuple[datetime, int] | None = None
+        for timer in inst.timers:
+            if timer[0] <= run.now and (first is None or timer < first):
+                first = timer
+        if first is None:
+            return False
+        self._move(run, plan.cj, inst, plan.cj.transitions[inst.state][first[1]])
+        return True
+
+    # --- messages -----------------------------------------------------------------------------
+
+    def _send_state(self, run: _Run, cj: CompiledJourney, inst: Instance, plan: _StatePlan) -> None:
+        if not plan.candidates:
+            return
+        eligible = [m for m in plan.candidates if self._eligible(run, cj, inst, m)]
+        if plan.choose is None:
+            for message_id in eligible:
+                self._deliver(run, cj, inst, message_id, inst.state)
+            return
+        if not eligible:
+            return
+        rng = self._rng(run, inst, "choose")
+        if plan.choose == "first":
+            chosen = choose_first([(m, self.messages[m].priority) for m in eligible])
+        elif plan.choose == "random":
+            chosen = choose_random(eligible, rng)
+        else:
+            stats = self.bandits.setdefault((cj.name, inst.state), {})
+            chosen = choose_best(eligible, stats, rng)
+            self._learn(run, cj.name, inst.state, chosen, 1, 0)
+            _attribute(inst, chosen, run.now)
+        self._deliver(run, cj, inst, chosen, inst.state)
+
+    def _eligible(self, run: _Run, cj: CompiledJourney, inst: Instance, message_id: str) -> bool:
+        rule = self.cw.message_rules.get(message_id)
+        if rule is None or rule(run.scope, run.now):
+            return True
+        msg = self.messages[message_id]
+        run.out.records.append(trace.message("message_suppressed", run.now, run.profile.user_id, cj.name,
+                                             inst.key or None, inst.state, message_id, msg.channel, None,
+                                             reason="ineligible"))
+        return False
+
+    def _learn(self, run: _Run, journey: str, state: str, arm: str, sends: int, conversions: int) -> None:
+        stats = self.bandits.setdefault((journey, state), {})
+        before = stats.get(arm, (0, 0))
+        stats[arm] = (before[0] + sends, before[1] + conversions)
+        run.out.learned((journey, state, arm), sends, conversions)
+
+    def _deliver(self, run: _Run, cj: CompiledJourney, inst: Instance, message_id: str, state: str, *,
+                 deferred: bool = False) -> None:
+        msg = self.messages[message_id]
+        profile = run.profile
+        base = (run.now, profile.user_id, cj.name, inst.key or None, state, message_id, msg.channel)
+        if inst.holdout:
+            run.out.records.append(trace.message("message_suppressed", *base, None, reason="holdout"))
+            return
+        decision = self._decide(run, msg, deferred)
+        if decision.action == "suppress":
+            run.out.records.append(trace.message("message_suppressed", *base, None, reason=decision.reason,
+                                                 why=decision.explanation))
+        elif decision.action == "defer":
+            assert decision.until is not None
+            held = Deferred(due=decision.until, journey=cj.name, key=inst.key, state=state, message=message_id,
+                            visit=inst.visit)
+            if profile.deferred is None:
+                profile.deferred = [held]
+            else:
+                profile.deferred.append(held)
+            run.out.records.append(trace.message("message_deferred", *base, None,
+                                                 until=trace.iso(decision.until), reason=decision.reason,
+                                                 why=decision.explanation))
+        else:
+            self._emit(run, cj, inst, msg, message_id, state)
+
+    def _decide(self, run: _Run, msg: Message, deferred: bool) -> Decision:
+        profile = run.profile
+        subscribed = True
+        if msg.subscription is not None:
+            default = self._subscribed_by_default.get(msg.subscription, True)  # undeclared: subscribed
+            subscribed = profile.choices.get(msg.subscription, default) if profile.choices else default
+        timezone = _str(profile.traits.get("timezone"))
+        hour = learned_hour(profile.engagements, timezone or self.policies.timezone, run.now) \
+            if msg.send_at == "optimal" and profile.engagements else None
+        return decide(now=run.now, message=msg, policies=self.policies, timezone=timezone,
+                      ledger=profile.ledger or (), subscribed=subscribed, best_hour=hour, deferred=deferred)
+
+    def _emit(self, run: _Run, cj: CompiledJourney, inst: Instance, msg: Message, message_id: str,
+              state: str) -> None:
+        """Record the send; rendering happens at delivery, with the context captured here."""
+        profile = run.profile
+        locale = self._locale(profile, msg)
+        profile.ledger = (*(profile.ledger or ()), (run.now.timestamp(), msg.channel))
+        self._prune_ledger(profile, run.now)
+        run.out.records.append(trace.message("message_sent", run.now, profile.user_id, cj.name, inst.key or None,
+                                             state, message_id, msg.channel, locale))
+        run.out.sends.append(SendMessage(
+            idempotency_key=f"{profile.user_id}:{cj.name}:{inst.key}:{_entry_id(inst)}:{inst.visit}:{message_id}",
+            at=run.now,
+            user=profile.user_id, journey=cj.name, key=inst.key or None, state=state, message=message_id,
+            channel=msg.channel, locale=locale,
+            context={"traits": dict(profile.traits), "metrics": profile.metrics, "user_id": profile.user_id,
+                     "journey": {"name": cj.name, "key": inst.key or None, "data": inst.data},
+                     "message": {"id": message_id, "channel": msg.channel}}))
+
+    @staticmethod
+    def _locale(profile: Profile, msg: Message) -> str | None:
+        """The translation to use: traits.locale `ko-KR` takes `ko-KR`, then `ko`; else the default."""
+        locale = _str(profile.traits.get("locale"))
+        if locale and msg.translations:
+            for candidate in (locale, locale.replace("_", "-").split("-")[0]):
+                if candidate in msg.translations:
+                    return candidate
+        return None
+
+    def render(self, send: SendMessage) -> RenderedMessage:
+        """The message's subject, title and body for this send, in its locale (raises TemplateError)."""
+        msg = self.messages[send.message]
+        content = {"subject": msg.subject, "title": msg.title, "body": self._body(msg.body, msg.template)}
+        tr = msg.translations.get(send.locale) if send.locale else None
+        if tr is not None:
+            content.update({k: v for k, v in (("subject", tr.subject), ("title", tr.title),
+                                              ("body", self._body(tr.body, tr.template))) if v})
+        render = self.cw.renderer.render
+        done = {k: render(v, send.context, now=send.at, html=(k == "body" and msg.channel == "email"))
+                for k, v in content.items() if v}
+        return RenderedMessage(subject=done.get("subject"), title=done.get("title"), body=done.get("body", ""),
+                               url=msg.url)
+
+    def _body(self, body: str | None, template: str | None) -> str | None:
+        return self.cw.workspace.templates.get(template, "") if template else body
+
+    def _prune_ledger(self, profile: Profile, now: datetime) -> None:
+        horizon = (now - self._ledger_span).timestamp()
+        if profile.ledger and profile.ledger[0][0] <= horizon:
+            profile.ledger = tuple(e for e in profile.ledger if e[0] > horizon) or None
+
+    def _deferred(self, run: _Run) -> None:
+        """Deferred sends that fall due are decided again: caps and subscriptions may have changed."""
+        profile = run.profile
+        assert profile.deferred is not None
+        due = sorted((d for d in profile.deferred if d.due <= run.now), key=lambda d: (d.due, d.message))
+        if not due:
+            return
+        profile.deferred = [d for d in profile.deferred if d.due > run.now] or None
+        for d in due:
+            inst = profile.instances.get((d.journey, d.key))
+            if inst is None:
+                continue
+            self._deliver(run, self.cw.journeys[d.journey], inst, d.message, d.state, deferred=True)
+
+    # --- scheduling ---------------------------------------------------------------------------
+
+    def _settle(self, run: _Run) -> None:
+        """Fire whatever is already due (timers at `now`), then compute the user's next wake-up."""
+        now = run.now.timestamp()
+        for _ in range(MAX_CHAIN):
+            self._schedule(run)
+            if run.profile.wake_at is None or run.profile.wake_at > now:
+                return
+            self._wake(run)
+        run.profile.segments_due_at = UNSETTLED  # cut short after a wake-up: its anchors were not noted
+
+    def _schedule(self, run: _Run) -> None:
+        """The earliest of: timers, deferred sends, window expiries, time-driven segments and rules."""
+        profile = run.profile
+        best: datetime | None = None
+        for inst in profile.instances.values():
+            for at, _ in inst.timers:
+                if best is None or at < best:
+                    best = at
+        for d in profile.deferred or ():
+            if best is None or d.due < best:
+                best = d.due
+        later: list[datetime | None] = [self.cw.metrics.next_expiry(profile) if profile.windows else None]
+        if self.cw.segments.timed:
+            run.scope.pop("journey", None)
+            later.append(self.cw.segments.schedule(profile, run.scope, run.now))
+        if self._clock_rules and profile.instances:
+            later.append(self._rule_change(run))
+        for candidate in later:
+            if candidate is not None and (best is None or candidate < best):
+                best = candidate
+        profile.wake_at = None if best is None else best.timestamp()
+
+    def _rule_change(self, run: _Run) -> datetime | None:
+        best: datetime | None = None
+        for (name, _), inst in run.profile.instances.items():
+            rules = self._plan[name].states[inst.state].clock_rules
+            if not rules:
+                continue
+            self._journey_scope(run, inst)
+            for t in rules:
+                assert t.rule is not None
+                at = t.rule.next_change(run.scope, run.now)
+                if at is not None and (best is None or at < best):
+                    best = at
+        return best
+
+    def _rng(self, run: _Run, inst: Instance, purpose: str) -> random.Random:
+        """A generator per decision: the same seed and user give the same choice, whatever the others do."""
+        return random.Random(
+            f"{self.seed}:{run.profile.user_id}:{inst.journey}:{inst.key}:{_entry_id(inst)}:{inst.visit}:{purpose}")
+
+
+_MISSING = object()
+_NO_GROUPS: dict[str, list[Instance]] = {}
+
+
+def _by_journey(profile: Profile) -> dict[str, list[Instance]]:
+    """The user's instances per journey, in the order they were entered."""
+    groups: dict[str, list[Instance]] = {}
+    for (name, _), inst in profile.instances.items():
+        groups.setdefault(name, []).append(inst)
+    return groups
+
+
+def _attribute(inst: Instance, arm: str, at: datetime) -> None:
+    """Remember a choice made for this instance, so a goal reached later credits it."""
+    choice = (arm, at, inst.state)
+    if inst.sent is None:
+        inst.sent = [choice]
+    else:
+        inst.sent.append(choice)
+
+
+def _entry_id(inst: Instance) -> int:
+    """Which run through the journey: a re-entry is a new run, with new send keys and new draws."""
+    return int(inst.entered_at.timestamp() * 1000)
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _path(scope: dict[str, Any], dotted: str) -> Any:
+    value: Any = scope
+    for part in dotted.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value

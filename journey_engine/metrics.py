@@ -1,0 +1,201 @@
+"""Computed metrics: aggregates of a user's events, and when each next changes with time alone.
+
+Metrics count an event at its own timestamp. A `within` window slides over event times against the
+engine clock, so a windowed metric changes when its oldest event leaves the window: `next_expiry`.
+A profile keeps only the values that differ from their defaults (`Profile.metric_values`); a window
+is one flat tuple of (event epoch, value) pairs in the order `bisect.insort` would keep them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+from datetime import UTC, datetime
+from typing import Any
+
+from .events import Event
+from .model import Metric
+from .profile import Profile
+from .rules import METRIC_DEFAULTS, CompiledRule
+
+_NOTHING: frozenset[str] = frozenset()
+_INF = float("inf")
+_WHOLE = tuple(float(n) for n in range(1024))
+
+
+class MetricBook:
+    """All metrics of a workspace, indexed by the event that feeds them."""
+
+    def __init__(self, metrics: Mapping[str, Metric], where: Mapping[str, CompiledRule],
+                 watched: frozenset[str] | None = None) -> None:
+        self.metrics = dict(metrics)
+        self.where = dict(where)
+        self.defaults = {name: METRIC_DEFAULTS[m.kind] for name, m in metrics.items()}
+        self.by_event: dict[str, list[str]] = {}
+        self.for_any: tuple[str, ...] = ()
+        for name, metric in metrics.items():
+            if metric.event == "any":
+                self.for_any += (name,)
+            else:
+                self.by_event.setdefault(metric.event, []).append(name)
+        # what one event feeds: its own metrics, then those of any event
+        self._fed = {event: (*names, *self.for_any) for event, names in self.by_event.items()}
+        self.windowed = frozenset(n for n, m in metrics.items() if m.within is not None)
+        self.kinds = {name: m.kind for name, m in metrics.items()}  # `Metric.kind` is computed on every read
+        self.spans = {name: m.within.total_seconds() for name, m in metrics.items() if m.within is not None}
+        # windows that segments or journey rules read: only their expiries need a wake-up; a
+        # message's eligibility rule reads the window when the message is about to go
+        self.watched = self.windowed if watched is None else watched & self.windowed
+
+    def value(self, profile: Profile, name: str) -> Any:
+        return profile.metric_values.get(name, self.defaults[name])
+
+    def _set(self, profile: Profile, name: str, value: Any) -> None:
+        default = self.defaults[name]
+        if value is default or (type(value) is type(default) and value == default):
+            profile.metric_values.pop(name, None)  # the default again (0.0 is not 0: templates show it)
+        elif type(value) is float and value.is_integer() and 0 < value < len(_WHOLE):
+            profile.metric_values[name] = _WHOLE[int(value)]  # counts: one shared 3.0, not one per user
+        else:
+            profile.metric_values[name] = value
+
+    def apply(self, profile: Profile, event: Event, now: datetime) -> set[str]:
+        """Fold one track event into the profile's metrics; return the names that changed."""
+        assert event.name is not None
+        names = self._fed.get(event.name, self.for_any)
+        if not names:
+            return set()
+        changed: set[str] = set()
+        scope: dict[str, Any] | None = None
+        for name in names:
+            rule = self.where.get(name)
+            if rule is not None:
+                scope = scope or {"event": {"name": event.name, "properties": event.properties,
+                                            "timestamp": event.timestamp},
+                                  "properties": event.properties, "traits": profile.traits,
+                                  "user_id": profile.user_id, "metrics": profile.metric_values,
+                                  "segments": profile.segments}
+                if not rule(scope, now):
+                    continue
+            if self._fold(profile, name, self.kinds[name], self.metrics[name], event, now):
+                changed.add(name)
+        return changed
+
+    def _fold(self, profile: Profile, name: str, kind: str, metric: Metric, event: Event, now: datetime) -> bool:
+        ts = event.timestamp
+        if kind == "last_seen" or kind == "first_seen":
+            before = profile.metric_values.get(name)
+            if before is None or (ts > before if kind == "last_seen" else ts < before):
+                self._set(profile, name, ts)
+                return True
+            return False
+        if kind == "last":
+            assert metric.last is not None
+            self._set(profile, name, event.properties.get(metric.last))
+            return True
+        amount = 1.0 if kind == "count" else _number(event.properties.get(metric.sum or ""))
+        if metric.within is None:
+            self._set(profile, name, self.value(profile, name) + amount)
+            return True
+        epoch = ts.timestamp()
+        if epoch <= now.timestamp() - self.spans[name]:
+            return False  # already outside the window
+        if profile.windows is None:
+            profile.windows = {}
+        profile.windows[name] = _insort(profile.windows.get(name, ()), epoch, amount)
+        self._window_value(profile, name, now.timestamp())
+        return True
+
+    def refresh(self, profile: Profile, now: datetime) -> Set[str]:
+        """Let events fall out of their windows; return the names that changed."""
+        if not profile.windows:
+            return _NOTHING
+        changed = set()
+        now_s = now.timestamp()
+        for name, entries in list(profile.windows.items()):
+            if entries[0] > now_s - self.spans[name]:
+                continue  # nothing has left this window: its value stands
+            before = self.value(profile, name)
+            self._window_value(profile, name, now_s)
+            if self.value(profile, name) != before:
+                changed.add(name)
+        return changed
+
+    def _window_value(self, profile: Profile, name: str, now_s: float) -> None:
+        assert profile.windows is not None
+        entries = profile.windows[name]
+        cut = _bisect_right(entries, now_s - self.spans[name], _INF)
+        if cut:
+            entries = profile.windows[name] = entries[2 * cut:]
+        count = self.kinds[name] == "count"
+        total: float = len(entries) // 2 if count else sum(entries[1::2])
+        self._set(profile, name, int(total) if count else total)
+        if not entries:
+            del profile.windows[name]
+            if not profile.windows:
+                profile.windows = None
+
+    def next_expiry(self, profile: Profile) -> datetime | None:
+        """When the oldest event in any of the user's windows leaves it."""
+        if not profile.windows:
+            return None
+        best: float | None = None
+        for name, entries in profile.windows.items():
+            if name in self.watched:
+                at = entries[0] + self.spans[name]
+                best = at if best is None or at < best else best
+        return None if best is None else datetime.fromtimestamp(best, UTC)
+
+    def merge(self, into: Profile, other: Profile, now: datetime) -> None:
+        """Alias: fold another profile's metrics into this one's."""
+        for name, metric in self.metrics.items():
+            a, b = self.value(into, name), self.value(other, name)
+            kind = self.kinds[name]
+            if metric.within is not None:
+                pairs = sorted(_pairs((into.windows or {}).get(name)) + _pairs((other.windows or {}).get(name)))
+                if pairs:
+                    if into.windows is None:
+                        into.windows = {}
+                    into.windows[name] = tuple(x for pair in pairs for x in pair)
+                    self._window_value(into, name, now.timestamp())
+            elif kind in ("count", "sum"):
+                self._set(into, name, (a or 0) + (b or 0))
+            elif kind == "last_seen":
+                self._set(into, name, max((v for v in (a, b) if v is not None), default=None))
+            elif kind == "first_seen":
+                self._set(into, name, min((v for v in (a, b) if v is not None), default=None))
+            elif a is None:
+                self._set(into, name, b)
+
+
+def _pairs(entries: tuple[float, ...] | None) -> list[tuple[float, float]]:
+    return [] if entries is None else list(zip(entries[::2], entries[1::2], strict=True))
+
+
+def _bisect_right(entries: tuple[float, ...], epoch: float, amount: float) -> int:
+    """bisect.bisect_right over the (epoch, value) pairs of a flat window: the same comparisons."""
+    lo, hi = 0, len(entries) // 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if (epoch, amount) < (entries[2 * mid], entries[2 * mid + 1]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _insort(entries: tuple[float, ...], epoch: float, amount: float) -> tuple[float, ...]:
+    at = 2 * _bisect_right(entries, epoch, amount)
+    return (*entries[:at], epoch, amount, *entries[at:])
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return 0.0
+    return 0.0

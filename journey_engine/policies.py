@@ -1,0 +1,224 @@
+"""Delivery policy (SPEC §3.6) as pure decisions: subscription, frequency caps, send window,
+send-time optimisation and quiet hours. `decide` answers send / defer until / suppress for one
+send; time is an argument and the user's past sends are a ledger passed in as data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from journey_engine.graph import format_duration
+from journey_engine.model import FrequencyCap, Message, Policies, SendWindow, clock_minutes
+
+Action = Literal["send", "defer", "suppress"]
+
+_DAY_MINUTES = 24 * 60
+# In-app messages wait in an inbox until the user opens the app, and webhooks feed other systems:
+# neither can wake anybody up, so quiet hours do not hold them back.
+_QUIET_EXEMPT = frozenset({"in_app", "webhook"})
+# Caps protect people from message fatigue. A webhook is a system call: it neither counts toward
+# nor is limited by a `channel: any` cap (a cap that names `webhook` still applies, as a rate limit).
+_NOT_PERSON_FACING = frozenset({"webhook"})
+# Every gate repeats daily, so the earliest open instant is at most a day (plus a DST shift) away.
+_SEARCH_DAYS = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """What to do with one send: `send` now, `defer` until a UTC instant, or `suppress` it."""
+
+    action: Action
+    until: datetime | None = None
+    reason: str | None = None
+    explanation: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Gate:
+    """Local minutes of the day when a send may go: [start, end), crossing midnight when end <= start."""
+
+    reason: str
+    start: int
+    end: int
+
+    def allows(self, minute: int) -> bool:
+        if self.start < self.end:
+            return self.start <= minute < self.end
+        return minute >= self.start or minute < self.end
+
+
+def resolve_zone(timezone: str | None, default: str = "UTC") -> ZoneInfo:
+    """The user's zone; a missing or unknown name falls back to `default`, then to UTC."""
+    for name in (timezone, default):
+        if isinstance(name, str) and name:
+            try:
+                return ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError, OSError):
+                continue
+    return ZoneInfo("UTC")
+
+
+def local_hour(now: datetime, timezone: str | None) -> int:
+    """The hour of day (0-23) at `now` in `timezone` (UTC when unknown)."""
+    return _aware(now).astimezone(resolve_zone(timezone)).hour
+
+
+def best_hour(
+    engagements: Sequence[float], timezone: str | None, now: datetime, half_life_days: float = 14.0
+) -> int | None:
+    """The local hour the user engages most, recent engagements weighing more; None without history."""
+    if not engagements:
+        return None
+    zone = resolve_zone(timezone)
+    now_s = _aware(now).timestamp()
+    weights = [0.0] * 24
+    for at in engagements:
+        # Clamped at zero: a timestamp slightly ahead of the clock is recent, not weightier than now.
+        age_days = max(now_s - at, 0.0) / 86400
+        weights[datetime.fromtimestamp(at, zone).hour] += 0.5 ** (age_days / half_life_days)
+    return max(range(24), key=lambda hour: (weights[hour], -hour))
+
+
+def decide(
+    *,
+    now: datetime,
+    message: Message,
+    policies: Policies,
+    timezone: str | None,
+    ledger: Sequence[tuple[float, str]],
+    subscribed: bool,
+    best_hour: int | None = None,
+    deferred: bool = False,
+) -> Decision:
+    """Decide one send. `ledger` holds the user's past sends as (epoch seconds, channel), all journeys.
+
+    `deferred` is True when this send was deferred before and is now due: it is decided again
+    (subscription and caps may have changed) but send-time optimisation does not defer it twice.
+    """
+    now = _aware(now)
+    if not subscribed:
+        return Decision(action="suppress", reason="unsubscribed", explanation="the user is unsubscribed")
+    cap = _reached_cap(now, message.channel, policies.frequency_caps, ledger)
+    if cap is not None:
+        return Decision(action="suppress", reason="frequency_cap", explanation=_cap_text(cap))
+    zone = resolve_zone(timezone, policies.timezone)
+    hour = policies.send_time.default_hour if best_hour is None else best_hour
+    return _timing(now, zone, _gates(message, policies, hour, deferred), policies)
+
+
+def _aware(now: datetime) -> datetime:
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("times must be timezone-aware (UTC); got a naive datetime")
+    return now
+
+
+def _reached_cap(
+    now: datetime, channel: str, caps: Sequence[FrequencyCap], ledger: Sequence[tuple[float, str]]
+) -> FrequencyCap | None:
+    now_s = now.timestamp()
+    for cap in caps:
+        if not _capped_by(cap, channel):
+            continue
+        since = now_s - cap.per.total_seconds()
+        sent = sum(1 for at, sent_on in ledger if since < at <= now_s and _capped_by(cap, sent_on))
+        if sent >= cap.max:
+            return cap
+    return None
+
+
+def _capped_by(cap: FrequencyCap, channel: str) -> bool:
+    if cap.channel == "any":
+        return channel not in _NOT_PERSON_FACING
+    return cap.channel == channel
+
+
+def _cap_text(cap: FrequencyCap) -> str:
+    scope = "all channels" if cap.channel == "any" else cap.channel
+    return f"frequency cap on {scope} reached: {cap.max} per {format_duration(cap.per)}"
+
+
+def _gates(message: Message, policies: Policies, hour: int, deferred: bool) -> list[_Gate]:
+    """The daily windows a send must fall in, the one that explains a deferral first."""
+    quiet = _quiet_gate(message, policies)
+    timing = _timing_gate(message, hour, quiet, deferred)
+    return [gate for gate in (timing, quiet) if gate is not None]
+
+
+def _quiet_gate(message: Message, policies: Policies) -> _Gate | None:
+    quiet = policies.quiet_hours
+    if quiet is None or message.channel in _QUIET_EXEMPT or quiet.from_ == quiet.to:
+        return None
+    # Sending is allowed from the end of quiet hours to their start.
+    return _Gate("quiet_hours", clock_minutes(quiet.to), clock_minutes(quiet.from_))
+
+
+def _timing_gate(message: Message, hour: int, quiet: _Gate | None, deferred: bool) -> _Gate | None:
+    if isinstance(message.send_at, SendWindow):
+        start, end = message.send_at.bounds
+        return _Gate("window", start, end) if start != end else None
+    if message.send_at != "optimal" or deferred:
+        return None
+    target = _nearest_open_hour(hour, quiet)
+    return None if target is None else _Gate("send_time", target * 60, (target + 1) * 60 % _DAY_MINUTES)
+
+
+def _nearest_open_hour(hour: int, quiet: _Gate | None) -> int | None:
+    """The best hour, or when it is quiet the closest hour that is not (the earlier one on a tie)."""
+    if quiet is None:
+        return hour
+    by_distance = sorted(range(24), key=lambda h: (min((h - hour) % 24, (hour - h) % 24), (hour - h) % 24))
+    return next((h for h in by_distance if quiet.allows(h * 60)), None)
+
+
+def _timing(now: datetime, zone: ZoneInfo, gates: list[_Gate], policies: Policies) -> Decision:
+    until = _earliest_open(now, zone, gates)
+    if until is None:
+        return Decision(
+            action="suppress", reason="window", explanation="the send window lies entirely in quiet hours"
+        )
+    if until == now:
+        return Decision(action="send")
+    reason = next(gate.reason for gate in gates if not gate.allows(_minute(now, zone)))
+    if reason == "quiet_hours" and policies.quiet_hours is not None and policies.quiet_hours.action == "drop":
+        return Decision(action="suppress", reason="quiet_hours", explanation=_closed_text(reason, now, zone))
+    next_local = f"{until.astimezone(zone):%Y-%m-%d %H:%M %Z}"
+    explanation = f"{_closed_text(reason, now, zone)}; next allowed at {next_local}"
+    return Decision(action="defer", until=until, reason=reason, explanation=explanation)
+
+
+def _closed_text(reason: str, now: datetime, zone: ZoneInfo) -> str:
+    what = {"window": "outside the send window", "send_time": "not the user's best hour"}
+    return f"{what.get(reason, 'in quiet hours')} at {now.astimezone(zone):%H:%M} {zone.key}"
+
+
+def _earliest_open(now: datetime, zone: ZoneInfo, gates: list[_Gate]) -> datetime | None:
+    """The first instant from `now` on whose local time every gate allows, within the search horizon.
+
+    Such an instant is `now` or the local opening time of some gate; each candidate is checked at its
+    own local time, so deferrals stay right across DST changes (an opening time skipped by a spring
+    gap maps to the instant after the gap, which is checked like any other).
+    """
+    candidates = [now, *(_openings(now, zone, gates))]
+    for candidate in sorted(c for c in candidates if c >= now):
+        if all(gate.allows(_minute(candidate, zone)) for gate in gates):
+            return candidate
+    return None
+
+
+def _openings(now: datetime, zone: ZoneInfo, gates: list[_Gate]) -> list[datetime]:
+    today = now.astimezone(zone).date()
+    return [
+        datetime.combine(today + timedelta(days=day), time(gate.start // 60, gate.start % 60), tzinfo=zone)
+        .astimezone(UTC)
+        for day in range(_SEARCH_DAYS)
+        for gate in gates
+    ]
+
+
+def _minute(instant: datetime, zone: ZoneInfo) -> int:
+    local = instant.astimezone(zone)
+    return local.hour * 60 + local.minute

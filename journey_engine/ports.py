@@ -1,0 +1,123 @@
+"""The ports the core talks through, with their contracts. Adapters implement them; the core never
+imports an adapter.
+
+Store contract (every adapter passes tests/test_store_contract.py):
+- `commit(batch)` is atomic: the profiles, deletions, aliases, processed messageIds, trace records,
+  outbox rows and bandit deltas of one batch are all written, or none is (the exception propagates
+  and the caller must not acknowledge the batch's events).
+- `seen(ids)` answers which messageIds were committed before (exact, for at least `DEDUPE_FOR`).
+- `load(users)` returns the committed profiles of those users (absent users are absent), each a
+  fresh object the caller may mutate until its next `commit`.
+- `due(until, limit)` claims up to `limit` users whose next wake-up is at or before `until`, earliest
+  first, as (wake-up, user). A claim is a lease: a claimed user is not returned again until the
+  claim is committed or the lease runs out (a crashed worker's claims come back).
+- Ordering: a user's events are committed in the order they were given to `Runtime.process`.
+Errors: `StoreUnavailable` when the database cannot be reached or is locked, `StoreVersionError` when
+it was written by a newer version. Both are JourneyErrors with a message for the operator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from .engine import SendMessage
+from .errors import JourneyError
+from .profile import Profile
+from .trace import Record
+
+DEDUPE_FOR = timedelta(days=7)
+
+
+class StoreUnavailable(JourneyError, ConnectionError):
+    """The database cannot be reached, or is locked by another process."""
+
+
+class StoreVersionError(JourneyError, RuntimeError):
+    """The database was written by a newer journey-engine (or needs `journey db upgrade`)."""
+
+
+BanditDelta = dict[tuple[str, str, str], tuple[int, int]]  # (journey, state, arm) -> (sends, conversions)
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything one commit writes."""
+
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    deleted: set[str] = field(default_factory=set)
+    aliases: dict[str, str] = field(default_factory=dict)
+    message_ids: list[tuple[str, datetime]] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+    sends: list[SendMessage] = field(default_factory=list)
+    bandit: BanditDelta = field(default_factory=dict)
+    released: set[str] = field(default_factory=set)  # claimed users to release without a change
+
+    def __bool__(self) -> bool:
+        return bool(self.profiles or self.deleted or self.aliases or self.message_ids or self.records
+                    or self.sends or self.bandit or self.released)
+
+
+class Store(Protocol):
+    def load(self, users: Collection[str]) -> dict[str, Profile]: ...
+
+    def aliases(self, users: Collection[str]) -> dict[str, str]: ...
+
+    def seen(self, message_ids: Collection[str]) -> set[str]: ...
+
+    def due(self, until: datetime, limit: int) -> list[tuple[datetime, str]]: ...
+
+    def commit(self, batch: Batch) -> None: ...
+
+    def bandit(self) -> dict[tuple[str, str], dict[str, tuple[int, int]]]:
+        """Every bandit's arms as committed: (journey, state) -> arm -> (sends, conversions)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delivery:
+    """A send ready for its channel: rendered and addressed. `key` is the idempotency key (user,
+    journey, key, journey run, state visit, message): the same key is never delivered twice."""
+
+    key: str
+    user: str
+    journey: str
+    message: str
+    channel: str
+    to: str | None  # email address, phone number, push token, webhook URL; None for in-app
+    subject: str | None
+    title: str | None
+    body: str
+    url: str | None
+    locale: str | None
+    data: dict[str, object] = field(default_factory=dict)  # user_id, traits, journey data, for webhooks
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryResult:
+    """`delivered`; `retry` for a transient failure (network, 429, 5xx); `failed` for a permanent one
+    (invalid address, 4xx, hard bounce). `detail` says what the provider answered."""
+
+    status: str
+    detail: str = ""
+    provider_id: str | None = None
+    suppress_address: bool = False  # a hard bounce: never send to this address again
+
+
+class Channel(Protocol):
+    """Channel contract (tests/test_channels.py runs against every adapter):
+    - `send` never raises for a provider's answer: it maps it to a DeliveryResult. An exception is
+      treated as `retry` by the dispatcher.
+    - It passes `delivery.key` to the provider as an idempotency key where the provider has one
+      (webhook-id, Idempotency-Key, Message-ID), so a retry after a crash is not a second message.
+    - It does no retrying itself: the dispatcher owns backoff, jitter, caps and dead letters.
+    """
+
+    name: str
+
+    def send(self, delivery: Delivery) -> DeliveryResult: ...

@@ -1,0 +1,215 @@
+"""The loop around the engine: batches of events and the passing of time, committed through a Store.
+
+`Runtime` is the same for every store: deduplicate, resolve aliases, load the batch's profiles,
+apply the events in order, commit once (group commit). Time moves users through `advance`, which
+claims the users with something due, earliest first: the cost of time passing is proportional to
+the users with something due, never to all users. `MemoryStore` is the store of simulations, tests
+and the in-memory benchmark.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Collection, Iterable
+from datetime import UTC, datetime
+
+from . import trace
+from .engine import Engine, Outcome
+from .events import Event
+from .ports import DEDUPE_FOR, Batch, Store
+from .profile import Profile
+
+
+class MemoryStore:
+    """The Store port in memory: live profile objects, a heap of wake-ups, no durability."""
+
+    def __init__(self) -> None:
+        self.profiles: dict[str, Profile] = {}
+        self.wakeups: list[tuple[float, str]] = []
+        self.processed: dict[str, float] = {}
+        self.alias_map: dict[str, str] = {}
+        self.records: list[trace.Record] | None = None  # keep the trace only when asked
+        self.outbox: list[object] = []
+        self._bandit: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
+        self._woken: dict[str, float] = {}
+
+    def load(self, users: Collection[str]) -> dict[str, Profile]:
+        return {u: self.profiles[u] for u in users if u in self.profiles}
+
+    def aliases(self, users: Collection[str]) -> dict[str, str]:
+        return {u: self.alias_map[u] for u in users if u in self.alias_map}
+
+    def seen(self, message_ids: Collection[str]) -> set[str]:
+        return {m for m in message_ids if m in self.processed}
+
+    def due(self, until: datetime, limit: int) -> list[tuple[datetime, str]]:
+        found: list[tuple[datetime, str]] = []
+        limit_ts = until.timestamp()
+        heap = self.wakeups
+        while heap and heap[0][0] <= limit_ts and len(found) < limit:
+            at, user = heapq.heappop(heap)
+            profile = self.profiles.get(user)
+            if profile is None or profile.wake_at != at:
+                continue  # stale: the user's wake-up moved since this entry was pushed
+            found.append((datetime.fromtimestamp(at, UTC), user))
+        return found
+
+    def commit(self, batch: Batch) -> None:
+        for user, profile in batch.profiles.items():
+            self.profiles[user] = profile
+            at = profile.wake_at
+            if at is not None and self._woken.get(user) != at:
+                self._woken[user] = at
+                heapq.heappush(self.wakeups, (at, user))
+        if batch.released or batch.deleted or batch.aliases:
+            self._rest(batch)
+        for message_id, received in batch.message_ids:
+            self.processed[message_id] = received.timestamp()
+        if self.records is not None:
+            self.records.extend(batch.records)
+        for (journey, state, arm), (sends, conversions) in batch.bandit.items():
+            stats = self._bandit.setdefault((journey, state), {})
+            before = stats.get(arm, (0, 0))
+            stats[arm] = (before[0] + sends, before[1] + conversions)
+
+    def _rest(self, batch: Batch) -> None:
+        """The rarer parts of a commit: released claims, merged-away users, aliases."""
+        for user in batch.released:
+            self._woken.pop(user, None)
+            kept = self.profiles.get(user)
+            if kept is not None and kept.wake_at is not None:
+                self._woken[user] = kept.wake_at
+                heapq.heappush(self.wakeups, (kept.wake_at, user))
+        for user in batch.deleted:
+            self.profiles.pop(user, None)
+            self._woken.pop(user, None)
+        self.alias_map.update(batch.aliases)
+
+    def bandit(self) -> dict[tuple[str, str], dict[str, tuple[int, int]]]:
+        return {k: dict(v) for k, v in self._bandit.items()}
+
+    def prune(self, now: datetime) -> None:
+        horizon = (now - DEDUPE_FOR).timestamp()
+        self.processed = {k: v for k, v in self.processed.items() if v > horizon}
+
+    def close(self) -> None:
+        pass
+
+
+class Runtime:
+    """Feeds events and the passing of time to an engine through a store, one commit per batch."""
+
+    def __init__(self, engine: Engine, store: Store | None = None,
+                 sink: Callable[[Outcome], None] | None = None, *, claim: int = 1) -> None:
+        self.engine = engine
+        self.store: Store = store if store is not None else MemoryStore()
+        self.sink = sink
+        self.claim = claim  # users claimed per round in `advance`; 1 keeps strict time order
+        engine.bandits = self.store.bandit()
+
+    def profile(self, user_id: str) -> Profile | None:
+        user = self.store.aliases([user_id]).get(user_id, user_id)
+        return self.store.load([user]).get(user)
+
+    def ingest(self, event: Event, now: datetime) -> Outcome:
+        """Apply one event at `now`, after everything due before it."""
+        self.advance(now)
+        return self.process([event], now)
+
+    def process(self, events: Iterable[Event], now: datetime | None = None) -> Outcome:
+        """Apply a batch of events in order and commit them together; return what happened.
+
+        `now` is the engine clock for the whole batch; None replays each event at its own timestamp.
+        When this returns, the batch is committed: its events may be acknowledged.
+        """
+        events = list(events)
+        ids = [e.message_id for e in events if e.message_id is not None]
+        already = self.store.seen(ids) if ids else set()
+        named = {e.user_id for e in events} | {e.previous_id for e in events if e.previous_id}
+        aliases = self.store.aliases(named)
+        profiles = self.store.load({aliases.get(u, u) for u in named})
+        batch = Batch()
+        out = Outcome()
+        for event in events:
+            at = event.timestamp if now is None else now
+            if event.message_id is not None:
+                if event.message_id in already:
+                    out.records.append(trace.other("duplicate", at, event.user_id, message_id=event.message_id))
+                    continue
+                already.add(event.message_id)
+                batch.message_ids.append((event.message_id, at))
+            self._one(event, at, aliases, profiles, batch, out)
+        batch.profiles.update(profiles)
+        self._finish(batch, out)
+        return out
+
+    def _one(self, event: Event, now: datetime, aliases: dict[str, str], profiles: dict[str, Profile],
+             batch: Batch, out: Outcome) -> None:
+        """One event into `out`: first what fell due for its user before it."""
+        user = aliases.get(event.user_id, event.user_id)
+        profile = profiles.get(user)
+        if profile is None:
+            profile = profiles[user] = self.engine.new_profile(user)
+        now_s = now.timestamp()
+        while profile.wake_at is not None and profile.wake_at <= now_s:
+            out.extend(self.engine.wake(profile, datetime.fromtimestamp(profile.wake_at, UTC)))
+        if event.type != "alias":
+            out.extend(self.engine.apply(profile, event, now))
+            return
+        assert event.previous_id is not None
+        merged_into = aliases.get(event.previous_id)
+        if merged_into is not None and merged_into != user:
+            # an id merged into another user once stays theirs: never fold two known customers together
+            out.records.append(trace.other("alias_ignored", now, user, previous_id=event.previous_id,
+                                           reason=f"`{event.previous_id}` was merged into `{merged_into}` before"))
+            return
+        aliases[event.previous_id] = user
+        batch.aliases[event.previous_id] = user
+        old = profiles.pop(event.previous_id, None)
+        if old is not None and event.previous_id != user:
+            batch.deleted.add(event.previous_id)
+            out.extend(self.engine.merge(profile, old, now))
+
+    def advance(self, until: datetime) -> Outcome:
+        """Fire everything due up to `until`, earliest first, committing round by round."""
+        total = Outcome()
+        until_s = until.timestamp()
+        while True:
+            due = self.store.due(until, self.claim)
+            if not due:
+                return total
+            profiles = self.store.load([user for _, user in due])
+            batch = Batch()
+            outcomes = []
+            for _, user in due:
+                profile = profiles.get(user)
+                wake_at = None if profile is None else profile.wake_at
+                if profile is None or wake_at is None or wake_at > until_s:
+                    batch.released.add(user)  # moved on since the index said so
+                    continue
+                outcomes.append(self.engine.wake(profile, datetime.fromtimestamp(wake_at, UTC)))
+                batch.profiles[user] = profile
+            out = outcomes[0] if len(outcomes) == 1 else _joined(outcomes)
+            self._finish(batch, out)
+            total.extend(out)
+
+    def _finish(self, batch: Batch, out: Outcome) -> None:
+        """Commit the batch with what `out` says happened, then hand `out` to the sink."""
+        batch.records.extend(out.records)
+        batch.sends.extend(out.sends)
+        if out.bandit:
+            batch.bandit.update(out.bandit)
+        try:
+            self.store.commit(batch)
+        except BaseException:
+            self.engine.bandits = self.store.bandit()  # forget what the lost batch taught
+            raise
+        if self.sink is not None:
+            self.sink(out)
+
+
+def _joined(outcomes: list[Outcome]) -> Outcome:
+    joined = Outcome()
+    for out in outcomes:
+        joined.extend(out)
+    return joined

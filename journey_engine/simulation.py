@@ -1,0 +1,236 @@
+"""Scenarios (SPEC §5): a workspace run on a virtual clock, step by step, with expectations.
+
+`load_scenario` parses a scenario file (errors carry its line); `run_scenario` plays it through a
+`Harness` and returns the trace and every failed expectation with a readable diff.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .compiler import CompiledWorkspace, load_workspace
+from .errors import ScenarioError
+from .loading import model_problems, parse_yaml
+from .model import Duration
+from .testing import Harness
+from .trace import Record
+
+
+class _Step(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Identify(_Step):
+    identify: str
+    traits: dict[str, Any] = Field(default_factory=dict)
+    message_id: str | None = None
+    timestamp: datetime | None = None
+
+
+class Track(_Step):
+    track: str
+    event: str
+    properties: dict[str, Any] = Field(default_factory=dict)
+    message_id: str | None = None
+    timestamp: datetime | None = None
+
+
+class Alias(_Step):
+    alias: str
+    previous_id: str
+    message_id: str | None = None
+
+
+class Wait(_Step):
+    wait: Duration
+
+
+class Expectation(_Step):
+    user: str
+    journey: str | None = None
+    key: str | None = None
+    state: str | None = Field(None, description="null: not in the journey")
+    segments_include: list[str] = Field(default_factory=list)
+    segments_exclude: list[str] = Field(default_factory=list)
+    sent: list[str] | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class Expect(_Step):
+    expect: Expectation
+
+
+STEP_KINDS: dict[str, type[_Step]] = {"identify": Identify, "track": Track, "alias": Alias, "wait": Wait,
+                                      "expect": Expect}
+
+
+class Scenario(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scenario: str
+    workspace: str = ".."
+    start: datetime
+    seed: int = 0
+    steps: list[dict[str, Any]]
+    description: str | None = None
+
+
+@dataclass(slots=True)
+class LoadedScenario:
+    file: str
+    scenario: Scenario
+    steps: list[tuple[int, _Step]]  # (line, step)
+
+    def workspace_dir(self) -> Path:
+        return (Path(self.file).parent / self.scenario.workspace).resolve()
+
+
+@dataclass(slots=True)
+class Failure:
+    line: int
+    expected: dict[str, Any]
+    actual: dict[str, Any]
+    recent: list[Record]
+
+    def describe(self, file: str) -> str:
+        lines = [f"{file}:{self.line}: expectation failed"]
+        for name, want in self.expected.items():
+            got = self.actual.get(name)
+            mark = "  " if want == got else "✗ "
+            lines.append(f"  {mark}{name}: expected {want!r}, got {got!r}")
+        if self.recent:
+            lines.append("  last trace lines for this user:")
+            lines.extend("    " + format_record(r) for r in self.recent)
+        return "\n".join(lines)
+
+
+@dataclass(slots=True)
+class Result:
+    scenario: LoadedScenario
+    trace: list[Record] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    expectations: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> dict[str, Any]:
+        return {"kind": "summary", "scenario": self.scenario.scenario.scenario, "passed": self.passed,
+                "expectations": self.expectations, "failed": len(self.failures),
+                "failures": [f.describe(self.scenario.file) for f in self.failures]}
+
+
+def load_scenario(path: str | Path) -> LoadedScenario:
+    """Parse and check a scenario file; raise ScenarioError naming the line of the first bad step."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(file, 1, f"cannot read the scenario: {exc.strerror}") from None
+    doc = parse_yaml(text, file)
+    if doc.problems:
+        p = doc.problems[0]
+        raise ScenarioError(file, p.line, p.message)
+    if not isinstance(doc.data, dict):
+        raise ScenarioError(file, 1, "a scenario is a mapping with `scenario`, `start` and `steps`")
+    try:
+        scenario = Scenario.model_validate(doc.data)
+    except ValidationError as exc:
+        first = model_problems(doc, exc, Scenario)[0]
+        raise ScenarioError(file, first.line, first.message) from None
+    steps = []
+    for index, raw in enumerate(scenario.steps):
+        line = doc.where(("steps", index))[0]
+        kinds = [k for k in STEP_KINDS if isinstance(raw, dict) and k in raw]
+        if len(kinds) != 1:
+            raise ScenarioError(file, line, f"a step is one of {', '.join(STEP_KINDS)}; got {raw!r}")
+        try:
+            steps.append((line, STEP_KINDS[kinds[0]].model_validate(raw)))
+        except ValidationError as exc:
+            found = model_problems(doc, exc, STEP_KINDS[kinds[0]])
+            message = found[0].message if found else str(exc)
+            raise ScenarioError(file, doc.where(("steps", index))[0], message) from None
+    return LoadedScenario(file=file, scenario=scenario, steps=steps)
+
+
+def run_scenario(loaded: LoadedScenario, compiled: CompiledWorkspace | None = None) -> Result:
+    """Play the steps; the workspace is loaded from the scenario's `workspace` unless given."""
+    compiled = compiled or load_workspace(loaded.workspace_dir())
+    harness = Harness(compiled, start=loaded.scenario.start, seed=loaded.scenario.seed)
+    result = Result(scenario=loaded, trace=harness.trace)
+    for line, step in loaded.steps:
+        _play(harness, step, line, result)
+    return result
+
+
+def _play(h: Harness, step: _Step, line: int, result: Result) -> None:
+    if isinstance(step, Identify):
+        h.identify(step.identify, _plain(step.traits), message_id=step.message_id, timestamp=step.timestamp)
+    elif isinstance(step, Track):
+        h.track(step.track, step.event, _plain(step.properties), message_id=step.message_id,
+                timestamp=step.timestamp)
+    elif isinstance(step, Alias):
+        h.alias(step.alias, step.previous_id, message_id=step.message_id)
+    elif isinstance(step, Wait):
+        h.wait(step.wait)
+    elif isinstance(step, Expect):
+        result.expectations += 1
+        failure = check(h, step.expect, line)
+        if failure is not None:
+            result.failures.append(failure)
+
+
+def check(h: Harness, e: Expectation, line: int) -> Failure | None:
+    """Compare what the expectation names with what the harness shows."""
+    expected: dict[str, Any] = {}
+    actual: dict[str, Any] = {}
+    segments = h.segments(e.user)
+    if e.journey is not None:
+        expected["state"] = e.state
+        actual["state"] = h.state(e.user, e.journey, e.key)
+    for name in e.segments_include:
+        expected[f"in segment {name}"], actual[f"in segment {name}"] = True, name in segments
+    for name in e.segments_exclude:
+        expected[f"in segment {name}"], actual[f"in segment {name}"] = False, name in segments
+    if e.sent is not None:
+        expected["sent"], actual["sent"] = e.sent, h.sent(e.user)
+    metrics = h.metrics(e.user)
+    for name, value in e.metrics.items():
+        expected[f"metrics.{name}"], actual[f"metrics.{name}"] = value, _plain(metrics.get(name))
+    if expected == actual:
+        return None
+    recent = h.records(e.user)[-8:]
+    return Failure(line=line, expected=expected, actual=actual, recent=recent)
+
+
+def _plain(value: Any) -> Any:
+    """YAML dates become ISO strings again, the way they arrive over the API."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, datetime):
+        aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value
+        return aware.isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def format_record(record: Record) -> str:
+    """One trace record as a readable line."""
+    kind = record["kind"]
+    at = str(record.get("at", ""))
+    rest = {k: v for k, v in record.items() if k not in ("kind", "at", "user") and v is not None}
+    detail = " ".join(f"{k}={v}" for k, v in rest.items())
+    return f"{at} {record.get('user', '')} {kind} {detail}".rstrip()
+
+

@@ -1,0 +1,60 @@
+"""Shared fixtures: the stores every contract test runs against (memory, SQLite, PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from journey_engine.runtime import MemoryStore
+
+POSTGRES_URL = os.environ.get("JOURNEY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def postgres_or_skip() -> str:
+    """The test PostgreSQL, emptied; skipped on a developer machine without it, never in CI."""
+    import sqlalchemy as sa
+
+    try:
+        engine = sa.create_engine(POSTGRES_URL)
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP SCHEMA IF EXISTS public CASCADE"))
+            conn.execute(sa.text("CREATE SCHEMA public"))
+        engine.dispose()
+    except Exception as exc:  # any reason it cannot be used
+        if os.environ.get("CI"):
+            raise RuntimeError(f"PostgreSQL must be up in CI ({POSTGRES_URL}): {exc}") from exc
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}; start it or set JOURNEY_TEST_POSTGRES_URL")
+    return POSTGRES_URL
+
+
+StoreFactory = Callable[..., Any]
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Makes a fresh store of each kind; the same database for every call within one test."""
+    made: list[Any] = []
+    url = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'journey.db'}"
+    elif request.param == "postgres":
+        url = postgres_or_skip()
+
+    def make(**kwargs: Any) -> Any:
+        if url is None:
+            store: Any = MemoryStore()
+        else:
+            from adapters.storage.sql import SqlStore
+
+            store = SqlStore(url, **kwargs)
+        made.append(store)
+        return store
+
+    make.kind = request.param  # type: ignore[attr-defined]
+    yield make
+    for store in made:
+        store.close()

@@ -1,0 +1,174 @@
+"""`journey demo`: the synthetic population runs through the example workspace on the engine, the
+same way every time, and behaves like the shop traffic its docstring describes."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.demo import SESSION_TIMEOUT, DemoResult, Population, cdnow, run_demo
+from adapters.storage.sql import SqlStore
+from journey_engine.compiler import CompiledWorkspace, load_workspace
+from journey_engine.events import Event
+from journey_engine.runtime import MemoryStore
+
+WORKSPACE = Path(__file__).parent.parent / "journeys"
+FEEDBACK = ("Email Delivered", "Email Opened", "Email Link Clicked", "Push Opened", "Message Clicked")
+
+
+@pytest.fixture(scope="module")
+def compiled() -> CompiledWorkspace:
+    return load_workspace(WORKSPACE)
+
+
+def _demo(compiled: CompiledWorkspace, path: Path, **kwargs: Any) -> DemoResult:
+    store = SqlStore(f"sqlite:///{path}", defaults=dict(compiled.metrics.defaults))
+    try:
+        return run_demo(compiled, store, users=300, days=10, **kwargs)
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def small(compiled: CompiledWorkspace, tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoResult, list[float]]:
+    calls: list[float] = []
+    result = _demo(compiled, tmp_path_factory.mktemp("demo") / "a.db", progress=lambda done, _: calls.append(done))
+    return result, calls
+
+
+def test_small_demo_runs_through_every_journey_on_sqlite(small: tuple[DemoResult, list[float]]) -> None:
+    """300 users for 10 days on SQLite: they sign up, shop, get messages and answer them."""
+    result, _ = small
+    assert result.users == 300 and result.days == 10
+    assert result.events > 5000 and result.sends > 200
+    assert set(result.journeys) == {"onboarding", "cart_abandonment", "reactivation", "winback", "loyalty"}
+    assert all(stats["entered"] > 0 for stats in result.journeys.values())
+    assert all(result.feedback.get(name, 0) > 0 for name in FEEDBACK)
+    assert result.orders["message"] > 0 and result.orders["organic"] > 0
+    assert {c.state for c in result.choices} == {"tips", "vip_perks", "last_try", "app_nudge"}
+    assert result.elapsed_seconds > 0
+
+
+def test_adaptive_choice_beats_the_first_listed_candidate(small: tuple[DemoResult, list[float]]) -> None:
+    """Under the response model, the bandit's picks earn more than always sending the first candidate."""
+    result, _ = small
+    assert result.adaptive_beat_fixed
+    tips = next(c for c in result.choices if c.state == "tips")
+    assert tips.with_choice > 0
+    assert tips.fixed_rate < tips.adaptive_rate <= tips.best_rate
+
+
+def test_holdout_entrants_are_counted_apart(small: tuple[DemoResult, list[float]]) -> None:
+    """The loyalty journey's holdout is reported next to the treated group."""
+    result, _ = small
+    (loyalty,) = result.holdouts
+    assert loyalty.journey == "loyalty" and loyalty.within_days == 30
+    assert loyalty.treated > 0 and loyalty.holdout >= 0
+
+
+def test_progress_is_reported_and_nothing_printed(small: tuple[DemoResult, list[float]],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """progress(fraction, message) goes from 0 to 1; the demo itself prints nothing."""
+    _, calls = small
+    assert calls == sorted(calls) and calls[-1] == 1.0 and len(calls) > 10
+    assert capsys.readouterr().out == ""
+
+
+def test_same_seed_same_result(compiled: CompiledWorkspace, small: tuple[DemoResult, list[float]],
+                               tmp_path: Path) -> None:
+    """A second run with the same seed gives the same numbers; another seed does not."""
+    result, _ = small
+    assert _demo(compiled, tmp_path / "b.db").numbers() == result.numbers()
+    other = run_demo(compiled, MemoryStore(), users=300, days=10, seed=8)
+    assert other.numbers() != result.numbers()
+
+
+# --- the population, without the engine -------------------------------------------------------------
+
+
+def _sessions(events: list[Event], start: float) -> list[list[Event]]:
+    """Each user's behavioural events of the period, cut where 30 minutes pass without one."""
+    by_user: dict[str, list[Event]] = defaultdict(list)
+    for event in events:
+        if event.timestamp.timestamp() >= start and event.type != "identify" and event.name not in (
+                "Signed Up", "Subscribed"):
+            by_user[event.user_id].append(event)
+    sessions = []
+    for stream in by_user.values():
+        current = [stream[0]]
+        for before, event in itertools.pairwise(stream):
+            if (event.timestamp - before.timestamp).total_seconds() > SESSION_TIMEOUT:
+                sessions.append(current)
+                current = []
+            current.append(event)
+        sessions.append(current)
+    return sessions
+
+
+@pytest.fixture(scope="module")
+def generated() -> tuple[Population, list[Event]]:
+    population = Population(users=3000, days=30, seed=7)
+    events = [event for batch in population.batches() for event in batch]
+    return population, events
+
+
+def test_stream_is_in_time_order(generated: tuple[Population, list[Event]]) -> None:
+    _, events = generated
+    times = [e.timestamp for e in events]
+    assert times == sorted(times)
+
+
+def test_sessions_look_like_shop_traffic(generated: tuple[Population, list[Event]]) -> None:
+    """Median ~6 events a session, 7-9% add to a cart, ~70% of carts abandoned, 2-3% convert."""
+    population, events = generated
+    sessions = _sessions(events, population.start)
+    names = [{e.name for e in s} for s in sessions]
+    carts = {e.properties["cartId"] for e in events if e.name == "Product Added"}
+    bought = {e.properties.get("cartId") for e in events if e.name == "Order Completed"}
+    assert statistics.median(len(s) for s in sessions) == pytest.approx(6, abs=0.5)
+    assert 0.07 <= sum("Product Added" in n for n in names) / len(sessions) <= 0.09
+    assert 0.65 <= 1 - len(carts & bought) / len(carts) <= 0.75
+    assert 0.02 <= sum("Order Completed" in n for n in names) / len(sessions) <= 0.03
+
+
+def test_repeat_purchases_come_a_month_apart(generated: tuple[Population, list[Event]]) -> None:
+    """Gaps between a customer's orders are CDNOW's: a median of about a month."""
+    population, _ = generated
+    assert len(population.repeat_gaps) > 100
+    assert 25 <= statistics.median(population.repeat_gaps) <= 40
+    log = cdnow()
+    assert len(log.gaps) == 44_021 and statistics.median(log.gaps) == 34
+    assert log.again[0] == pytest.approx(0.49, abs=0.01)
+
+
+def test_some_sign_ups_stall_in_onboarding(generated: tuple[Population, list[Event]]) -> None:
+    """Sign-ups use features in their first week; some finish set-up, many stall before it."""
+    _, events = generated
+    signups = {e.user_id for e in events if e.name == "Signed Up"}
+    finished = {e.user_id for e in events if e.type == "identify" and e.traits.get("onboarding_step") == "completed"
+                and e.user_id in signups}
+    assert 0.2 <= len(finished) / len(signups) <= 0.7
+    features = sum(e.name == "Feature Used" for e in events if e.user_id in signups)
+    assert features > len(signups)
+
+
+def test_sign_ups_look_real(generated: tuple[Population, list[Event]]) -> None:
+    """Sign-up traits: email, time zone, name and created_at always; push token for about half."""
+    _, events = generated
+    first = {}
+    for e in events:
+        if e.type == "identify" and "created_at" in e.traits:
+            first.setdefault(e.user_id, e.traits)
+    traits = list(first.values())
+    assert len(traits) == 3000
+    assert all({"timezone", "first_name", "created_at"} <= t.keys() for t in traits)
+    assert sum("email" in t for t in traits) / len(traits) > 0.9
+    assert 0.4 <= sum("push_token" in t for t in traits) / len(traits) <= 0.6
+    assert 0.1 <= sum("phone" in t for t in traits) / len(traits) <= 0.5
+    assert 0.2 <= sum("locale" in t for t in traits) / len(traits) <= 0.9
+    assert len({t["timezone"] for t in traits}) >= 8

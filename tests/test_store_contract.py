@@ -1,0 +1,167 @@
+"""The Store contract (journey_engine/ports.py), run against memory, SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from journey_engine.compiler import load_workspace
+from journey_engine.engine import Engine
+from journey_engine.events import Event
+from journey_engine.ports import Batch
+from journey_engine.runtime import Runtime
+from journey_engine.testing import Harness
+
+from .conftest import StoreFactory
+
+COMPILED = load_workspace(Path(__file__).parent / "workspaces" / "basic")
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+def story(h: Harness) -> list[dict[str, Any]]:
+    for n in range(5):
+        h.identify(f"u{n}", {"email": f"u{n}@example.com", "timezone": "Europe/Berlin", "status": "onboarding",
+                             "push_token": "t" if n % 2 else None})
+        h.track(f"u{n}", "Signed Up", message_id=f"s{n}")
+        h.track(f"u{n}", "Signed Up", message_id=f"s{n}")  # a duplicate
+        h.track(f"u{n}", "Product Added", {"cartId": "A", "price": 120, "name": "lamp"})
+        h.wait("5h")
+    h.track("anon", "Feature Used")
+    h.alias("u1", "anon")
+    h.wait("2d")
+    h.track("u2", "Order Completed", {"revenue": 40})
+    h.wait("10d")
+    return h.trace
+
+
+def test_a_story_runs_the_same_on_every_store(store_factory: StoreFactory) -> None:
+    """Profiles, timers, aliases and dedupe committed to the store give the trace of the memory run."""
+    expected = story(Harness(COMPILED, start=T0, seed=5))
+    actual = story(Harness(COMPILED, start=T0, seed=5, store=store_factory(defaults=_defaults())
+                           if store_factory.kind != "memory" else store_factory()))  # type: ignore[attr-defined]
+    assert actual == expected
+
+
+def _defaults() -> dict[str, Any]:
+    return dict(COMPILED.metrics.defaults)
+
+
+def _store(store_factory: StoreFactory) -> Any:
+    if store_factory.kind == "memory":  # type: ignore[attr-defined]
+        return store_factory()
+    return store_factory(defaults=_defaults())
+
+
+def test_committed_message_ids_are_seen(store_factory: StoreFactory) -> None:
+    """seen() answers exactly the messageIds committed before."""
+    store = _store(store_factory)
+    store.commit(Batch(message_ids=[("m1", T0), ("m2", T0)]))
+    assert store.seen(["m1", "m3", "m2"]) == {"m1", "m2"}
+
+
+def test_due_claims_earliest_first_and_leases_the_claim(store_factory: StoreFactory) -> None:
+    """due() returns users whose wake-up has come, earliest first, and not twice while claimed."""
+    store = _store(store_factory)
+    engine = Engine(COMPILED)
+    batch = Batch()
+    for n, hours in enumerate([3, 1, 2, 30]):
+        profile = engine.new_profile(f"u{n}")
+        profile.wake = T0 + timedelta(hours=hours)
+        batch.profiles[profile.user_id] = profile
+    store.commit(batch)
+    first = store.due(T0 + timedelta(hours=5), 2)
+    assert [u for _, u in first] == ["u1", "u2"]
+    assert first[0][0] == T0 + timedelta(hours=1)
+    second = store.due(T0 + timedelta(hours=5), 10)
+    assert [u for _, u in second] == ["u0"]
+    assert store.due(T0 + timedelta(hours=5), 10) == []
+
+
+def test_a_released_claim_comes_back(store_factory: StoreFactory) -> None:
+    """A claim released without a change is claimable again."""
+    store = _store(store_factory)
+    profile = Engine(COMPILED).new_profile("u1")
+    profile.wake = T0
+    store.commit(Batch(profiles={"u1": profile}))
+    assert [u for _, u in store.due(T0, 5)] == ["u1"]
+    store.commit(Batch(released={"u1"}))
+    assert [u for _, u in store.due(T0, 5)] == ["u1"]
+
+
+def test_bandit_learning_accumulates(store_factory: StoreFactory) -> None:
+    """Bandit deltas add up across commits."""
+    store = _store(store_factory)
+    store.commit(Batch(bandit={("j", "s", "a"): (1, 0), ("j", "s", "b"): (2, 1)}))
+    store.commit(Batch(bandit={("j", "s", "a"): (3, 1)}))
+    assert store.bandit() == {("j", "s"): {"a": (4, 1), "b": (2, 1)}}
+
+
+def test_aliases_resolve(store_factory: StoreFactory) -> None:
+    """Committed aliases map the previous id to the user."""
+    store = _store(store_factory)
+    store.commit(Batch(aliases={"anon": "u1"}))
+    assert store.aliases(["anon", "u2"]) == {"anon": "u1"}
+
+
+def test_a_failed_commit_writes_nothing(store_factory: StoreFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the commit fails part-way, none of the batch is visible (the events must not be acknowledged)."""
+    if store_factory.kind == "memory":  # type: ignore[attr-defined]
+        pytest.skip("the memory store has nothing to roll back")
+    store = _store(store_factory)
+    runtime = Runtime(Engine(COMPILED), store)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(store, "_history", broken)
+    event = Event(type="track", user_id="u1", name="Signed Up", timestamp=T0, message_id="m1")
+    with pytest.raises(RuntimeError):
+        runtime.process([event], T0)
+    assert store.load(["u1"]) == {}
+    assert store.seen(["m1"]) == set()
+
+
+def test_profiles_survive_a_reopen(store_factory: StoreFactory) -> None:
+    """What was committed is there after the store is closed and opened again."""
+    if store_factory.kind == "memory":  # type: ignore[attr-defined]
+        pytest.skip("memory does not survive a restart")
+    store = _store(store_factory)
+    runtime = Runtime(Engine(COMPILED), store)
+    runtime.process([Event(type="identify", user_id="u1", traits={"email": "a@b.c"}, timestamp=T0),
+                     Event(type="track", user_id="u1", name="Signed Up", timestamp=T0)], T0)
+    store.close()
+    again = _store(store_factory)
+    profile = again.load(["u1"])["u1"]
+    assert profile.instances[("onboarding", "")].state == "welcome"
+    assert profile.wake == T0 + timedelta(days=2)
+    assert again.outbox()[0]["message"] == "welcome_email"
+
+
+def test_two_workers_never_claim_the_same_user(store_factory: StoreFactory) -> None:
+    """Claims from two workers sharing one database are disjoint (leases; SKIP LOCKED on PostgreSQL)."""
+    if store_factory.kind == "memory":  # type: ignore[attr-defined]
+        pytest.skip("one process, one heap")
+    from concurrent.futures import ThreadPoolExecutor
+
+    first, second = _store(store_factory), _store(store_factory)
+    engine = Engine(COMPILED)
+    batch = Batch()
+    for n in range(400):
+        profile = engine.new_profile(f"u{n:03}")
+        profile.wake = T0 + timedelta(seconds=n)
+        batch.profiles[profile.user_id] = profile
+    first.commit(batch)
+
+    def drain(store: Any) -> list[str]:
+        claimed: list[str] = []
+        while found := store.due(T0 + timedelta(hours=1), 25):
+            claimed.extend(u for _, u in found)
+        return claimed
+
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(drain, [first, second])
+    assert not set(a) & set(b)
+    assert len(a) + len(b) == 400
