@@ -204,7 +204,8 @@ class Engine:
             self._subscription(run, event)
         self._segments(run, metrics=changed_metrics, traits=traits_changed, timed=False)
         run.changed = bool(changed_metrics or traits_changed or run.entered or run.changed)
-        self._journeys(run, event)
+        if not event.backfill:  # a backfill updates the profile but starts and moves no journey
+            self._journeys(run, event)
         self._settle(run)
         return run.out
 

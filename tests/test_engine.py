@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from journey_engine.compiler import CompiledWorkspace, load_workspace
+from journey_engine.events import Event
 from journey_engine.testing import Harness
 
 WORKSPACE = Path(__file__).parent / "workspaces" / "basic"
@@ -273,3 +274,15 @@ def test_same_seed_gives_the_same_trace(compiled: CompiledWorkspace) -> None:
         h.wait("5d")
         traces.append(h.trace)
     assert traces[0] == traces[1]
+
+
+def test_a_backfilled_event_updates_metrics_but_moves_no_journey(h: Harness) -> None:
+    """An event marked `backfill` (older than the source's trigger window) counts, but starts nothing."""
+    h.identify("u1", {"email": "u1@example.com"})
+    for name in ("Signed Up", "Feature Used"):
+        h.send(Event(type="track", user_id="u1", name=name, timestamp=h.clock.now, backfill=True))
+    assert h.state("u1", "onboarding") is None
+    assert h.sent("u1") == []
+    assert h.metrics("u1")["feature_uses_7d"] == 1
+    h.track("u1", "Signed Up")
+    assert h.state("u1", "onboarding") == "welcome"
