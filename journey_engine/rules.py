@@ -26,6 +26,7 @@ MAX_RULE_LENGTH = 2000
 _TICK = timedelta(seconds=1)
 
 METRIC_DEFAULTS: dict[str, Any] = {"count": 0, "sum": 0, "last": None, "last_seen": None, "first_seen": None}
+_SYMBOLS = ("traits", "metrics", "segments", "event", "properties", "journey", "user_id")
 _METRIC_TYPES = {"count": T.FLOAT, "sum": T.FLOAT, "last_seen": T.DATETIME, "first_seen": T.DATETIME,
                  "last": T.UNDEFINED}
 
@@ -146,6 +147,8 @@ class RuleCompiler:
                                                                                 microsecond=0)),
                     "random": None},
             timezone=self.context.default_timezone)
+        # `$random` is switched off above: simulations must be reproducible
+        self.builtins = frozenset(n for n in self.context.builtins if n != "random")
 
     def compile(self, text: str) -> CompiledRule:
         """Compile or raise RuleProblem with a message that says how to fix the rule."""
@@ -158,8 +161,7 @@ class RuleCompiler:
             where = f" near `{token.value}`" if token is not None and getattr(token, "value", None) else ""
             raise RuleProblem(f"rule `{text}` has a syntax error{where}") from None
         except rule_engine.SymbolResolutionError as exc:
-            raise RuleProblem(f"rule `{text}`: unknown name `{exc.symbol_name}`; rules see traits, metrics, "
-                              "segments, event, properties, journey, user_id and $now") from None
+            raise RuleProblem(_symbol_message(text, exc.symbol_name)) from None
         except rule_engine.AttributeResolutionError as exc:
             raise RuleProblem(self._attribute_message(text, exc)) from None
         except rule_engine.EngineError as exc:
@@ -170,7 +172,15 @@ class RuleCompiler:
         name = exc.attribute_name
         if getattr(exc.object, "name", None) == "metrics":
             return f"rule `{text}`: unknown metric `{name}`{did_you_mean(name, self.metric_names)}"
-        return f"rule `{text}`: unknown attribute `{name}`{did_you_mean(name, exc.suggestion or [])}"
+        known = getattr(exc.object, "attributes", None) or {}
+        return f"rule `{text}`: unknown attribute `{name}`{did_you_mean(name, known)}"
+
+    def _builtin_message(self, text: str, name: str) -> str:
+        if name == "$random":
+            return f"rule `{text}`: `$random` is not available: a rule gives the same answer in every run"
+        close = did_you_mean(name, (f"${b}" for b in self.builtins))
+        hint = close if "did you mean" in close else "; write `$now` for the engine clock"
+        return f"rule `{text}`: unknown built-in `{name}`{hint}"
 
     def _finish(self, text: str, rule: rule_engine.Rule) -> CompiledRule:
         metrics: set[str] = set()
@@ -184,6 +194,9 @@ class RuleCompiler:
             elif (isinstance(node, rast.ContainsExpression) and _is_symbol(node.container, "segments")
                   and isinstance(node.member, rast.StringExpression)):
                 segments.add(node.member.value)
+        unknown_builtins = sorted(n for n in symbols if n.startswith("$") and n[1:] not in self.builtins)
+        if unknown_builtins:
+            raise RuleProblem(self._builtin_message(text, unknown_builtins[0]))
         unknown = sorted(segments - self.segments)
         if unknown:
             raise RuleProblem(f"rule `{text}`: unknown segment `{unknown[0]}`"
@@ -193,6 +206,15 @@ class RuleCompiler:
                             traits="traits" in symbols, now="$now" in symbols or "$today" in symbols,
                             event="event" in symbols or "properties" in symbols, journey="journey" in symbols,
                             anchors=tuple(time_anchors(rule)), anchored=_only_anchored_clock(rule))
+
+
+def _symbol_message(text: str, name: str) -> str:
+    """An unknown top-level name: the close symbol, else what rules see (a bare word is often a trait)."""
+    close = did_you_mean(name, _SYMBOLS)
+    if "did you mean" in close:
+        return f"rule `{text}`: unknown name `{name}`{close}"
+    return (f"rule `{text}`: unknown name `{name}`; rules see traits, metrics, segments, event, properties, "
+            f"journey, user_id and $now (a trait is written `traits.{name}`)")
 
 
 def _only_anchored_clock(rule: rule_engine.Rule) -> bool:
