@@ -14,7 +14,7 @@ from .errors import Problem, WorkspaceError
 from .loading import PathKey, Workspace, read_workspace
 from .machine import JourneyMachine
 from .metrics import MetricBook
-from .model import Journey, Trigger
+from .model import Journey, Message, Translation, Trigger
 from .rules import CompiledRule, RuleCompiler, RuleProblem
 from .segments import SegmentBook
 from .templates import Renderer
@@ -91,7 +91,9 @@ def compile_workspace(ws: Workspace) -> CompiledWorkspace:
     where = {n: rule(m.where, "metrics", n, ("where",)) for n, m in ws.metrics.items()}
     message_rules = {n: rule(m.if_, "messages", n, ("if",)) for n, m in ws.messages.items()}
     for name, msg in ws.messages.items():
-        problems.extend(_template_problems(ws, renderer, name, msg.subject, msg.title, msg.body, msg.template))
+        problems.extend(_template_problems(ws, renderer, name, (), msg))
+        for locale, translation in msg.translations.items():
+            problems.extend(_template_problems(ws, renderer, name, ("translations", locale), translation))
     journeys = {n: _compile_journey(j, rule) for n, j in sorted(ws.journeys.items())}
     problems = own + _known_elsewhere(problems, ws.unreadable)
     errors = [p for p in problems if p.severity == "error"]
@@ -120,16 +122,18 @@ def _known_elsewhere(problems: list[Problem], unreadable: set[str]) -> list[Prob
     return [p for p in problems if not any(f"`{name}`" in p.message for name in unreadable)]
 
 
-def _template_problems(ws: Workspace, renderer: Renderer, name: str, *sources: str | None) -> list[Problem]:
+def _template_problems(ws: Workspace, renderer: Renderer, name: str, where: PathKey,
+                       content: Message | Translation) -> list[Problem]:
+    """Every template of a message or of one of its translations that does not parse, at its own key."""
     found = []
-    for index, source in enumerate(sources):
+    for field_name in ("subject", "title", "body", "template"):
+        source = getattr(content, field_name)
         if source is None:
             continue
-        text = ws.templates.get(source, "") if index == 3 else source
+        text = ws.templates.get(source, "") if field_name == "template" else source
         error = renderer.check(text)
         if error:
-            field_name = ("subject", "title", "body", "template")[index]
-            found.append(ws.problem("messages", name, (field_name,), f"template: {error}"))
+            found.append(ws.problem("messages", name, (*where, field_name), f"template: {error}"))
     return found
 
 

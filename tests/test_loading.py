@@ -268,3 +268,24 @@ def test_journey_problems_point_inside_the_journey_file(tmp_path: Path) -> None:
     assert (problem.line, problem.column) == (12, 3)
     problem = ws.problem("journeys", "onboarding", ("journey",), "the name")
     assert (problem.line, problem.column) == (2, 1)
+
+
+@pytest.mark.parametrize(
+    ("translation", "expected"),
+    [
+        pytest.param("de: {subject: 'Hallo {{ traits.first_name ', body: Hallo}", "9:12: error: template: line 1, "
+                     "column 7: expected '}}', found end of file", id="inline-subject"),
+        pytest.param("de: {template: templates/de.html}", "9:12: error: template: line 1, column 11: expected "
+                     "tag endif, found end of expression", id="template-file"),
+    ],
+)
+def test_a_broken_translation_template_fails_the_load(tmp_path: Path, translation: str, expected: str) -> None:
+    """Translations are checked like the base message: a broken German template is named at its key."""
+    from journey_engine.compiler import load_workspace
+
+    message = ("version: 1\nmessages:\n  hello:\n    channel: email\n    subject: Hi\n    body: Hi\n"
+               f"    translations:\n      ko: {{subject: 안녕, body: 안녕}}\n      {translation}\n")
+    write(tmp_path, {"j.yaml": JOURNEY, "m.yaml": message, "templates/de.html": "{% if x %}"})
+    with pytest.raises(WorkspaceError) as caught:
+        load_workspace(tmp_path)
+    assert [str(p).replace(f"{tmp_path}/", "") for p in caught.value.problems] == [f"m.yaml:{expected}"]
