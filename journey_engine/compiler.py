@@ -18,7 +18,7 @@ from .model import Journey, Message, Translation, Trigger
 from .rules import CompiledRule, RuleCompiler, RuleProblem
 from .segments import SegmentBook
 from .templates import Renderer
-from .validation import lint
+from .validation import lint, segment_cycles
 
 _RuleFn = Callable[[str | None, str, str, PathKey], CompiledRule | None]
 
@@ -88,6 +88,7 @@ def compile_workspace(ws: Workspace) -> CompiledWorkspace:
             return None
 
     segment_rules = {n: rule(s.rule, "segments", n, ("rule",)) for n, s in ws.segments.items()}
+    problems.extend(segment_cycles(ws, {n: r.segments for n, r in segment_rules.items() if r is not None}))
     where = {n: rule(m.where, "metrics", n, ("where",)) for n, m in ws.metrics.items()}
     message_rules = {n: rule(m.if_, "messages", n, ("if",)) for n, m in ws.messages.items()}
     for name, msg in ws.messages.items():

@@ -1,13 +1,13 @@
-"""Whole-workspace checks that need no rule compilation (SPEC §7 `journey validate`): names that point
-nowhere, states that cannot be reached or left, transitions that never fire, policies that do nothing,
-declarations nobody uses. Each problem points at the offending value and says how to fix it.
+"""Whole-workspace checks (SPEC §7 `journey validate`): names that point nowhere, states that cannot be
+reached or left, transitions that never fire, policies that do nothing, declarations nobody uses, and
+(from the compiled rules) segments that read each other in a loop. Each problem says how to fix it.
 """
 
 from __future__ import annotations
 
 import re
 import zoneinfo
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 
 from .errors import Problem, did_you_mean
@@ -157,12 +157,17 @@ def _instant_cycles(ws: Workspace, journey: Journey) -> Iterator[Problem]:
 
 
 def _instant_loop(journey: Journey, start: str) -> list[str]:
-    """The states of an instant loop back to `start`, or [] (depth-first over instant moves)."""
+    """The states of an instant loop back to `start`, or []."""
+    return _loop(start, lambda name: _next_states(journey, name, instant_only=True))
+
+
+def _loop(start: str, following: Callable[[str], Iterable[str]]) -> list[str]:
+    """The names on a path from `start` back to itself, or [] (depth-first)."""
     stack: list[tuple[str, list[str]]] = [(start, [start])]
     seen: set[str] = set()
     while stack:
         name, route = stack.pop()
-        for nxt in _next_states(journey, name, instant_only=True):
+        for nxt in following(name):
             if nxt == start:
                 return route
             if nxt not in seen:
@@ -251,6 +256,24 @@ def _segment_windows(ws: Workspace) -> Iterator[Problem]:
         if segment.for_ is not None and segment.for_ <= timedelta(0):
             yield ws.problem("segments", name, ("for",),
                              "`for` must be a positive duration (how long the rule has held), e.g. `for: 7d`")
+
+
+def segment_cycles(ws: Workspace, reads: Mapping[str, frozenset[str]]) -> list[Problem]:
+    """Segments whose rules read each other in a loop (`reads`: the segments each compiled rule reads).
+
+    The one check that needs the compiled rules, so the compiler calls it; each loop is reported once.
+    """
+    found: list[Problem] = []
+    reported: set[str] = set()
+    for name in ws.segments:
+        loop = _loop(name, lambda n: sorted(s for s in reads.get(n, ()) if s in ws.segments))
+        if loop and not reported & set(loop):
+            reported.update(loop)
+            route = " → ".join(f"`{s}`" for s in (*loop, loop[0]))
+            what = f"segment `{name}` reads itself" if len(loop) == 1 else f"segments {route} read each other"
+            found.append(ws.problem("segments", name, ("rule",), f"{what} in a loop, so membership cannot be "
+                                    "decided; make one of them read traits or metrics instead"))
+    return found
 
 
 def _policies(ws: Workspace) -> Iterator[Problem]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
+from journey_engine.compiler import load_workspace
+from journey_engine.errors import WorkspaceError
 from journey_engine.loading import read_workspace
 from journey_engine.validation import lint
 
@@ -276,3 +279,33 @@ def test_problems_are_sorted_by_file_line_and_column(tmp_path: Path) -> None:
     positions = [tuple(int(n) if n.isdigit() else n for n in f.split(":")[:3]) for f in found]
     assert positions == sorted(positions)
     assert {p[0] for p in positions} == {"journey.yaml", "library.yaml"}
+
+
+@pytest.mark.parametrize(
+    ("segments", "expected"),
+    [
+        pytest.param({"a": "'b' in segments", "b": "'a' in segments"}, "segments `a` → `b` → `a` read each other",
+                     id="two"),
+        pytest.param({"a": "'b' in segments and traits.x == 1", "b": {"rule": "'c' in segments"},
+                      "c": "'a' in segments or traits.y == 1"}, "segments `a` → `b` → `c` → `a` read each other",
+                     id="three"),
+        pytest.param({"a": "'a' in segments"}, "segment `a` reads itself", id="itself"),
+    ],
+)
+def test_segments_reading_each_other_in_a_loop_are_an_error(tmp_path: Path, segments: dict[str, object],
+                                                            expected: str) -> None:
+    """A loop between segment rules is one load error at the first segment, naming the whole loop."""
+    text = yaml.safe_dump({"version": 1, "segments": segments}, sort_keys=False)
+    (tmp_path / "segments.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(WorkspaceError) as caught:
+        load_workspace(tmp_path)
+    errors = [str(p).replace(f"{tmp_path}/", "") for p in caught.value.problems if p.severity == "error"]
+    assert errors == [f"segments.yaml:3:3: error: {expected} in a loop, so membership cannot be decided; "
+                      "make one of them read traits or metrics instead"]
+
+
+def test_a_segment_reading_another_without_a_loop_is_fine(tmp_path: Path) -> None:
+    """A chain of segments (b reads a) is not a loop and loads."""
+    (tmp_path / "segments.yaml").write_text(
+        "version: 1\nsegments:\n  a: \"traits.x == 1\"\n  b: \"'a' in segments\"\n", encoding="utf-8")
+    assert set(load_workspace(tmp_path).workspace.segments) == {"a", "b"}
