@@ -16,7 +16,8 @@ import msgpack
 from .errors import JourneyError
 from .profile import Deferred, Instance, Profile
 
-FORMAT = 2
+FORMAT = 3
+_READS = (2, 3)  # format 2 had no bounced addresses at the end
 
 
 class CodecError(JourneyError, ValueError):
@@ -36,7 +37,7 @@ def encode(profile: Profile, defaults: Mapping[str, Any] | None = None) -> bytes
         profile.choices or None,
         [[d.due, d.journey, d.key, d.state, d.message, d.visit] for d in profile.deferred] if profile.deferred
         else None,
-        profile.engagements or None, profile.wake_at, profile.segments_due_at,
+        profile.engagements or None, profile.wake_at, profile.segments_due_at, profile.bounced,
     ]
     return msgpack.packb(body, datetime=True)  # type: ignore[no-any-return]
 
@@ -46,12 +47,14 @@ def decode(blob: bytes, defaults: Mapping[str, Any] | None = None) -> Profile:
         body = msgpack.unpackb(blob, timestamp=3, strict_map_key=True)
     except (ValueError, msgpack.UnpackException) as exc:
         raise CodecError(f"a stored profile could not be read: {exc}") from None
-    if not isinstance(body, list) or not body or body[0] != FORMAT:
+    if not isinstance(body, list) or not body or body[0] not in _READS:
         version = body[0] if isinstance(body, list) and body else "?"
         raise CodecError(f"a stored profile has format {version}; this engine reads format {FORMAT}: "
                          "upgrade journey-engine")
+    if body[0] == 2:
+        body.append(None)
     (_, user_id, traits, metrics, windows, segments, for_since, instances, entries, ledger, choices,
-     deferred, engagements, wake_at, segments_due_at) = body
+     deferred, engagements, wake_at, segments_due_at, bounced) = body
     profile = Profile(user_id, defaults)
     profile.traits = traits
     profile.metric_values = metrics
@@ -73,6 +76,7 @@ def decode(blob: bytes, defaults: Mapping[str, Any] | None = None) -> Profile:
     profile.engagements = engagements
     profile.wake_at = wake_at
     profile.segments_due_at = segments_due_at
+    profile.bounced = tuple(bounced) if bounced else None
     return profile
 
 

@@ -22,7 +22,7 @@ from . import trace
 from .compiler import CompiledJourney, CompiledTransition, CompiledTrigger, CompiledWorkspace
 from .events import Event
 from .model import AttributeTime, Choose, Message, State, Transition, clock_minutes
-from .policies import Decision, decide, resolve_zone
+from .policies import ADDRESS, Decision, decide, resolve_zone
 from .policies import best_hour as learned_hour
 from .profile import UNSETTLED, Deferred, Instance, InstanceKey, Profile
 from .selection import choose_best, choose_first, choose_random, split_bandit, split_random
@@ -30,6 +30,23 @@ from .trace import Record
 
 MAX_CHAIN = 100
 SUBSCRIPTION_EVENTS = {"Subscribed": True, "Unsubscribed": False}
+# Delivery and engagement come back as events with Segment's spec names (from the dispatcher, a
+# provider's webhooks or the app), naming the send by `properties.send_key`, the idempotency key
+# every channel hands its provider. Each maps to the column of the message report it counts in.
+FEEDBACK = MappingProxyType({
+    "Email Delivered": "delivered", "Email Opened": "opened", "Email Link Clicked": "clicked",
+    "Email Bounced": "bounced", "Push Opened": "opened", "Push Notification Bounced": "bounced",
+    "SMS Bounced": "bounced", "Message Clicked": "clicked", "Unsubscribed": "unsubscribed"})
+BOUNCE_EVENTS = MappingProxyType({"email": "Email Bounced", "push": "Push Notification Bounced",
+                                  "sms": "SMS Bounced"})
+# When the user is reachable (the best hour learns from these), and what counts as the message
+# working for the `choose: best` bandit (a click or a tap; opens are too noisy: mail clients prefetch).
+_ENGAGED = frozenset({"Email Opened", "Email Link Clicked", "Push Opened", "Message Clicked"})
+_REWARDED = frozenset({"Email Link Clicked", "Push Opened", "Message Clicked"})
+_SOFT_BOUNCES = frozenset({"soft", "transient", "temporary"})
+MAX_ENGAGEMENTS = 50
+WORKSPACE_HOURS = ("*", "best_hour")  # the engagement-hour histogram of all users, kept as bandit counts
+MIN_WORKSPACE_ENGAGEMENTS = 20  # fewer than this and the workspace's hour is noise: use the default
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,6 +150,8 @@ class _Plan:
     entry_segment: str | None
     exits_on: dict[str, tuple[CompiledTrigger, ...]]  # exit criteria an event of that name may meet
     exits_changed: tuple[CompiledTrigger, ...]  # segment and rule exits: whenever something changed
+    clock_triggers: tuple[CompiledTrigger, ...]  # exit and goal rules that read $now: they need a wake-up
+    clock_entry: CompiledTrigger | None  # an `if:` entry that reads $now, likewise for users not in it
 
     @classmethod
     def of(cls, cj: CompiledJourney) -> _Plan:
@@ -152,7 +171,10 @@ class _Plan:
                    reads_journey=any(r is not None and r.journey for r in rules), ikey=(cj.name, ""),
                    entry_on=cj.entry.on, entry_segment=cj.entry.segment,
                    exits_on={e.on: tuple(x for x in cj.exits if x.on == e.on) for e in cj.exits if e.on},
-                   exits_changed=tuple(x for x in cj.exits if x.on is None))
+                   exits_changed=tuple(x for x in cj.exits if x.on is None),
+                   clock_triggers=tuple(t for t in triggers if t.on is None and t.rule is not None and t.rule.now),
+                   clock_entry=cj.entry if cj.entry.on is None and cj.entry.segment is None
+                   and cj.entry.rule is not None and cj.entry.rule.now else None)
 
     def exits(self, run: _Run, event: Event | None) -> tuple[CompiledTrigger, ...]:
         """The exit criteria that may fire on this input (any one that does ends the instance)."""
@@ -181,7 +203,8 @@ class Engine:
         self.bandits: dict[tuple[str, str], Stats] = {}
         self._plans = tuple(_Plan.of(cj) for cj in compiled.journeys.values())
         self._plan = {p.name: p for p in self._plans}
-        self._clock_rules = any(sp.clock_rules for p in self._plans for sp in p.states.values())
+        self._clock_rules = any(sp.clock_rules for p in self._plans for sp in p.states.values()) or any(
+            p.clock_triggers or p.clock_entry for p in self._plans)
         self._defaults = MappingProxyType(compiled.metrics.defaults)  # shared by every profile, read-only
         self._ledger_span = max((c.per for c in self.policies.frequency_caps), default=timedelta(0))
         self._subscribed_by_default = {name: sub.default == "subscribed"
@@ -201,7 +224,8 @@ class Engine:
             traits_changed = self._set_traits(profile, event.traits)
         if event.name is not None:
             changed_metrics |= self.cw.metrics.apply(profile, event, now)
-            self._subscription(run, event)
+            sent = self._feedback(run, event) if event.name in FEEDBACK else None
+            self._subscription(run, event, sent)
         self._segments(run, metrics=changed_metrics, traits=traits_changed, timed=False)
         run.changed = bool(changed_metrics or traits_changed or run.entered or run.changed)
         if not event.backfill:  # a backfill updates the profile but starts and moves no journey
@@ -253,7 +277,8 @@ class Engine:
         into.ledger = tuple(sorted((*(into.ledger or ()), *(other.ledger or ())))) or None
         for name, choice in (other.choices or {}).items():
             into.subscriptions.setdefault(name, choice)
-        into.engagements = sorted((into.engagements or []) + (other.engagements or [])) or None
+        into.engagements = sorted((into.engagements or []) + (other.engagements or []))[-MAX_ENGAGEMENTS:] or None
+        into.bounced = tuple(dict.fromkeys((*(into.bounced or ()), *(other.bounced or ())))) or None
         self._segments(run, metrics=set(self.cw.metrics.metrics), traits=True, timed=True)
         run.changed = True
         self._journeys(run, None)
@@ -282,16 +307,95 @@ class Engine:
             profile.traits.update({sys.intern(k) if type(k) is str else k: v for k, v in traits.items()})
         return changed
 
-    def _subscription(self, run: _Run, event: Event) -> None:
+    def _subscription(self, run: _Run, event: Event, sent: _SendRef | None) -> None:
+        """`Subscribed` / `Unsubscribed` name a subscription, or come from a message that has one."""
         choice = SUBSCRIPTION_EVENTS.get(event.name or "")
+        if choice is None:
+            return
         name = event.properties.get("subscription")
-        if choice is None or not isinstance(name, str):
+        if name is None and sent is not None:
+            name = self.messages[sent.message].subscription
+        if not isinstance(name, str):
             return
         if (run.profile.choices or {}).get(name) != choice:
             run.profile.subscriptions[name] = choice
             run.out.records.append(trace.other("subscription_changed", run.now, run.profile.user_id,
                                                subscription=name, subscribed=choice))
             run.changed = True
+
+    def _feedback(self, run: _Run, event: Event) -> _SendRef | None:
+        """A delivery or engagement event: traced against its send; teaches the best hour and the bandit;
+        a hard bounce suppresses the address. Returns the send it names, if it names one of ours."""
+        assert event.name is not None
+        profile = run.profile
+        sent = self._send_ref(profile, event.properties)
+        if event.name in _ENGAGED:
+            self._engaged(run, event.timestamp)
+        if sent is not None and event.name in _REWARDED:
+            self._reward(run, sent)
+        kind = FEEDBACK[event.name]
+        if kind == "bounced":
+            self._bounced(run, event, sent)
+        if sent is not None:
+            channel = self.messages[sent.message].channel
+            run.out.records.append(trace.message(
+                "message_engaged", run.now, profile.user_id, sent.journey, sent.key or None, None, sent.message,
+                channel, None, event=kind, send_key=sent.send_key))
+        return sent
+
+    def _send_ref(self, profile: Profile, properties: dict[str, Any]) -> _SendRef | None:
+        """The send a feedback event names by `send_key` (`email_id` as Segment's email spec has it)."""
+        send_key = properties.get("send_key") or properties.get("email_id")
+        if not isinstance(send_key, str):
+            return None
+        head, sep, message = send_key.rpartition(":")
+        parts = head.rsplit(":", 2)  # user:journey:key : entry : visit
+        if not sep or message not in self.messages or len(parts) != 3:
+            return None
+        prefix = parts[0]
+        for name in self._plan:
+            mine = f"{profile.user_id}:{name}:"
+            if prefix.startswith(mine):  # most events: this user's own send
+                return _SendRef(send_key, name, prefix[len(mine):], message)
+        for name in self._plan:  # a send to an id since merged into this user
+            at = prefix.find(f":{name}:")
+            if at >= 0:
+                return _SendRef(send_key, name, prefix[at + len(name) + 2:], message)
+        return None
+
+    def _engaged(self, run: _Run, at: datetime) -> None:
+        profile = run.profile
+        epochs = sorted([*(profile.engagements or ()), at.timestamp()])[-MAX_ENGAGEMENTS:]
+        profile.engagements = epochs
+        timezone = _str(profile.traits.get("timezone")) or self.policies.timezone
+        hour = at.astimezone(resolve_zone(timezone)).hour
+        self._learn(run, *WORKSPACE_HOURS, f"{hour:02d}", 0, 1)
+
+    def _reward(self, run: _Run, sent: _SendRef) -> None:
+        """A click credits the `choose: best` arm that chose this message, once (a goal later does not)."""
+        inst = run.profile.instances.get((sent.journey, sent.key))
+        for i, (arm, _, state) in enumerate(inst.sent or () if inst is not None else ()):
+            if arm == sent.message and (sent.journey, state) in self.bandits:
+                assert inst is not None and inst.sent is not None
+                del inst.sent[i]
+                self._learn(run, sent.journey, state, arm, 0, 1)
+                return
+
+    def _bounced(self, run: _Run, event: Event, sent: _SendRef | None) -> None:
+        props = event.properties
+        kind = props.get("bounce_type", props.get("type"))
+        if isinstance(kind, str) and kind.lower() in _SOFT_BOUNCES:
+            return
+        channel = self.messages[sent.message].channel if sent is not None else _str(props.get("channel"))
+        channel = channel or next((c for c, name in BOUNCE_EVENTS.items() if name == event.name), "email")
+        field = ADDRESS.get(channel)
+        address = props.get("address") or props.get(field or "") or run.profile.traits.get(field or "")
+        if not isinstance(address, str) or not address or address in (run.profile.bounced or ()):
+            return
+        run.profile.bounced = (*(run.profile.bounced or ()), address)
+        run.out.records.append(trace.other("address_suppressed", run.now, run.profile.user_id, channel=channel,
+                                           address=address, reason="hard bounce"))
+        run.changed = True
 
     def _segments(self, run: _Run, *, metrics: AbstractSet[str], traits: bool, timed: bool) -> None:
         run.scope.pop("journey", None)  # membership is per user: never read a journey instance's leftovers
@@ -574,10 +678,11 @@ class Engine:
         elif plan.choose == "random":
             chosen = choose_random(eligible, rng)
         else:
-            stats = self.bandits.setdefault((cj.name, inst.state), {})
-            chosen = choose_best(eligible, stats, rng)
-            self._learn(run, cj.name, inst.state, chosen, 1, 0)
-            _attribute(inst, chosen, run.now)
+            chosen = choose_best(eligible, self.bandits.setdefault((cj.name, inst.state), {}), rng)
+            if self._deliver(run, cj, inst, chosen, inst.state):  # a suppressed send teaches nothing
+                self._learn(run, cj.name, inst.state, chosen, 1, 0)
+                _attribute(inst, chosen, run.now)
+            return
         self._deliver(run, cj, inst, chosen, inst.state)
 
     def _eligible(self, run: _Run, cj: CompiledJourney, inst: Instance, message_id: str) -> bool:
@@ -597,18 +702,20 @@ class Engine:
         run.out.learned((journey, state, arm), sends, conversions)
 
     def _deliver(self, run: _Run, cj: CompiledJourney, inst: Instance, message_id: str, state: str, *,
-                 deferred: bool = False) -> None:
+                 deferred: bool = False) -> bool:
+        """Send, defer or suppress one message; False when it was suppressed."""
         msg = self.messages[message_id]
         profile = run.profile
         base = (run.now, profile.user_id, cj.name, inst.key or None, state, message_id, msg.channel)
         if inst.holdout:
             run.out.records.append(trace.message("message_suppressed", *base, None, reason="holdout"))
-            return
+            return False
         decision = self._decide(run, msg, deferred)
         if decision.action == "suppress":
             run.out.records.append(trace.message("message_suppressed", *base, None, reason=decision.reason,
                                                  why=decision.explanation))
-        elif decision.action == "defer":
+            return False
+        if decision.action == "defer":
             assert decision.until is not None
             held = Deferred(due=decision.until, journey=cj.name, key=inst.key, state=state, message=message_id,
                             visit=inst.visit)
@@ -620,7 +727,8 @@ class Engine:
                                                  until=trace.iso(decision.until), reason=decision.reason,
                                                  why=decision.explanation))
         else:
-            self._emit(run, cj, inst, msg, message_id, state)
+            self._emit(run, cj, inst, msg, message_id, state, decision.explanation)
+        return True
 
     def _decide(self, run: _Run, msg: Message, deferred: bool) -> Decision:
         profile = run.profile
@@ -628,21 +736,39 @@ class Engine:
         if msg.subscription is not None:
             default = self._subscribed_by_default.get(msg.subscription, True)  # undeclared: subscribed
             subscribed = profile.choices.get(msg.subscription, default) if profile.choices else default
+        bounced = None
+        if profile.bounced and msg.channel in ADDRESS:
+            address = profile.traits.get(ADDRESS[msg.channel])
+            bounced = address if address in profile.bounced else None
         timezone = _str(profile.traits.get("timezone"))
-        hour = learned_hour(profile.engagements, timezone or self.policies.timezone, run.now) \
-            if msg.send_at == "optimal" and profile.engagements else None
+        hour, source = self._best_hour(profile, timezone, run.now) if msg.send_at == "optimal" else (None, None)
         return decide(now=run.now, message=msg, policies=self.policies, timezone=timezone,
-                      ledger=profile.ledger or (), subscribed=subscribed, best_hour=hour, deferred=deferred)
+                      ledger=profile.ledger or (), subscribed=subscribed, best_hour=hour, hour_source=source,
+                      deferred=deferred, bounced=bounced)
+
+    def _best_hour(self, profile: Profile, timezone: str | None, now: datetime) -> tuple[int | None, str | None]:
+        """The user's own best hour, else the workspace's, else None (the configured default)."""
+        if profile.engagements:
+            hour = learned_hour(profile.engagements, timezone or self.policies.timezone, now)
+            n = len(profile.engagements)
+            return hour, f"the user's best hour (from {n} engagement{'s' if n > 1 else ''})"
+        hours = self.bandits.get(WORKSPACE_HOURS)
+        total = sum(c for _, c in hours.values()) if hours else 0
+        if hours and total >= MIN_WORKSPACE_ENGAGEMENTS:
+            best = max(hours.items(), key=lambda item: (item[1][1], item[0]))[0]
+            return int(best), f"the workspace's best hour (from {total} engagements)"
+        return None, None
 
     def _emit(self, run: _Run, cj: CompiledJourney, inst: Instance, msg: Message, message_id: str,
-              state: str) -> None:
+              state: str, why: str = "") -> None:
         """Record the send; rendering happens at delivery, with the context captured here."""
         profile = run.profile
         locale = self._locale(profile, msg)
         profile.ledger = (*(profile.ledger or ()), (run.now.timestamp(), msg.channel))
         self._prune_ledger(profile, run.now)
+        extra = {"why": why} if why else {}
         run.out.records.append(trace.message("message_sent", run.now, profile.user_id, cj.name, inst.key or None,
-                                             state, message_id, msg.channel, locale))
+                                             state, message_id, msg.channel, locale, **extra))
         run.out.sends.append(SendMessage(
             idempotency_key=f"{profile.user_id}:{cj.name}:{inst.key}:{_entry_id(inst)}:{inst.visit}:{message_id}",
             at=run.now,
@@ -694,7 +820,10 @@ class Engine:
         profile.deferred = [d for d in profile.deferred if d.due > run.now] or None
         for d in due:
             inst = profile.instances.get((d.journey, d.key))
-            if inst is None:
+            if inst is None:  # _exit suppresses a leaver's sends; this catches any other way out
+                run.out.records.append(trace.message("message_suppressed", run.now, profile.user_id, d.journey,
+                                                     d.key or None, d.state, d.message,
+                                                     self.messages[d.message].channel, None, reason="left_journey"))
                 continue
             self._deliver(run, self.cw.journeys[d.journey], inst, d.message, d.state, deferred=True)
 
@@ -708,7 +837,23 @@ class Engine:
             if run.profile.wake_at is None or run.profile.wake_at > now:
                 return
             self._wake(run)
+        self._break_loop(run)
         run.profile.segments_due_at = UNSETTLED  # cut short after a wake-up: its anchors were not noted
+
+    def _break_loop(self, run: _Run) -> None:
+        """Still due after MAX_CHAIN wake-ups at one instant: timers that keep falling due at once (states
+        whose `at` dates have passed, pointing at each other). Drop them and say so; never spin."""
+        for inst in run.profile.instances.values():
+            if any(at <= run.now for at, _ in inst.timers):
+                inst.timers = tuple(t for t in inst.timers if t[0] > run.now)
+                run.out.records.append(trace.other(
+                    "cycle", run.now, run.profile.user_id, journey=inst.journey, key=inst.key or None,
+                    state=inst.state, error=f"timers fell due at once more than {MAX_CHAIN} times in a row: a "
+                                            "loop of timers whose times have passed; this state's timers dropped"))
+        self._schedule(run)
+        now = run.now.timestamp()
+        if run.profile.wake_at is not None and run.profile.wake_at <= now:
+            run.profile.wake_at = now + 60  # whatever else keeps falling due waits a minute, not a spin
 
     def _schedule(self, run: _Run) -> None:
         """The earliest of: timers, deferred sends, window expiries, time-driven segments and rules."""
@@ -725,7 +870,7 @@ class Engine:
         if self.cw.segments.timed:
             run.scope.pop("journey", None)
             later.append(self.cw.segments.schedule(profile, run.scope, run.now))
-        if self._clock_rules and profile.instances:
+        if self._clock_rules:
             later.append(self._rule_change(run))
         for candidate in later:
             if candidate is not None and (best is None or candidate < best):
@@ -733,9 +878,13 @@ class Engine:
         profile.wake_at = None if best is None else best.timestamp()
 
     def _rule_change(self, run: _Run) -> datetime | None:
+        """When time alone may next flip a rule that matters to this user: the current states' `if`
+        rules, the exit and goal rules of their journeys, and `if:` entries of journeys they are not in."""
         best: datetime | None = None
         for (name, _), inst in run.profile.instances.items():
-            rules = self._plan[name].states[inst.state].clock_rules
+            plan = self._plan[name]
+            rules: tuple[CompiledTransition | CompiledTrigger, ...] = (*plan.states[inst.state].clock_rules,
+                                                                       *plan.clock_triggers)
             if not rules:
                 continue
             self._journey_scope(run, inst)
@@ -744,12 +893,31 @@ class Engine:
                 at = t.rule.next_change(run.scope, run.now)
                 if at is not None and (best is None or at < best):
                     best = at
+        run.scope.pop("journey", None)
+        for plan in self._plans:
+            entry = plan.clock_entry
+            if entry is None or (plan.key_prop is None and plan.ikey in run.profile.instances):
+                continue
+            assert entry.rule is not None
+            at = entry.rule.next_change(run.scope, run.now)
+            if at is not None and (best is None or at < best):
+                best = at
         return best
 
     def _rng(self, run: _Run, inst: Instance, purpose: str) -> random.Random:
         """A generator per decision: the same seed and user give the same choice, whatever the others do."""
         return random.Random(
             f"{self.seed}:{run.profile.user_id}:{inst.journey}:{inst.key}:{_entry_id(inst)}:{inst.visit}:{purpose}")
+
+
+@dataclass(frozen=True, slots=True)
+class _SendRef:
+    """A send named by its idempotency key: user:journey:key:entry:visit:message."""
+
+    send_key: str
+    journey: str
+    key: str
+    message: str
 
 
 _MISSING = object()

@@ -25,6 +25,8 @@ _QUIET_EXEMPT = frozenset({"in_app", "webhook"})
 _NOT_PERSON_FACING = frozenset({"webhook"})
 # Every gate repeats daily, so the earliest open instant is at most a day (plus a DST shift) away.
 _SEARCH_DAYS = 3
+# The trait that holds a channel's address; a hard bounce suppresses that address, not the user.
+ADDRESS = {"email": "email", "sms": "phone", "push": "push_token"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,22 +94,36 @@ def decide(
     ledger: Sequence[tuple[float, str]],
     subscribed: bool,
     best_hour: int | None = None,
+    hour_source: str | None = None,
     deferred: bool = False,
+    bounced: str | None = None,
 ) -> Decision:
     """Decide one send. `ledger` holds the user's past sends as (epoch seconds, channel), all journeys.
 
-    `deferred` is True when this send was deferred before and is now due: it is decided again
-    (subscription and caps may have changed) but send-time optimisation does not defer it twice.
+    `best_hour` is the local hour `send_at: optimal` aims at and `hour_source` says where it was
+    learned (None: the workspace's `send_time.default_hour`). `deferred` is True when this send was
+    deferred before and is now due: it is decided again (subscription and caps may have changed) but
+    send-time optimisation does not defer it twice. `bounced` is the user's address on this channel
+    when it bounced hard.
     """
     now = _aware(now)
+    if bounced is not None:
+        field = ADDRESS.get(message.channel, "address")
+        return Decision(action="suppress", reason="bounced",
+                        explanation=f"{bounced} bounced hard; a new traits.{field} lifts this")
     if not subscribed:
         return Decision(action="suppress", reason="unsubscribed", explanation="the user is unsubscribed")
     cap = _reached_cap(now, message.channel, policies.frequency_caps, ledger)
     if cap is not None:
         return Decision(action="suppress", reason="frequency_cap", explanation=_cap_text(cap))
     zone = resolve_zone(timezone, policies.timezone)
-    hour = policies.send_time.default_hour if best_hour is None else best_hour
-    return _timing(now, zone, _gates(message, policies, hour, deferred), policies)
+    if best_hour is None:
+        best_hour, hour_source = policies.send_time.default_hour, "the default send hour"
+    source = f"{hour_source or 'the best hour'} {best_hour:02d}:00"
+    decision = _timing(now, zone, _gates(message, policies, best_hour, deferred), policies, source)
+    if decision.action == "send" and message.send_at == "optimal" and not deferred:
+        return Decision(action="send", explanation=f"sent at {source} in {zone.key}")
+    return decision
 
 
 def _aware(now: datetime) -> datetime:
@@ -174,7 +190,7 @@ def _nearest_open_hour(hour: int, quiet: _Gate | None) -> int | None:
     return next((h for h in by_distance if quiet.allows(h * 60)), None)
 
 
-def _timing(now: datetime, zone: ZoneInfo, gates: list[_Gate], policies: Policies) -> Decision:
+def _timing(now: datetime, zone: ZoneInfo, gates: list[_Gate], policies: Policies, hour_source: str) -> Decision:
     until = _earliest_open(now, zone, gates)
     if until is None:
         return Decision(
@@ -184,14 +200,15 @@ def _timing(now: datetime, zone: ZoneInfo, gates: list[_Gate], policies: Policie
         return Decision(action="send")
     reason = next(gate.reason for gate in gates if not gate.allows(_minute(now, zone)))
     if reason == "quiet_hours" and policies.quiet_hours is not None and policies.quiet_hours.action == "drop":
-        return Decision(action="suppress", reason="quiet_hours", explanation=_closed_text(reason, now, zone))
+        return Decision(action="suppress", reason="quiet_hours",
+                        explanation=_closed_text(reason, now, zone, hour_source))
     next_local = f"{until.astimezone(zone):%Y-%m-%d %H:%M %Z}"
-    explanation = f"{_closed_text(reason, now, zone)}; next allowed at {next_local}"
+    explanation = f"{_closed_text(reason, now, zone, hour_source)}; next allowed at {next_local}"
     return Decision(action="defer", until=until, reason=reason, explanation=explanation)
 
 
-def _closed_text(reason: str, now: datetime, zone: ZoneInfo) -> str:
-    what = {"window": "outside the send window", "send_time": "not the user's best hour"}
+def _closed_text(reason: str, now: datetime, zone: ZoneInfo, hour_source: str) -> str:
+    what = {"window": "outside the send window", "send_time": f"waiting for {hour_source}"}
     return f"{what.get(reason, 'in quiet hours')} at {now.astimezone(zone):%H:%M} {zone.key}"
 
 

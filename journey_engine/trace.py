@@ -33,7 +33,7 @@ def transition(at: datetime, user: str, journey: str, key: str | None, src: str,
             "from": src, "to": dst, "trigger": trigger}
 
 
-def message(kind: str, at: datetime, user: str, journey: str, key: str | None, state: str, message_id: str,
+def message(kind: str, at: datetime, user: str, journey: str, key: str | None, state: str | None, message_id: str,
             channel: str, locale: str | None, **extra: Any) -> Record:
     return {"kind": kind, "at": iso(at), "user": user, "journey": journey, "key": key, "state": state,
             "message": message_id, "channel": channel, "locale": locale, **extra}

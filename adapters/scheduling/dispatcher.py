@@ -17,13 +17,13 @@ from typing import Any
 
 from adapters.storage.sql import SqlStore, send_from_payload
 from journey_engine import trace
-from journey_engine.engine import Engine, SendMessage
+from journey_engine.engine import BOUNCE_EVENTS, Engine, SendMessage
+from journey_engine.events import Event
+from journey_engine.policies import ADDRESS
 from journey_engine.ports import Channel, Delivery, DeliveryResult
 from journey_engine.templates import TemplateError
 
 log = logging.getLogger("journey.dispatch")
-
-ADDRESS = {"email": "email", "sms": "phone", "push": "push_token"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,17 +35,19 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        raw = min(self.cap, self.base * 2 ** (attempt - 1))
-        return raw * (1 + rng.uniform(-self.jitter, self.jitter))
+        raw = self.base * 2 ** (attempt - 1) * (1 + rng.uniform(-self.jitter, self.jitter))
+        return min(self.cap, raw)
 
 
 class Dispatcher:
     def __init__(self, store: SqlStore, engine: Engine, channels: Mapping[str, Channel], *,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC), retry: RetryPolicy | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, feedback: Callable[[list[Event]], Any] | None = None) -> None:
+        """`feedback` takes events back to the engine: a hard bounce, so the address is suppressed."""
         self.store, self.engine, self.channels, self.clock = store, engine, channels, clock
         self.retry = retry or RetryPolicy()
         self.rng = rng or random.Random()
+        self.feedback = feedback
 
     def run_once(self, limit: int = 200) -> dict[str, int]:
         """Hand every due send to its channel once; return how many ended in each status."""
@@ -65,7 +67,21 @@ class Dispatcher:
             counts[update["status"]] = counts.get(update["status"], 0) + 1
         if rows:
             self.store.settle_outbox(updates, records)
+            self._bounces(records, now)
         return counts
+
+    def _bounces(self, records: list[dict[str, Any]], now: datetime) -> None:
+        """A hard bounce goes back to the engine as the event a provider would send: `Email Bounced`."""
+        events = [Event(type="track", user_id=r["user"], name=BOUNCE_EVENTS[r["channel"]], timestamp=now,
+                        message_id=f"bounce:{r['send_key']}",
+                        properties={"send_key": r["send_key"], "bounce_type": "hard", "channel": r["channel"],
+                                    "address": r.get("address")})
+                  for r in records if r.get("suppress_address") and r["channel"] in BOUNCE_EVENTS]
+        if events and self.feedback is not None:
+            try:
+                self.feedback(events)
+            except Exception:  # the engine is behind: the next send to the address fails and says it again
+                log.warning("could not report %d bounce(s) to the engine", len(events), exc_info=True)
 
     def _attempt(self, send: SendMessage, attempt: int) -> DeliveryResult:
         channel = self.channels.get(send.channel)
@@ -112,6 +128,9 @@ class Dispatcher:
             kind = "message_failed"
             if result.suppress_address:
                 fields["suppress_address"] = True
+                address = send.context.get("traits", {}).get(ADDRESS.get(send.channel, ""))
+                if isinstance(address, str):
+                    fields["address"] = address
         record = None if kind is None else trace.message(
             kind, now, send.user, send.journey, send.key, send.state, send.message, send.channel, send.locale,
             **fields)

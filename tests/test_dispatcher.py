@@ -1,0 +1,125 @@
+"""The outbox dispatcher (issue 4): retries with capped backoff, a dead letter after the last attempt,
+outcomes in the trace, and a hard bounce fed back to the engine so the address is not mailed again.
+
+The channel here is scripted (what a provider answers is the input under test); the real channels are
+tested against real SMTP and HTTP servers in test_channels.py."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from adapters.scheduling.dispatcher import Dispatcher, RetryPolicy
+from adapters.storage.sql import SqlStore
+from journey_engine.compiler import CompiledWorkspace, load_workspace
+from journey_engine.engine import Engine
+from journey_engine.events import Event
+from journey_engine.ports import Delivery, DeliveryResult
+from journey_engine.runtime import Runtime
+
+COMPILED = load_workspace(Path(__file__).parent / "workspaces" / "basic")
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+class ScriptedChannel:
+    """Answers each send with the next result of its script (then `delivered`), and keeps what it got."""
+
+    name = "email"
+
+    def __init__(self, *script: DeliveryResult) -> None:
+        self.script = list(script)
+        self.got: list[Delivery] = []
+
+    def send(self, delivery: Delivery) -> DeliveryResult:
+        self.got.append(delivery)
+        return self.script.pop(0) if self.script else DeliveryResult(status="delivered")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqlStore]:
+    s = SqlStore(f"sqlite:///{tmp_path / 'd.db'}", defaults=dict(COMPILED.metrics.defaults))
+    yield s
+    s.close()
+
+
+def setup(store: SqlStore, compiled: CompiledWorkspace = COMPILED) -> Runtime:
+    """A runtime on the store with u1 signed up: welcome_email waits in the outbox."""
+    runtime = Runtime(Engine(compiled), store, claim=100)
+    runtime.process([Event(type="identify", user_id="u1", traits={"email": "u1@example.com"}, timestamp=T0),
+                     Event(type="track", user_id="u1", name="Signed Up", timestamp=T0)], T0)
+    return runtime
+
+
+def kinds(store: SqlStore) -> list[str]:
+    return [r["kind"] for r in store.trace("u1") if r["kind"] in ("message_delivered", "message_failed")]
+
+
+def test_a_transient_failure_is_retried_after_a_backoff_then_delivered(store: SqlStore) -> None:
+    """`retry` waits base * 2^(n-1) (with jitter) and tries again with the same idempotency key."""
+    runtime, clock = setup(store), Clock()
+    channel = ScriptedChannel(DeliveryResult(status="retry", detail="503"))
+    dispatcher = Dispatcher(store, runtime.engine, {"email": channel}, clock=clock,
+                            retry=RetryPolicy(base=30, jitter=0.2), rng=random.Random(1))
+    assert dispatcher.run_once() == {"pending": 1}
+    clock.now = T0 + timedelta(seconds=23)  # before the earliest retry (30 s - 20%)
+    assert dispatcher.run_once() == {}
+    clock.now = T0 + timedelta(seconds=37)
+    assert dispatcher.run_once() == {"delivered": 1}
+    assert [d.attempt for d in channel.got] == [1, 2]
+    assert len({d.key for d in channel.got}) == 1
+    assert kinds(store) == ["message_delivered"]
+    clock.now += timedelta(days=1)
+    assert dispatcher.run_once() == {}  # a delivered key is never handed over again
+
+
+def test_after_the_last_attempt_the_send_is_a_dead_letter(store: SqlStore) -> None:
+    """Attempts run out: the row is `dead` and the trace says `message_failed` with the last error."""
+    runtime, clock = setup(store), Clock()
+    channel = ScriptedChannel(*[DeliveryResult(status="retry", detail="timeout")] * 3)
+    dispatcher = Dispatcher(store, runtime.engine, {"email": channel}, clock=clock,
+                            retry=RetryPolicy(attempts=3, base=1, jitter=0), rng=random.Random(1))
+    for _ in range(3):
+        dispatcher.run_once()
+        clock.now += timedelta(hours=1)
+    assert len(channel.got) == 3
+    failed = [r for r in store.trace("u1") if r["kind"] == "message_failed"]
+    assert (len(failed), failed[0]["detail"], failed[0]["attempt"]) == (1, "timeout", 3)
+    assert dispatcher.run_once() == {}
+
+
+def test_backoff_is_capped_jitter_included() -> None:
+    """However many attempts, no wait is longer than the cap."""
+    policy = RetryPolicy(base=30, cap=600, jitter=0.2)
+    rng = random.Random(5)
+    waits = [policy.delay(n, rng) for n in range(1, 30) for _ in range(20)]
+    assert max(waits) <= 600
+    assert min(policy.delay(1, rng) for _ in range(50)) >= 24
+
+
+def test_a_hard_bounce_goes_back_to_the_engine_and_suppresses_the_address(store: SqlStore) -> None:
+    """A channel's hard bounce becomes an `Email Bounced` event: the next email to that address is suppressed."""
+    runtime, clock = setup(store), Clock()
+    channel = ScriptedChannel(DeliveryResult(status="failed", detail="550 no such user", suppress_address=True))
+    back: list[Event] = []
+    dispatcher = Dispatcher(store, runtime.engine, {"email": channel}, clock=clock, feedback=back.extend)
+    assert dispatcher.run_once() == {"dead": 1}
+    assert [(e.name, e.properties["address"], e.properties["bounce_type"]) for e in back] == [
+        ("Email Bounced", "u1@example.com", "hard")]
+    runtime.process(back, clock.now)
+    profile = runtime.profile("u1")
+    assert profile is not None and profile.bounced == ("u1@example.com",)
+    runtime.advance(T0 + timedelta(days=2, hours=1))  # nudge: discount_email to the same address
+    suppressed = [(r["message"], r["reason"]) for r in store.trace("u1") if r["kind"] == "message_suppressed"]
+    assert ("discount_email", "bounced") in suppressed

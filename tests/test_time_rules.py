@@ -1,0 +1,114 @@
+"""Time alone moves users through entry, exit and goal rules too (SPEC §3 item 3), and a loop of timers
+whose times have passed is reported as a cycle instead of spinning (SPEC §3 item 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from journey_engine.compiler import load_workspace
+from journey_engine.testing import Harness
+
+START = "2026-01-05T09:00:00Z"
+
+
+def harness(tmp_path: Path, text: str) -> Harness:
+    (tmp_path / "j.yaml").write_text("version: 1\n" + text)
+    return Harness(load_workspace(tmp_path), start=START, seed=1)
+
+
+def test_an_exit_rule_on_time_alone_fires_with_no_event(tmp_path: Path) -> None:
+    """`exit: - if: "$now - journey.entered_at > t'P1D'"` takes the user out a day later, to the minute."""
+    h = harness(tmp_path, """\
+journey: trial
+entry: {on: Signed Up}
+exit:
+  - if: "$now - journey.entered_at > t'P1D'"
+initial: waiting
+states:
+  waiting:
+    transitions:
+      - on: Upgraded
+        to: done
+  done: {final: true}
+""")
+    h.track("u1", "Signed Up")
+    h.wait("23h59m")
+    assert h.state("u1", "trial") == "waiting"
+    h.wait("2m")
+    assert h.state("u1", "trial") is None
+    assert h.records("u1", "journey_exited")[0]["reason"] == "exit"
+
+
+def test_an_entry_rule_on_time_alone_enrolls_with_no_event(tmp_path: Path) -> None:
+    """`entry: if: "$now - traits.created_at > t'PT2H'"` enrolls the user two hours after creation."""
+    h = harness(tmp_path, """\
+journey: aged
+entry:
+  if: "traits.created_at != null and $now - traits.created_at > t'PT2H'"
+initial: hello
+states:
+  hello:
+    transitions:
+      - on: Bye
+        to: gone
+  gone: {final: true}
+""")
+    h.identify("u1", {"created_at": START})
+    h.wait("1h")
+    assert h.state("u1", "aged") is None
+    h.wait("1h2m")
+    assert h.state("u1", "aged") == "hello"
+
+
+def test_a_goal_rule_on_time_alone_fires_with_no_event(tmp_path: Path) -> None:
+    """A goal written as a time rule (`if: "$now > traits.renews_at"`) is reached when the time comes."""
+    h = harness(tmp_path, """\
+journey: renew
+entry: {on: Signed Up}
+goal:
+  if: "traits.renews_at != null and $now > traits.renews_at"
+initial: waiting
+states:
+  waiting:
+    transitions:
+      - on: Bye
+        to: gone
+  gone: {final: true}
+""")
+    h.identify("u1", {"renews_at": "2026-01-06T09:00:00Z"})
+    h.track("u1", "Signed Up")
+    h.wait("1d1m")
+    assert [r["kind"] for r in h.records("u1") if r["kind"] in ("goal_reached", "journey_exited")] == [
+        "goal_reached", "journey_exited"]
+
+
+def test_a_loop_of_past_timers_is_reported_and_stops(tmp_path: Path) -> None:
+    """Two states whose `at` dates have passed point at each other: a `cycle` record, no hang, and the
+    user's later events are still processed."""
+    h = harness(tmp_path, """\
+journey: loop
+entry: {on: Signed Up}
+initial: a
+states:
+  a:
+    transitions:
+      - at: {attribute: traits.when}
+        to: b
+      - on: Done
+        to: end
+  b:
+    transitions:
+      - at: {attribute: traits.when}
+        to: a
+      - on: Done
+        to: end
+  end: {final: true}
+""")
+    h.identify("u1", {"when": "2026-01-01T00:00:00Z"})
+    h.track("u1", "Signed Up")
+    cycles = h.records("u1", "cycle")
+    assert cycles and cycles[0]["journey"] == "loop"
+    h.wait("1h")
+    h.track("u1", "Done")
+    assert h.state("u1", "loop") is None
+    assert h.records("u1", "journey_exited")[-1]["reason"] == "final"
