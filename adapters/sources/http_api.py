@@ -25,12 +25,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from adapters.scheduling.apscheduler import build_scheduler
 from adapters.scheduling.dispatcher import Dispatcher
-from adapters.sources.dashboard import PAGE, journey_svg
+from adapters.sources.dashboard import add_dashboard_routes
 from adapters.storage.sql import SqlStore
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Engine, Outcome
@@ -464,17 +464,7 @@ def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings 
     async def healthz() -> JSONResponse:
         return JSONResponse({"ok": True, "queue": worker.waiting})
 
-    @app.get("/", response_class=HTMLResponse, summary="The dashboard")
-    async def home() -> HTMLResponse:
-        return HTMLResponse(PAGE)
-
-    @app.get("/dashboard/journeys/{name}.svg", summary="A journey as SVG with live counts")
-    async def journey_picture(name: str, request: Request) -> Response:
-        check_admin(request, settings)
-        if name not in compiled.journeys:
-            raise Refused(404, "not_found", f"journey `{name}`: no such journey")
-        svg = journey_svg(compiled.workspace.journeys[name], store.state_counts().get(name, {}))
-        return Response(svg, media_type="image/svg+xml")
+    add_dashboard_routes(app, store, compiled, authorize=lambda request: check_admin(request, settings))
 
     return app
 
