@@ -12,6 +12,12 @@ Store contract (every adapter passes tests/test_store_contract.py):
   first, as (wake-up, user). A claim is a lease: a claimed user is not returned again until the
   claim is committed or the lease runs out (a crashed worker's claims come back).
 - Ordering: a user's events are committed in the order they were given to `Runtime.process`.
+- Concurrency: several workers may share one database. A commit writes a profile only over the
+  version its `load` returned (on the same thread), creates a profile only if none exists, and
+  records a messageId only if no one recorded it first; otherwise nothing of the batch is written and
+  `commit` raises `ConflictError`. The caller then runs the batch again from the start
+  (`Runtime.process` / `Runtime.advance` reload, so the rerun sees the winner's changes and
+  duplicates); its events must not be acknowledged before the rerun commits.
 Errors: `StoreUnavailable` when the database cannot be reached or is locked, `StoreVersionError` when
 it was written by a newer version. Both are JourneyErrors with a message for the operator.
 """
@@ -37,6 +43,16 @@ class StoreUnavailable(JourneyError, ConnectionError):
 
 class StoreVersionError(JourneyError, RuntimeError):
     """The database was written by a newer journey-engine (or needs `journey db upgrade`)."""
+
+
+class ConflictError(JourneyError, RuntimeError):
+    """Another worker committed first: a profile of the batch changed since it was loaded, or one of
+    its messageIds was committed meanwhile. Nothing of the batch was written; run it again from the
+    start (`Runtime.process` reloads, so the rerun sees the other worker's changes and duplicates)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"another worker committed first ({what}); nothing of this batch was written, "
+                         "run the batch again")
 
 
 BanditDelta = dict[tuple[str, str, str], tuple[int, int]]  # (journey, state, arm) -> (sends, conversions)

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.script import ScriptDirectory
 
-from adapters.storage.sql import SqlStore, _alembic, profiles_t
+from adapters.storage.sql import SqlStore, _alembic
 from journey_engine import codec
 from journey_engine.ports import StoreUnavailable, StoreVersionError
 from journey_engine.profile import Profile
@@ -31,7 +31,8 @@ def test_an_older_database_is_upgraded_in_place_and_keeps_its_data(tmp_path: Pat
     profile.traits = {"email": "a@example.com"}
     profile.wake = datetime(2026, 1, 5, tzinfo=UTC)
     with engine.begin() as conn:
-        conn.execute(sa.insert(profiles_t), [{"user_id": "u1", "body": codec.encode(profile),
+        old_profiles = sa.table("profiles", *(sa.column(c) for c in ("user_id", "body", "wake_at", "updated_at")))
+        conn.execute(sa.insert(old_profiles), [{"user_id": "u1", "body": codec.encode(profile),
                                               "wake_at": profile.wake.timestamp(), "updated_at": 0.0}])
         tables = set(sa.inspect(conn).get_table_names())
     engine.dispose()

@@ -11,7 +11,7 @@ import pytest
 from journey_engine.compiler import load_workspace
 from journey_engine.engine import Engine
 from journey_engine.events import Event
-from journey_engine.ports import Batch
+from journey_engine.ports import Batch, ConflictError
 from journey_engine.runtime import Runtime
 from journey_engine.testing import Harness
 
@@ -165,3 +165,45 @@ def test_two_workers_never_claim_the_same_user(store_factory: StoreFactory) -> N
         a, b = pool.map(drain, [first, second])
     assert not set(a) & set(b)
     assert len(a) + len(b) == 400
+
+
+def _sql_only(store_factory: StoreFactory) -> None:
+    if store_factory.kind == "memory":  # type: ignore[attr-defined]
+        pytest.skip("one process, one store: nothing to race")
+
+
+def _identify(user: str, traits: dict[str, Any], at: datetime, message_id: str) -> Event:
+    return Event(type="identify", user_id=user, traits=traits, timestamp=at, message_id=message_id)
+
+
+def test_a_stale_profile_never_overwrites_another_workers_commit(store_factory: StoreFactory) -> None:
+    """Worker A loads u1, worker B commits a change to u1, A's commit fails whole with ConflictError; A's rerun
+    sees B's change."""
+    _sql_only(store_factory)
+    a, b = _store(store_factory), _store(store_factory)
+    Runtime(Engine(COMPILED), b).process([_identify("u1", {"email": "a@b.c"}, T0, "i0"),
+                                          Event(type="track", user_id="u1", name="Signed Up", timestamp=T0)], T0)
+    stale = a.load(["u1"])["u1"]  # A claims u1's timer and loads it ...
+    Runtime(Engine(COMPILED), b).process([_identify("u1", {"plan": "pro"}, T0, "i1")], T0 + timedelta(hours=1))
+    stale.traits["seen_by_a"] = True  # ... and commits its stale copy after B's commit
+    with pytest.raises(ConflictError, match="another worker committed first"):
+        a.commit(Batch(profiles={"u1": stale}, message_ids=[("m-a", T0)], records=[{"kind": "x", "at": "t"}]))
+    assert a.seen(["m-a"]) == set(), "the whole batch rolled back"
+    assert a.load(["u1"])["u1"].traits == {"email": "a@b.c", "plan": "pro"}
+    Runtime(Engine(COMPILED), a).advance(T0 + timedelta(days=3))  # the rerun starts from B's commit
+    assert a.load(["u1"])["u1"].traits == {"email": "a@b.c", "plan": "pro"}
+
+
+def test_one_message_id_is_committed_by_one_worker_only(store_factory: StoreFactory) -> None:
+    """Two workers that both saw a messageId as new cannot both commit it: the second gets ConflictError."""
+    _sql_only(store_factory)
+    a, b = _store(store_factory), _store(store_factory)
+    event = _identify("u1", {"plan": "pro"}, T0, "m1")
+    assert a.seen(["m1"]) == b.seen(["m1"]) == set()
+    a.commit(Batch(message_ids=[("m1", T0)], profiles={"u1": Engine(COMPILED).new_profile("u1")}))
+    with pytest.raises(ConflictError):
+        b.commit(Batch(message_ids=[("m1", T0)]))
+    with pytest.raises(ConflictError):  # and a new profile is created once
+        b.commit(Batch(profiles={"u1": Engine(COMPILED).new_profile("u1")}))
+    out = Runtime(Engine(COMPILED), b).process([event], T0)  # the rerun sees it as a duplicate
+    assert [r["kind"] for r in out.records] == ["duplicate"]

@@ -3,11 +3,16 @@
 One transaction per batch (group commit); dialect upserts with executemany; timers are the indexed
 `profiles.wake_at` column, claimed in batches with a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL),
 so several workers can share one database and a crashed worker's claims come back.
+
+Workers sharing a database use optimistic concurrency: `load` remembers each profile's version (per
+thread: the thread that loads is the thread that commits), and `commit` writes a profile only over
+the version it loaded, and a messageId only if no one committed it first; otherwise `ConflictError`.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -22,12 +27,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from journey_engine import codec
 from journey_engine.engine import Engine as JourneyEngine
 from journey_engine.engine import SendMessage
-from journey_engine.ports import DEDUPE_FOR, Batch, StoreUnavailable, StoreVersionError
+from journey_engine.ports import DEDUPE_FOR, Batch, ConflictError, StoreUnavailable, StoreVersionError
 from journey_engine.profile import Profile
 
 from .tables import (
@@ -84,6 +89,7 @@ class SqlStore:
         self.schema = schema
         self.defaults = defaults or {}
         self.wall = wall  # leases are about real workers, so they use the wall clock: an adapter's business
+        self._local = threading.local()  # per thread: user -> profile version seen by the last `load`
         self.engine = self._connect()
         self.dialect = self.engine.dialect.name
         self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
@@ -157,14 +163,26 @@ class SqlStore:
 
     # --- reads ----------------------------------------------------------------------------------
 
+    @property
+    def _versions(self) -> dict[str, int]:
+        versions: dict[str, int] | None = getattr(self._local, "versions", None)
+        if versions is None:
+            versions = self._local.versions = {}
+        return versions
+
     def load(self, users: Collection[str]) -> dict[str, Profile]:
         found: dict[str, Profile] = {}
+        versions = self._versions
         with self.engine.connect() as conn:
             for chunk in _chunks(list(users)):
-                rows = conn.execute(sa.select(profiles_t.c.user_id, profiles_t.c.body)
+                rows = conn.execute(sa.select(profiles_t.c.user_id, profiles_t.c.body, profiles_t.c.version)
                                     .where(profiles_t.c.user_id.in_(chunk)))
-                for user, body in rows:
+                for user, body, version in rows:
                     found[user] = codec.decode(body, self.defaults)
+                    versions[user] = version
+        for user in users:
+            if user not in found:
+                versions.pop(user, None)  # absent now: a commit must create it, not overwrite someone's
         return found
 
     def aliases(self, users: Collection[str]) -> dict[str, str]:
@@ -214,31 +232,82 @@ class SqlStore:
         if not batch:
             return
         wall = self.wall()
-        with self._tx() as conn:
-            self._write_profiles(conn, batch.profiles, wall)
-            for chunk in _chunks(list(batch.deleted)):
-                conn.execute(sa.delete(profiles_t).where(profiles_t.c.user_id.in_(chunk)))
-            if batch.released:
-                for chunk in _chunks(list(batch.released)):
-                    conn.execute(sa.update(profiles_t).where(profiles_t.c.user_id.in_(chunk))
-                                 .values(lease_until=None))
-            self._upsert(conn, aliases_t, [{"previous_id": k, "user_id": v} for k, v in batch.aliases.items()],
-                         ["previous_id"], ["user_id"])
-            self._upsert(conn, processed_t, [{"message_id": m, "at": at.timestamp()} for m, at in batch.message_ids],
-                         ["message_id"], [])
-            if batch.records:
-                conn.execute(sa.insert(trace_t), [_trace_row(r) for r in batch.records])
-                self._history(conn, batch.records)
-            self._upsert(conn, outbox_t, [_outbox_row(s) for s in batch.sends], ["key"], [])
-            if batch.bandit:
-                self._bandit(conn, batch)
-            self._counts(conn, state_deltas(batch.records))
+        versions = self._versions
+        try:
+            with self._tx() as conn:
+                self._write(conn, batch, wall)
+        except BaseException:
+            for user in (*batch.profiles, *batch.deleted):
+                versions.pop(user, None)  # unknown now: the rerun reloads
+            raise
+        for user in batch.profiles:
+            versions[user] = versions.get(user, 0) + 1
+        for user in batch.deleted:
+            versions.pop(user, None)
+
+    def _write(self, conn: Connection, batch: Batch, wall: float) -> None:
+        self._write_profiles(conn, batch.profiles, wall)
+        self._delete_profiles(conn, batch.deleted)
+        if batch.released:
+            for chunk in _chunks(list(batch.released)):
+                conn.execute(sa.update(profiles_t).where(profiles_t.c.user_id.in_(chunk)).values(lease_until=None))
+        self._upsert(conn, aliases_t, [{"previous_id": k, "user_id": v} for k, v in batch.aliases.items()],
+                     ["previous_id"], ["user_id"])
+        self._insert_new(conn, processed_t, [{"message_id": m, "at": at.timestamp()} for m, at in batch.message_ids],
+                         "a messageId of the batch")
+        if batch.records:
+            conn.execute(sa.insert(trace_t), [_trace_row(r) for r in batch.records])
+            self._history(conn, batch.records)
+        self._upsert(conn, outbox_t, [_outbox_row(s) for s in batch.sends], ["key"], [])
+        if batch.bandit:
+            self._bandit(conn, batch)
+        self._counts(conn, state_deltas(batch.records))
 
     def _write_profiles(self, conn: Connection, profiles: dict[str, Profile], wall: float) -> None:
-        rows = [{"user_id": user, "body": codec.encode(p, self.defaults),
-                 "wake_at": p.wake.timestamp() if p.wake else None, "lease_until": None, "updated_at": wall}
-                for user, p in profiles.items()]
-        self._upsert(conn, profiles_t, rows, ["user_id"], ["body", "wake_at", "lease_until", "updated_at"])
+        """Compare-and-set: a loaded profile is written only over the version it was loaded at; a new one
+        only if no one created it meanwhile."""
+        versions = self._versions
+        updates: list[dict[str, Any]] = []
+        inserts: list[dict[str, Any]] = []
+        for user, p in profiles.items():
+            row = {"body": codec.encode(p, self.defaults), "wake_at": p.wake_at, "lease_until": None,
+                   "updated_at": wall}
+            seen = versions.get(user)
+            if seen is None:
+                inserts.append({"user_id": user, "version": 1, **row})
+            else:
+                updates.append({"u": user, "seen": seen, "new_version": seen + 1, **row})
+        if updates:
+            c = profiles_t.c
+            stmt = (sa.update(profiles_t).where(c.user_id == sa.bindparam("u"), c.version == sa.bindparam("seen"))
+                    .values(body=sa.bindparam("body"), wake_at=sa.bindparam("wake_at"),
+                            lease_until=sa.bindparam("lease_until"), updated_at=sa.bindparam("updated_at"),
+                            version=sa.bindparam("new_version")))
+            if conn.execute(stmt, updates).rowcount != len(updates):
+                raise ConflictError("a profile of the batch changed since it was loaded")
+        self._insert_new(conn, profiles_t, inserts, "a new profile of the batch")
+
+    def _delete_profiles(self, conn: Connection, users: Collection[str]) -> None:
+        versions = self._versions
+        known = [{"u": u, "seen": versions[u]} for u in users if u in versions]
+        unknown = [u for u in users if u not in versions]
+        if known:
+            c = profiles_t.c
+            stmt = sa.delete(profiles_t).where(c.user_id == sa.bindparam("u"), c.version == sa.bindparam("seen"))
+            if conn.execute(stmt, known).rowcount != len(known):
+                raise ConflictError("a merged-away profile changed since it was loaded")
+        for chunk in _chunks(unknown):
+            conn.execute(sa.delete(profiles_t).where(profiles_t.c.user_id.in_(chunk)))
+
+    @staticmethod
+    def _insert_new(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], what: str) -> None:
+        """Plain inserts: a row that exists already means another worker committed it first."""
+        if not rows:
+            return
+        try:
+            conn.execute(sa.insert(table), rows)
+        except IntegrityError:
+            raise ConflictError(f"{what} was committed by another worker") from None
 
     def _upsert(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]], keys: list[str],
                 update: list[str]) -> None:

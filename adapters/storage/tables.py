@@ -19,6 +19,7 @@ class ProfileRow(SQLModel, table=True):
     wake_at: float | None = Field(default=None, index=True)  # epoch seconds, engine clock
     lease_until: float | None = None  # epoch seconds, wall clock: a claim by a timer worker
     updated_at: float
+    version: int = 1  # bumped by every write: a commit writes only over the version it loaded
 
 
 class AliasRow(SQLModel, table=True):
