@@ -15,7 +15,7 @@ from .loading import PathKey, Workspace, read_workspace
 from .machine import JourneyMachine
 from .metrics import MetricBook
 from .model import Journey, Message, Translation, Trigger
-from .rules import CompiledRule, RuleCompiler, RuleProblem
+from .rules import CompiledRule, RuleCompiler, RuleProblem, UnknownDeclaration
 from .segments import SegmentBook
 from .templates import Renderer
 from .validation import lint, segment_cycles
@@ -83,9 +83,12 @@ def compile_workspace(ws: Workspace) -> CompiledWorkspace:
             return None
         try:
             return compiler.compile(text)
+        except UnknownDeclaration as exc:
+            if not ws.unparsed:  # else the name may be declared in the file that does not parse
+                problems.append(ws.problem(kind, name, path, str(exc)))
         except RuleProblem as exc:
             problems.append(ws.problem(kind, name, path, str(exc)))
-            return None
+        return None
 
     segment_rules = {n: rule(s.rule, "segments", n, ("rule",)) for n, s in ws.segments.items()}
     problems.extend(segment_cycles(ws, {n: r.segments for n, r in segment_rules.items() if r is not None}))

@@ -225,6 +225,7 @@ class Workspace:
     origins: dict[tuple[str, str], tuple[str, PathKey]]  # (kind, name) -> (file, path)
     warnings: list[Problem]
     unreadable: set[str] = field(default_factory=set)  # names declared in files that did not validate
+    unparsed: list[str] = field(default_factory=list)  # files that are not valid YAML: their names are unknown
 
     def where(self, kind: str, name: str, *rest: str | int) -> tuple[Document, PathKey]:
         file, path = self.origins[(kind, name)]
@@ -253,8 +254,8 @@ def read_workspace(root: str | Path, *, keep_going: bool = False) -> Workspace:
     """Parse and validate every file, then gather names; raise WorkspaceError with all problems.
 
     With `keep_going`, a workspace is returned even when files have errors (they are in `warnings`,
-    with severity "error", and the names those files declare are in `unreadable`), so the caller can
-    lint the rest and report everything at once."""
+    with severity "error", the names those files declare are in `unreadable`, and files that are not
+    valid YAML are in `unparsed`), so the caller can lint the rest and report everything at once."""
     base = Path(root)
     if not base.is_dir():
         raise WorkspaceError([Problem(file=str(base), line=1, column=1,
@@ -263,12 +264,14 @@ def read_workspace(root: str | Path, *, keep_going: bool = False) -> Workspace:
     parsed: list[tuple[Document, WorkspaceFile]] = []
     documents: dict[str, Document] = {}
     unreadable: set[str] = set()
+    unparsed: list[str] = []
     for path in workspace_files(base):
         name = str(path)
         doc = parse_yaml(path.read_text(encoding="utf-8"), name)
         documents[name] = doc
         problems.extend(doc.problems)
         if doc.problems:
+            unparsed.append(name)
             continue
         if not isinstance(doc.data, dict):
             problems.append(doc.problem((), "a workspace file is a mapping starting with `version: 1`"))
@@ -285,6 +288,7 @@ def read_workspace(root: str | Path, *, keep_going: bool = False) -> Workspace:
         raise WorkspaceError(sorted(problems, key=lambda p: (p.file, p.line, p.column)))
     workspace.warnings.extend(problems)
     workspace.unreadable.update(unreadable)
+    workspace.unparsed.extend(unparsed)
     return workspace
 
 

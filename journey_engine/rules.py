@@ -35,6 +35,10 @@ class RuleProblem(ValueError):
     """A rule that does not compile; the loader adds file, line and column."""
 
 
+class UnknownDeclaration(RuleProblem):
+    """A rule naming a metric or segment the workspace does not declare (perhaps in a file that did not parse)."""
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     """A rule ready to evaluate, with what it reads (so only rules whose inputs changed are re-run)."""
@@ -163,17 +167,17 @@ class RuleCompiler:
         except rule_engine.SymbolResolutionError as exc:
             raise RuleProblem(_symbol_message(text, exc.symbol_name)) from None
         except rule_engine.AttributeResolutionError as exc:
-            raise RuleProblem(self._attribute_message(text, exc)) from None
+            raise self._attribute_problem(text, exc) from None
         except rule_engine.EngineError as exc:
             raise RuleProblem(f"rule `{text}`: {exc.message}") from None
         return self._finish(text, rule)
 
-    def _attribute_message(self, text: str, exc: rule_engine.AttributeResolutionError) -> str:
+    def _attribute_problem(self, text: str, exc: rule_engine.AttributeResolutionError) -> RuleProblem:
         name = exc.attribute_name
         if getattr(exc.object, "name", None) == "metrics":
-            return f"rule `{text}`: unknown metric `{name}`{did_you_mean(name, self.metric_names)}"
+            return UnknownDeclaration(f"rule `{text}`: unknown metric `{name}`{did_you_mean(name, self.metric_names)}")
         known = getattr(exc.object, "attributes", None) or {}
-        return f"rule `{text}`: unknown attribute `{name}`{did_you_mean(name, known)}"
+        return RuleProblem(f"rule `{text}`: unknown attribute `{name}`{did_you_mean(name, known)}")
 
     def _builtin_message(self, text: str, name: str) -> str:
         if name == "$random":
@@ -199,7 +203,7 @@ class RuleCompiler:
             raise RuleProblem(self._builtin_message(text, unknown_builtins[0]))
         unknown = sorted(segments - self.segments)
         if unknown:
-            raise RuleProblem(f"rule `{text}`: unknown segment `{unknown[0]}`"
+            raise UnknownDeclaration(f"rule `{text}`: unknown segment `{unknown[0]}`"
                               f"{did_you_mean(unknown[0], self.segments)}")
         return CompiledRule(text=text, rule=rule, fast=compile_rule(rule), clock=self.clock,
                             metrics=frozenset(metrics), segments=frozenset(segments),

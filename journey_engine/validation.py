@@ -21,15 +21,35 @@ _LANGUAGE = re.compile(r"^[a-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
 
 
 def lint(ws: Workspace) -> list[Problem]:
-    """Every problem the workspace's structure shows, sorted by file and position."""
-    found = [problem for check in _WORKSPACE_CHECKS for problem in check(ws)]
+    """Every problem the workspace's structure shows, sorted by file and position.
+
+    While a file is not valid YAML, the names it declares are unknown: checks for unknown and unused
+    names would flood the report with false errors, so they are skipped and one note says so.
+    """
+    checks = _WORKSPACE_CHECKS if ws.unparsed else (*_WORKSPACE_CHECKS, *_NAME_CHECKS)
+    found = [problem for check in checks for problem in check(ws)]
+    if ws.unparsed:
+        found.append(_skipped_note(ws, ws.unparsed[0]))
     return sorted(found, key=lambda p: (p.file, p.line, p.column))
+
+
+def _skipped_note(ws: Workspace, file: str) -> Problem:
+    first = ws.documents[file].problems[0]
+    return Problem(file=file, line=first.line, column=first.column, severity="note",
+                   message="checks for unknown and unused names were skipped until this file parses: "
+                           "the names it declares are not known")
 
 
 def _journeys(ws: Workspace) -> Iterator[Problem]:
     for journey in ws.journeys.values():
         for check in _JOURNEY_CHECKS:
             yield from check(ws, journey)
+
+
+def _journey_names(ws: Workspace) -> Iterator[Problem]:
+    for journey in ws.journeys.values():
+        yield from _unknown_messages(ws, journey)
+        yield from _unknown_segments(ws, journey)
 
 
 def _at(ws: Workspace, journey: Journey, path: PathKey, message: str, severity: str = "error") -> Problem:
@@ -218,7 +238,7 @@ def _never_finishes(ws: Workspace, journey: Journey) -> Iterator[Problem]:
 
 
 _JOURNEY_CHECKS: tuple[JourneyCheck, ...] = (
-    _unknown_states, _unknown_messages, _unknown_segments, _unreachable_states, _dead_ends, _instant_cycles,
+    _unknown_states, _unreachable_states, _dead_ends, _instant_cycles,
     _shadowed_transitions, _entry_event_in_initial, _reentry, _never_finishes,
 )
 
@@ -226,15 +246,17 @@ _JOURNEY_CHECKS: tuple[JourneyCheck, ...] = (
 # --- messages, segments, policies -----------------------------------------------------------------
 
 
-def _subscriptions(ws: Workspace) -> Iterator[Problem]:
+def _unknown_subscriptions(ws: Workspace) -> Iterator[Problem]:
     for name, message in ws.messages.items():
-        if message.subscription is None:
-            continue
-        subscription = ws.subscriptions.get(message.subscription)
-        if subscription is None:
+        if message.subscription is not None and message.subscription not in ws.subscriptions:
             yield ws.problem("messages", name, ("subscription",), _unknown(
                 "subscription", message.subscription, ws.subscriptions, "declare it under `subscriptions:`"))
-        elif subscription.channel != message.channel:
+
+
+def _subscriptions(ws: Workspace) -> Iterator[Problem]:
+    for name, message in ws.messages.items():
+        subscription = ws.subscriptions.get(message.subscription) if message.subscription else None
+        if subscription is not None and subscription.channel != message.channel:
             yield ws.problem("messages", name, ("subscription",),
                              f"message `{name}` goes by {message.channel} but subscription "
                              f"`{message.subscription}` is for {subscription.channel}: users who opt out of "
@@ -359,5 +381,7 @@ def _unused(ws: Workspace) -> Iterator[Problem]:
 
 
 _WORKSPACE_CHECKS: tuple[WorkspaceCheck, ...] = (
-    _journeys, _subscriptions, _translations, _segment_windows, _policies, _unused,
+    _journeys, _subscriptions, _translations, _segment_windows, _policies,
 )
+# names that may be declared in another file: only meaningful when every file parsed
+_NAME_CHECKS: tuple[WorkspaceCheck, ...] = (_journey_names, _unknown_subscriptions, _unused)

@@ -309,3 +309,31 @@ def test_a_segment_reading_another_without_a_loop_is_fine(tmp_path: Path) -> Non
     (tmp_path / "segments.yaml").write_text(
         "version: 1\nsegments:\n  a: \"traits.x == 1\"\n  b: \"'a' in segments\"\n", encoding="utf-8")
     assert set(load_workspace(tmp_path).workspace.segments) == {"a", "b"}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "error"),
+    [
+        pytest.param("  sms_tip: {channel: sms, body: Tip}", "  sms_tip: {channel: sms, body: Tip",
+                     "library.yaml:6:9: error: YAML syntax: expected ',' or '}', but got ':'",
+                     id="syntax-error"),
+        pytest.param("  orders: {count: Order Completed}", "  orders: {count: Order Completed}\n  orders: {count: X}",
+                     "library.yaml:11:3: error: duplicate key `orders` (first written on line 10)", id="duplicate-key"),
+    ],
+)
+def test_a_file_that_does_not_parse_is_reported_without_a_flood(tmp_path: Path, old: str, new: str,
+                                                                 error: str) -> None:
+    """The YAML error comes alone, with one note: its names are not called unknown elsewhere, nor others unused."""
+    library = LIBRARY.replace(old, new, 1)
+    assert library != LIBRARY
+    (tmp_path / "journey.yaml").write_text(JOURNEY, encoding="utf-8")
+    (tmp_path / "library.yaml").write_text(library, encoding="utf-8")
+    (tmp_path / "extra.yaml").write_text("version: 1\nsegments:\n  idle: \"metrics.orders == 0\"\n",
+                                         encoding="utf-8")
+    with pytest.raises(WorkspaceError) as caught:
+        load_workspace(tmp_path)
+    position = error.split(": ")[0].removeprefix("library.yaml:")
+    assert [str(p).replace(f"{tmp_path}/", "") for p in caught.value.problems] == [
+        error, f"library.yaml:{position}: note: checks for unknown and unused names were skipped until this file "
+               "parses: the names it declares are not known"]
+
