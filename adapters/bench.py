@@ -198,3 +198,38 @@ def run_bench(compiled: CompiledWorkspace, *, users: int, events: int, seed: int
     if isinstance(target, MemoryStore):
         report["bytes_per_user"], report["bytes_per_user_strict"] = _bytes_per_user(target, random.Random(seed))
     return report
+
+
+def run_timer_bench(compiled: CompiledWorkspace, store: Store, *, due: int, pending: int = 0,
+                    seed: int = 1, progress: Progress | None = None) -> dict[str, Any]:
+    """A spike of `due` timers falling due in the same second (everyone signed up at once, so their
+    `after: 2d` is due together, like everyone's "09:00 local"), among `pending` timers due a day later.
+
+    Filling the store is not timed. Timed: draining the spike, claim by claim, each firing a transition
+    committed with its sends, as `journey serve`'s timer job does; outcomes are not kept.
+    """
+    counter = _Counter()
+    runtime = Runtime(Engine(compiled, seed=seed), store, sink=counter, claim=500)
+    rng = random.Random(seed)
+    for first, count, at in ((0, due, START), (due, pending, START + timedelta(days=1))):
+        for chunk in range(first, first + count, 1000):
+            users = range(chunk, min(chunk + 1000, first + count))
+            runtime.process([e for u in users for e in (
+                _identify(rng, f"u{u}", at, True),
+                Event(type="track", user_id=f"u{u}", name="Signed Up", timestamp=at, message_id=f"s{u}"))], at)
+        if progress is not None:
+            progress.print(f"{first + count:>9} users in the store")
+    counter.timers = counter.sends = 0
+    gc.collect()
+    rss_before = _rss_mb()
+    peak = rss_before
+    spike = START + timedelta(days=2)
+    began = time.perf_counter()
+    more = True
+    while more:
+        _, more = runtime.advance_some(spike, rounds=1)
+        peak = max(peak, _rss_mb())
+    seconds = time.perf_counter() - began
+    return {"timers_due": due, "timers_pending": pending, "timers_fired": counter.timers,
+            "seconds": round(seconds, 3), "timers_fired_per_s": round(counter.timers / seconds) if seconds else 0,
+            "sends": counter.sends, "rss_mb": round(peak, 1), "rss_growth_mb": round(peak - rss_before, 1)}

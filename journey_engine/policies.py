@@ -219,7 +219,12 @@ def _earliest_open(now: datetime, zone: ZoneInfo, gates: list[_Gate]) -> datetim
     own local time, so deferrals stay right across DST changes (an opening time skipped by a spring
     gap maps to the instant after the gap, which is checked like any other).
     """
-    candidates = [now, *(_openings(now, zone, gates))]
+    if not gates:
+        return now
+    minute = _minute(now, zone)
+    if all(gate.allows(minute) for gate in gates):  # the usual case: open now, no openings to compute
+        return now
+    candidates = _openings(now, zone, gates)
     for candidate in sorted(c for c in candidates if c >= now):
         if all(gate.allows(_minute(candidate, zone)) for gate in gates):
             return candidate

@@ -173,11 +173,22 @@ class Runtime:
     def advance(self, until: datetime) -> Outcome:
         """Fire everything due up to `until`, earliest first, committing round by round."""
         total = Outcome()
+        more = True
+        while more:
+            out, more = self.advance_some(until, rounds=16)
+            total.extend(out)
+        return total
+
+    def advance_some(self, until: datetime, rounds: int) -> tuple[Outcome, bool]:
+        """At most `rounds` claims of what is due up to `until`; True when more may be due. A service
+        calls this between batches of events, so a spike of timers neither stalls ingestion nor
+        gathers every outcome in memory."""
+        total = Outcome()
         until_s = until.timestamp()
-        while True:
+        for _ in range(rounds):
             due = self.store.due(until, self.claim)
             if not due:
-                return total
+                return total, False
             profiles = self.store.load([user for _, user in due])
             batch = Batch()
             outcomes = []
@@ -192,6 +203,7 @@ class Runtime:
             out = outcomes[0] if len(outcomes) == 1 else _joined(outcomes)
             self._finish(batch, out)
             total.extend(out)
+        return total, True
 
     def _finish(self, batch: Batch, out: Outcome) -> None:
         """Commit the batch with what `out` says happened, then hand `out` to the sink."""
