@@ -207,3 +207,40 @@ def test_one_message_id_is_committed_by_one_worker_only(store_factory: StoreFact
         b.commit(Batch(profiles={"u1": Engine(COMPILED).new_profile("u1")}))
     out = Runtime(Engine(COMPILED), b).process([event], T0)  # the rerun sees it as a duplicate
     assert [r["kind"] for r in out.records] == ["duplicate"]
+
+
+def _welcome(store: Any) -> None:
+    Runtime(Engine(COMPILED), store).process([_identify("u1", {"email": "a@b.c"}, T0, "i0"),
+                                              Event(type="track", user_id="u1", name="Signed Up", timestamp=T0)], T0)
+
+
+def test_a_late_answer_from_an_expired_claim_is_ignored(store_factory: StoreFactory) -> None:
+    """Once a second dispatcher re-claimed a send and recorded success, the first one's late answer
+    changes nothing, and the send is never handed out again."""
+    _sql_only(store_factory)
+    a, b = _store(store_factory), _store(store_factory)
+    _welcome(a)
+    (first,) = a.claim_outbox(T0, 10)
+    (again,) = b.claim_outbox(T0 + timedelta(seconds=61), 10)  # a's lease ran out
+    assert again["key"] == first["key"] and again["token"] != first["token"]
+    done = {"key": first["key"], "attempts": 1, "last_error": None, "next_attempt_at": T0.timestamp() + 61}
+    assert b.settle_outbox([{**done, "status": "delivered"}], []) == {first["key"]}
+    late = {**done, "status": "pending", "last_error": "timeout", "next_attempt_at": T0.timestamp() + 90}
+    assert a.settle_outbox([late], [{"kind": "message_failed", "at": "t", "user": "u1", "send_key": first["key"]}]) \
+        == set()
+    assert [r["status"] for r in a.outbox()] == ["delivered"]
+    assert a.claim_outbox(T0 + timedelta(days=1), 10) == []
+    assert [r["kind"] for r in a.trace("u1")].count("message_failed") == 0
+
+
+def test_finished_outbox_rows_are_pruned_with_the_trace(store_factory: StoreFactory) -> None:
+    """Delivered and dead sends older than the trace retention are dropped; pending ones stay."""
+    _sql_only(store_factory)
+    store = _store(store_factory)
+    _welcome(store)
+    (row,) = store.claim_outbox(T0, 10)
+    store.settle_outbox([{"key": row["key"], "status": "delivered", "attempts": 1, "last_error": None,
+                          "next_attempt_at": T0.timestamp()}], [])
+    assert store.prune(T0 + timedelta(days=89))["outbox"] == 0
+    assert store.prune(T0 + timedelta(days=91))["outbox"] == 1
+    assert store.outbox() == []

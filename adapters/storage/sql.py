@@ -12,6 +12,7 @@ the version it loaded, and a messageId only if no one committed it first; otherw
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -361,14 +362,18 @@ class SqlStore:
     # --- maintenance and reads for operators ----------------------------------------------------
 
     def prune(self, now: datetime, trace_for_days: float = 90) -> dict[str, int]:
-        """Drop processed messageIds older than the deduplication window, and old trace rows."""
+        """Drop processed messageIds older than the deduplication window, and trace rows and finished
+        (delivered or dead) outbox rows older than the trace's retention."""
         with self._tx() as conn:
             ids = conn.execute(sa.delete(processed_t).where(
                 processed_t.c.at < (now - DEDUPE_FOR).timestamp())).rowcount
             horizon = datetime.fromtimestamp(now.timestamp() - trace_for_days * 86400, UTC)
             old = conn.execute(sa.delete(trace_t).where(
                 trace_t.c.at < horizon.isoformat().replace("+00:00", "Z"))).rowcount
-        return {"processed": ids, "trace": old}
+            o = outbox_t.c
+            sent = conn.execute(sa.delete(outbox_t).where(  # next_attempt_at is the last attempt's time once settled
+                o.status.in_(["delivered", "dead"]), o.next_attempt_at < horizon.timestamp())).rowcount
+        return {"processed": ids, "trace": old, "outbox": sent}
 
     def trace(self, user: str, limit: int = 200) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -426,34 +431,67 @@ class SqlStore:
         return bool(done)
 
     def claim_outbox(self, now: datetime, limit: int) -> list[dict[str, Any]]:
-        """Pending sends whose time has come, leased to this dispatcher (others skip them until the
-        lease runs out, so a crashed dispatcher's claims come back)."""
+        """Pending sends whose time has come, leased to this dispatcher under a fresh token (others skip
+        them until the lease runs out, so a crashed dispatcher's claims come back). The token is in each
+        row and remembered for `settle_outbox` on this thread."""
         o = outbox_t.c
-        pick = (sa.select(o.key).where(o.status == "pending", o.next_attempt_at <= now.timestamp(),
-                                       o.channel != "in_app")
+        pending, not_in_app = sa.literal_column("'pending'"), sa.literal_column("'in_app'")  # match ix_outbox_claim
+        pick = (sa.select(o.key).where(o.status == pending, o.channel != not_in_app,
+                                       o.next_attempt_at <= now.timestamp())
                 .order_by(o.next_attempt_at, o.key).limit(limit))
         if self.dialect == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
+        token = secrets.token_hex(8)
         lease = (sa.update(outbox_t).where(o.key.in_(pick.scalar_subquery()))
-                 .values(next_attempt_at=now.timestamp() + LEASE_SECONDS, status="pending")
+                 .values(next_attempt_at=now.timestamp() + LEASE_SECONDS, token=token)
                  .returning(*outbox_t.c))
         with self._tx() as conn:
             rows = [dict(r._mapping) for r in conn.execute(lease)]
+        claims = self._claims
+        claims.update((row["key"], token) for row in rows)
         return sorted(rows, key=lambda r: (r["at"], r["key"]))
 
-    def settle_outbox(self, updates: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
-        """Record what channels answered (status, attempts, next attempt, error) with its trace, at once."""
+    @property
+    def _claims(self) -> dict[str, str]:
+        claims: dict[str, str] | None = getattr(self._local, "claims", None)
+        if claims is None:
+            claims = self._local.claims = {}
+        return claims
+
+    def settle_outbox(self, updates: list[dict[str, Any]], records: list[dict[str, Any]]) -> set[str]:
+        """Record what channels answered (status, attempts, next attempt, error) with its trace, at once.
+
+        Only sends still pending under the claim's token are settled (each update's `token`, else the one
+        this thread's `claim_outbox` got): an answer that comes after the lease ran out and another
+        dispatcher claimed the send again is ignored, with its trace records. Returns the keys settled.
+        """
+        claims = self._claims
+        tokens = {u["key"]: u.get("token") or claims.get(u["key"]) for u in updates}
+        o = outbox_t.c
         with self._tx() as conn:
-            if updates:
-                o = outbox_t.c
-                conn.execute(sa.update(outbox_t).where(o.key == sa.bindparam("k"))
+            held = set()
+            for chunk in _chunks(list(tokens)):
+                query = sa.select(o.key, o.token).where(o.key.in_(chunk), o.status == "pending")
+                if self.dialect == "postgresql":
+                    query = query.with_for_update()
+                held.update(key for key, token in conn.execute(query) if token is not None and token == tokens[key])
+            mine = [u for u in updates if u["key"] in held]
+            if mine:
+                conn.execute(sa.update(outbox_t)
+                             .where(o.key == sa.bindparam("k"), o.status == "pending", o.token == sa.bindparam("t"))
                              .values(status=sa.bindparam("status"), attempts=sa.bindparam("attempts"),
                                      next_attempt_at=sa.bindparam("next_attempt_at"),
-                                     last_error=sa.bindparam("last_error")),
-                             [{"k": u["key"], **{f: u[f] for f in ("status", "attempts", "next_attempt_at",
-                                                                    "last_error")}} for u in updates])
-            if records:
-                conn.execute(sa.insert(trace_t), [_trace_row(r) for r in records])
+                                     last_error=sa.bindparam("last_error"), token=None),
+                             [{"k": u["key"], "t": tokens[u["key"]],
+                               **{f: u[f] for f in ("status", "attempts", "next_attempt_at", "last_error")}}
+                              for u in mine])
+            late = set(tokens) - held
+            kept = [r for r in records if r.get("send_key") not in late]
+            if kept:
+                conn.execute(sa.insert(trace_t), [_trace_row(r) for r in kept])
+        for key in tokens:
+            claims.pop(key, None)
+        return held
 
     def outbox(self, status: str | None = None) -> list[dict[str, Any]]:
         query = sa.select(outbox_t).order_by(outbox_t.c.at, outbox_t.c.key)
@@ -516,7 +554,7 @@ def _outbox_row(send: SendMessage) -> dict[str, Any]:
             "message": send.message, "journey": send.journey,
             "payload": json.dumps(payload, default=_json_default, ensure_ascii=False), "status": "pending",
             "attempts": 0,
-            "next_attempt_at": send.at.timestamp(), "last_error": None}
+            "next_attempt_at": send.at.timestamp(), "last_error": None, "token": None}
 
 
 def _json_default(value: Any) -> Any:

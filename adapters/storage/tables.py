@@ -6,7 +6,7 @@ The schema changes only through Alembic migrations in `migrations/versions/`.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, LargeBinary, Text
+from sqlalchemy import Column, Index, LargeBinary, Text, text
 from sqlmodel import Field, SQLModel
 
 
@@ -59,8 +59,9 @@ class OutboxRow(SQLModel, table=True):
     payload: str = Field(sa_column=Column(Text, nullable=False))  # the SendMessage as JSON
     status: str = Field(default="pending")  # pending | delivered | dead
     attempts: int = 0
-    next_attempt_at: float = Field(index=True)
+    next_attempt_at: float  # indexed for claims by ix_outbox_claim (pending, not in-app)
     last_error: str | None = None
+    token: str | None = None  # set by each claim: only the holder of the latest claim can settle it
 
 
 class BanditRow(SQLModel, table=True):
@@ -102,3 +103,6 @@ class ErasedRow(SQLModel, table=True):
 
 Index("ix_segment_history_open", SegmentHistoryRow.__table__.c.user_id, SegmentHistoryRow.__table__.c.segment,
       SegmentHistoryRow.__table__.c.left_at)
+Index("ix_outbox_claim", OutboxRow.__table__.c.next_attempt_at, OutboxRow.__table__.c.key,
+      sqlite_where=text("status = 'pending' AND channel <> 'in_app'"),
+      postgresql_where=text("status = 'pending' AND channel <> 'in_app'"))
