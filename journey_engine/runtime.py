@@ -26,7 +26,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.profiles: dict[str, Profile] = {}
         self.wakeups: list[tuple[float, str]] = []
-        self.processed: dict[str, float] = {}
+        self.processed: dict[str, float | None] = {}  # messageId -> first prune that saw it (None: none yet)
         self.alias_map: dict[str, str] = {}
         self.records: list[trace.Record] | None = None  # keep the trace only when asked
         self.outbox: list[object] = []
@@ -63,8 +63,8 @@ class MemoryStore:
                 heapq.heappush(self.wakeups, (at, user))
         if batch.released or batch.deleted or batch.aliases:
             self._rest(batch)
-        for message_id, received in batch.message_ids:
-            self.processed[message_id] = received.timestamp()
+        for message_id, _ in batch.message_ids:
+            self.processed[message_id] = None  # arrived now; `prune` stamps it with its own clock
         if self.records is not None:
             self.records.extend(batch.records)
         for (journey, state, arm), (sends, conversions) in batch.bandit.items():
@@ -88,9 +88,15 @@ class MemoryStore:
     def bandit(self) -> dict[tuple[str, str], dict[str, tuple[int, int]]]:
         return {k: dict(v) for k, v in self._bandit.items()}
 
-    def prune(self, now: datetime) -> None:
-        horizon = (now - DEDUPE_FOR).timestamp()
-        self.processed = {k: v for k, v in self.processed.items() if v > horizon}
+    def prune(self, now: datetime, trace_for_days: float = 90) -> dict[str, int]:
+        """Forget messageIds that arrived longer than DEDUPE_FOR ago. Arrival is measured by the prune
+        clock (this store has no wall clock): an id is stamped by the first prune after it arrived, so
+        the event time of a replayed backfill never shortens its window."""
+        at = now.timestamp()
+        horizon = at - DEDUPE_FOR.total_seconds()
+        before = len(self.processed)
+        self.processed = {k: at if v is None else v for k, v in self.processed.items() if v is None or v >= horizon}
+        return {"processed": before - len(self.processed), "trace": 0, "outbox": 0}
 
     def close(self) -> None:
         pass

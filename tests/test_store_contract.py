@@ -244,3 +244,19 @@ def test_finished_outbox_rows_are_pruned_with_the_trace(store_factory: StoreFact
     assert store.prune(T0 + timedelta(days=89))["outbox"] == 0
     assert store.prune(T0 + timedelta(days=91))["outbox"] == 1
     assert store.outbox() == []
+
+
+def test_a_replayed_backfill_stays_deduplicated_for_the_window_after_it_arrived(
+        store_factory: StoreFactory) -> None:
+    """Dedupe is measured from arrival, not from the event's own (possibly weeks old) timestamp."""
+    wall = [T0.timestamp()]
+    store = (store_factory() if store_factory.kind == "memory"  # type: ignore[attr-defined]
+             else store_factory(defaults=_defaults(), wall=lambda: wall[0]))
+    store.commit(Batch(message_ids=[("backfilled", T0 - timedelta(days=20))]))
+    for days in (0, 6):
+        wall[0] = (T0 + timedelta(days=days)).timestamp()
+        store.prune(T0 + timedelta(days=days))
+        assert store.seen(["backfilled"]) == {"backfilled"}, f"forgotten {days} days after it arrived"
+    wall[0] = (T0 + timedelta(days=8)).timestamp()
+    store.prune(T0 + timedelta(days=8))
+    assert store.seen(["backfilled"]) == set()

@@ -254,7 +254,9 @@ class SqlStore:
                 conn.execute(sa.update(profiles_t).where(profiles_t.c.user_id.in_(chunk)).values(lease_until=None))
         self._upsert(conn, aliases_t, [{"previous_id": k, "user_id": v} for k, v in batch.aliases.items()],
                      ["previous_id"], ["user_id"])
-        self._insert_new(conn, processed_t, [{"message_id": m, "at": at.timestamp()} for m, at in batch.message_ids],
+        # stamped with the arrival (this commit's wall clock), not the event's time: a replayed backfill
+        # of old events stays deduplicated for DEDUPE_FOR after it arrived
+        self._insert_new(conn, processed_t, [{"message_id": m, "at": wall} for m, _ in batch.message_ids],
                          "a messageId of the batch")
         if batch.records:
             conn.execute(sa.insert(trace_t), [_trace_row(r) for r in batch.records])
@@ -362,11 +364,12 @@ class SqlStore:
     # --- maintenance and reads for operators ----------------------------------------------------
 
     def prune(self, now: datetime, trace_for_days: float = 90) -> dict[str, int]:
-        """Drop processed messageIds older than the deduplication window, and trace rows and finished
-        (delivered or dead) outbox rows older than the trace's retention."""
+        """Drop processed messageIds that arrived longer ago than the deduplication window (by the wall
+        clock, as they were stamped), and trace rows and finished (delivered or dead) outbox rows older
+        than the trace's retention (by `now`)."""
         with self._tx() as conn:
             ids = conn.execute(sa.delete(processed_t).where(
-                processed_t.c.at < (now - DEDUPE_FOR).timestamp())).rowcount
+                processed_t.c.at < self.wall() - DEDUPE_FOR.total_seconds())).rowcount
             horizon = datetime.fromtimestamp(now.timestamp() - trace_for_days * 86400, UTC)
             old = conn.execute(sa.delete(trace_t).where(
                 trace_t.c.at < horizon.isoformat().replace("+00:00", "Z"))).rowcount
