@@ -104,14 +104,18 @@ def _to_python(node: yaml.Node, path: PathKey, doc: Document, loader: _Loader) -
 # --- pydantic errors -> problems ------------------------------------------------------------------
 
 
-def model_problems(doc: Document, exc: ValidationError, model: type[BaseModel]) -> list[Problem]:
-    """Turn pydantic errors into file:line:col problems, most specific first, without union noise."""
+def model_problems(doc: Document, exc: ValidationError, model: type[BaseModel],
+                   at: PathKey = ()) -> list[Problem]:
+    """Turn pydantic errors into file:line:col problems, most specific first, without union noise.
+
+    `at` is where in the document the validated value sits (a scenario step validates `steps[i]`).
+    """
     found: dict[tuple[int, int, str], Problem] = {}
-    resolved = [(*_data_path(doc.data, error["loc"]), error) for error in exc.errors(include_url=False)]
+    resolved = [(*_data_path(doc.data, (*at, *error["loc"])), error) for error in exc.errors(include_url=False)]
     for path, skipped, error in resolved:
         if skipped and _union_noise(path, error, resolved):
             continue
-        message = _message(error, path, skipped, model)
+        message = _message(error, path, skipped, model, len(at))
         line, col = doc.where(path)
         found.setdefault((line, col, message), Problem(file=doc.file, line=line, column=col, message=message))
     return list(found.values())
@@ -153,13 +157,15 @@ def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[PathKey, list[str]]:
     return tuple(path), skipped
 
 
-def _message(error: Mapping[str, Any], path: PathKey, skipped: list[str], model: type[BaseModel]) -> str:
+def _message(error: Mapping[str, Any], path: PathKey, skipped: list[str], model: type[BaseModel],
+             depth: int = 0) -> str:
+    """The message for one pydantic error at `path`; the model describes the value `depth` keys down."""
     kind = error["type"]
     where = ".".join(str(p) for p in path) or "the file"
     if kind == "extra_forbidden":
         name = str(path[-1]) if path else "?"
         parent = ".".join(map(str, path[:-1])) or "the file"
-        return f"unknown key `{name}` in {parent}{did_you_mean(name, _known_keys(model, path[:-1]))}"
+        return f"unknown key `{name}` in {parent}{did_you_mean(name, _known_keys(model, path[depth:-1]))}"
     if kind == "missing":
         return f"`{skipped[-1] if skipped else where}` is required in {where}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):

@@ -9,16 +9,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from .compiler import CompiledWorkspace, load_workspace
-from .errors import ScenarioError
-from .loading import model_problems, parse_yaml
+from .errors import Problem, ScenarioError
+from .loading import Document, PathKey, model_problems, parse_yaml
 from .model import Duration
 from .testing import Harness
 from .trace import Record
+
+
+def _named(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty: write the user id or event name")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_named)]  # a user id or an event name: the engine refuses empty ones
 
 
 class _Step(BaseModel):
@@ -26,23 +35,23 @@ class _Step(BaseModel):
 
 
 class Identify(_Step):
-    identify: str
+    identify: Name
     traits: dict[str, Any] = Field(default_factory=dict)
     message_id: str | None = None
     timestamp: datetime | None = None
 
 
 class Track(_Step):
-    track: str
-    event: str
+    track: Name
+    event: Name
     properties: dict[str, Any] = Field(default_factory=dict)
     message_id: str | None = None
     timestamp: datetime | None = None
 
 
 class Alias(_Step):
-    alias: str
-    previous_id: str
+    alias: Name
+    previous_id: Name
     message_id: str | None = None
 
 
@@ -51,7 +60,7 @@ class Wait(_Step):
 
 
 class Expectation(_Step):
-    user: str
+    user: Name
     journey: str | None = None
     key: str | None = None
     state: str | None = Field(None, description="null: not in the journey")
@@ -127,36 +136,43 @@ class Result:
 
 
 def load_scenario(path: str | Path) -> LoadedScenario:
-    """Parse and check a scenario file; raise ScenarioError naming the line of the first bad step."""
+    """Parse and check a scenario file; raise ScenarioError naming file:line:col of the first mistake."""
     file = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ScenarioError(file, 1, f"cannot read the scenario: {exc.strerror}") from None
+        raise _refused(Problem(file=file, line=1, column=1,
+                               message=f"cannot read the scenario: {exc.strerror}")) from None
     doc = parse_yaml(text, file)
     if doc.problems:
-        p = doc.problems[0]
-        raise ScenarioError(file, p.line, p.message)
+        raise _refused(doc.problems[0])
     if not isinstance(doc.data, dict):
-        raise ScenarioError(file, 1, "a scenario is a mapping with `scenario`, `start` and `steps`")
+        raise _refused(doc.problem((), "a scenario is a mapping with `scenario`, `start` and `steps`"))
     try:
         scenario = Scenario.model_validate(doc.data)
     except ValidationError as exc:
-        first = model_problems(doc, exc, Scenario)[0]
-        raise ScenarioError(file, first.line, first.message) from None
-    steps = []
-    for index, raw in enumerate(scenario.steps):
-        line = doc.where(("steps", index))[0]
-        kinds = [k for k in STEP_KINDS if isinstance(raw, dict) and k in raw]
-        if len(kinds) != 1:
-            raise ScenarioError(file, line, f"a step is one of {', '.join(STEP_KINDS)}; got {raw!r}")
-        try:
-            steps.append((line, STEP_KINDS[kinds[0]].model_validate(raw)))
-        except ValidationError as exc:
-            found = model_problems(doc, exc, STEP_KINDS[kinds[0]])
-            message = found[0].message if found else str(exc)
-            raise ScenarioError(file, doc.where(("steps", index))[0], message) from None
+        raise _refused(*model_problems(doc, exc, Scenario) or [doc.problem((), str(exc))]) from None
+    steps = [(doc.where(("steps", i))[0], _step(doc, i, raw)) for i, raw in enumerate(scenario.steps)]
     return LoadedScenario(file=file, scenario=scenario, steps=steps)
+
+
+def _step(doc: Document, index: int, raw: Any) -> _Step:
+    at: PathKey = ("steps", index)
+    kinds = [k for k in STEP_KINDS if isinstance(raw, dict) and k in raw]
+    if len(kinds) != 1:
+        raise _refused(doc.problem(at, f"a step is one of {', '.join(STEP_KINDS)}; got {raw!r}"))
+    try:
+        return STEP_KINDS[kinds[0]].model_validate(raw)
+    except ValidationError as exc:
+        raise _refused(*model_problems(doc, exc, STEP_KINDS[kinds[0]], at) or [doc.problem(at, str(exc))]) from None
+
+
+def _refused(first: Problem, *more: Problem) -> ScenarioError:
+    """A ScenarioError whose text is `file:line:col: message` (SPEC §5), one line per problem."""
+    error = ScenarioError(first.file, first.line, first.message)
+    # ScenarioError's own text has no column
+    error.args = ("\n".join(f"{p.file}:{p.line}:{p.column}: {p.message}" for p in (first, *more)),)
+    return error
 
 
 def run_scenario(loaded: LoadedScenario, compiled: CompiledWorkspace | None = None) -> Result:
