@@ -66,6 +66,7 @@ class Batch:
     deleted: set[str] = field(default_factory=set)
     aliases: dict[str, str] = field(default_factory=dict)
     message_ids: list[tuple[str, datetime]] = field(default_factory=list)
+    senders: dict[str, str] = field(default_factory=dict)  # messageId -> the user it was applied to (erasure)
     records: list[Record] = field(default_factory=list)
     sends: list[SendMessage] = field(default_factory=list)
     bandit: BanditDelta = field(default_factory=dict)

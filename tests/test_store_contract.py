@@ -260,3 +260,23 @@ def test_a_replayed_backfill_stays_deduplicated_for_the_window_after_it_arrived(
     wall[0] = (T0 + timedelta(days=8)).timestamp()
     store.prune(T0 + timedelta(days=8))
     assert store.seen(["backfilled"]) == set()
+
+
+def test_erasing_an_aliased_id_erases_the_user_it_was_merged_into(store_factory: StoreFactory) -> None:
+    """DELETE of `anon-7` after alias anon-7 -> real-7 erases real-7 too: profile, trace, outbox, aliases,
+    processed messageIds; all their ids are refused afterwards."""
+    _sql_only(store_factory)
+    store = _store(store_factory)
+    Runtime(Engine(COMPILED), store).process([
+        Event(type="track", user_id="anon-7", name="Feature Used", timestamp=T0, message_id="m-anon"),
+        _identify("real-7", {"email": "r@example.com"}, T0, "m-real"),
+        Event(type="track", user_id="real-7", name="Signed Up", timestamp=T0),
+        Event(type="alias", user_id="real-7", previous_id="anon-7", timestamp=T0)], T0)
+    store.commit(Batch(message_ids=[("m-late", T0)], senders={"m-late": "real-7"}))
+    assert store.outbox_of("real-7") and store.trace("real-7")
+    store.erase("anon-7", T0)
+    assert store.load(["real-7", "anon-7"]) == {}
+    assert store.trace("real-7") == [] and store.outbox_of("real-7") == []
+    assert store.aliases(["anon-7"]) == {}
+    assert store.seen(["m-late"]) == set()
+    assert store.erased(["anon-7", "real-7"]) == {"anon-7", "real-7"}

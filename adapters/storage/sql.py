@@ -256,7 +256,8 @@ class SqlStore:
                      ["previous_id"], ["user_id"])
         # stamped with the arrival (this commit's wall clock), not the event's time: a replayed backfill
         # of old events stays deduplicated for DEDUPE_FOR after it arrived
-        self._insert_new(conn, processed_t, [{"message_id": m, "at": wall} for m, _ in batch.message_ids],
+        self._insert_new(conn, processed_t, [{"message_id": m, "at": wall, "user_id": batch.senders.get(m)}
+                                                for m, _ in batch.message_ids],
                          "a messageId of the batch")
         if batch.records:
             conn.execute(sa.insert(trace_t), [_trace_row(r) for r in batch.records])
@@ -385,8 +386,10 @@ class SqlStore:
         return [json.loads(r) for r in reversed(rows)]
 
     def erase(self, user: str, now: datetime) -> bool:
-        """Erase a user everywhere (profile, aliases, trace, outbox, history) and refuse their later events."""
-        users = {user} | {prev for prev, target in self.aliases_to(user)}
+        """Erase a user everywhere (profile, aliases, trace, outbox, history, processed messageIds) and refuse
+        their later events. An id that was aliased to a user erases that user, with all their ids."""
+        target = self.aliases([user]).get(user, user)
+        users = {user, target} | {prev for prev, _ in self.aliases_to(target)}
         with self._tx() as conn:
             bodies = conn.execute(sa.select(profiles_t.c.body).where(profiles_t.c.user_id.in_(users))).scalars().all()
             deltas: dict[tuple[str, str], int] = {}
@@ -395,9 +398,9 @@ class SqlStore:
                     deltas[(inst.journey, inst.state)] = deltas.get((inst.journey, inst.state), 0) - 1
             self._counts(conn, deltas)
             conn.execute(sa.delete(profiles_t).where(profiles_t.c.user_id.in_(users)))
-            conn.execute(sa.delete(aliases_t).where(sa.or_(aliases_t.c.user_id == user,
+            conn.execute(sa.delete(aliases_t).where(sa.or_(aliases_t.c.user_id.in_(users),
                                                            aliases_t.c.previous_id.in_(users))))
-            for table in (trace_t, outbox_t, history_t):
+            for table in (trace_t, outbox_t, history_t, processed_t):
                 conn.execute(sa.delete(table).where(table.c.user_id.in_(users)))
             self._upsert(conn, erased_t, [{"user_id": u, "at": now.timestamp()} for u in users], ["user_id"], [])
         return bool(bodies)

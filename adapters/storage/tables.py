@@ -33,7 +33,8 @@ class ProcessedRow(SQLModel, table=True):
 
     __tablename__ = "processed"
     message_id: str = Field(primary_key=True)
-    at: float = Field(index=True)
+    at: float = Field(index=True)  # arrival: the committing store's wall clock
+    user_id: str | None = Field(default=None, index=True)  # whom it was applied to (erasure); None before 0006
 
 
 class TraceRow(SQLModel, table=True):
