@@ -6,15 +6,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .compiler import CompiledWorkspace, load_workspace
-from .errors import Problem, ScenarioError
+from .errors import Problem, ScenarioError, did_you_mean
 from .loading import Document, PathKey, model_problems, parse_yaml
 from .model import Duration
 from .testing import Harness
@@ -63,11 +64,17 @@ class Expectation(_Step):
     user: Name
     journey: str | None = None
     key: str | None = None
-    state: str | None = Field(None, description="null: not in the journey")
+    state: str | None = Field(None, description="null: not in the journey; left out: not checked")
     segments_include: list[str] = Field(default_factory=list)
     segments_exclude: list[str] = Field(default_factory=list)
     sent: list[str] | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _state_of_a_journey(self) -> Expectation:
+        if self.journey is None and ("state" in self.model_fields_set or self.key is not None):
+            raise ValueError("`state` and `key` belong to a journey: add `journey: <name>`")
+        return self
 
 
 class Expect(_Step):
@@ -94,6 +101,7 @@ class LoadedScenario:
     file: str
     scenario: Scenario
     steps: list[tuple[int, _Step]]  # (line, step)
+    document: Document | None = None  # where each value was written, for errors found against the workspace
 
     def workspace_dir(self) -> Path:
         return (Path(self.file).parent / self.scenario.workspace).resolve()
@@ -153,7 +161,7 @@ def load_scenario(path: str | Path) -> LoadedScenario:
     except ValidationError as exc:
         raise _refused(*model_problems(doc, exc, Scenario) or [doc.problem((), str(exc))]) from None
     steps = [(doc.where(("steps", i))[0], _step(doc, i, raw)) for i, raw in enumerate(scenario.steps)]
-    return LoadedScenario(file=file, scenario=scenario, steps=steps)
+    return LoadedScenario(file=file, scenario=scenario, steps=steps, document=doc)
 
 
 def _step(doc: Document, index: int, raw: Any) -> _Step:
@@ -175,9 +183,34 @@ def _refused(first: Problem, *more: Problem) -> ScenarioError:
     return error
 
 
+def check_names(loaded: LoadedScenario, compiled: CompiledWorkspace) -> None:
+    """Raise ScenarioError when an `expect` names a journey or segment the workspace does not declare."""
+    found = [problem for index, (_, step) in enumerate(loaded.steps) if isinstance(step, Expect)
+             for problem in _unknown_names(loaded, compiled, index, step.expect)]
+    if found:
+        raise _refused(*found)
+
+
+def _unknown_names(loaded: LoadedScenario, compiled: CompiledWorkspace, index: int,
+                   e: Expectation) -> Iterator[Problem]:
+    ws = compiled.workspace
+    doc = loaded.document or Document(file=loaded.file, data=None, positions={})
+    at: PathKey = ("steps", index, "expect")
+    if e.journey is not None and e.journey not in ws.journeys:
+        yield doc.problem((*at, "journey"), f"unknown journey `{e.journey}`{did_you_mean(e.journey, ws.journeys)}")
+    for field_name in ("segments_include", "segments_exclude"):
+        for i, name in enumerate(getattr(e, field_name)):
+            if name not in ws.segments:
+                yield doc.problem((*at, field_name, i), f"unknown segment `{name}`{did_you_mean(name, ws.segments)}")
+
+
 def run_scenario(loaded: LoadedScenario, compiled: CompiledWorkspace | None = None) -> Result:
-    """Play the steps; the workspace is loaded from the scenario's `workspace` unless given."""
+    """Play the steps; the workspace is loaded from the scenario's `workspace` unless given.
+
+    Raises ScenarioError before playing when an `expect` names what the workspace does not declare.
+    """
     compiled = compiled or load_workspace(loaded.workspace_dir())
+    check_names(loaded, compiled)
     harness = Harness(compiled, start=loaded.scenario.start, seed=loaded.scenario.seed)
     result = Result(scenario=loaded, trace=harness.trace)
     for line, step in loaded.steps:
@@ -207,7 +240,7 @@ def check(h: Harness, e: Expectation, line: int) -> Failure | None:
     expected: dict[str, Any] = {}
     actual: dict[str, Any] = {}
     segments = h.segments(e.user)
-    if e.journey is not None:
+    if e.journey is not None and "state" in e.model_fields_set:
         expected["state"] = e.state
         actual["state"] = h.state(e.user, e.journey, e.key)
     for name in e.segments_include:

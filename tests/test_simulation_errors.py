@@ -45,11 +45,48 @@ def refusal(path: Path) -> str:
         pytest.param("  - wait: 2x\n",
                      "s.yaml:6:5: steps.1.wait: `2x` is not a duration: write it like 30s, 5m, 4h, 2d, 1w, 1h30m "
                      "or PT90M", id="bad-duration"),
+        pytest.param("  - expect: {user: u1, state: done}\n",
+                     "s.yaml:6:5: steps.1.expect: `state` and `key` belong to a journey: add `journey: <name>`",
+                     id="state-without-journey"),
     ],
 )
 def test_a_bad_step_is_named_at_its_own_line_and_column(tmp_path: Path, steps: str, expected: str) -> None:
     """Step mistakes point inside the step, never at `the file`, and say how to fix them."""
     assert refusal(scenario(tmp_path, steps)) == expected
+
+
+@pytest.mark.parametrize(
+    ("expect", "expected"),
+    [
+        pytest.param("{user: u1, journey: onbording}",
+                     "s.yaml:6:24: unknown journey `onbording`; did you mean `onboarding`?", id="journey"),
+        pytest.param("{user: u1, segments_include: [pros]}",
+                     "s.yaml:6:43: unknown segment `pros`; did you mean `pro`?", id="segments-include"),
+        pytest.param("{user: u1, segments_exclude: [pro, vip]}",
+                     "s.yaml:6:48: unknown segment `vip`; known: `pro`", id="segments-exclude"),
+    ],
+)
+def test_an_expectation_naming_what_the_workspace_lacks_is_refused(tmp_path: Path, expect: str,
+                                                                   expected: str) -> None:
+    """Unknown journeys and segments in an `expect` are load errors with a suggestion, not failed checks."""
+    assert refusal(scenario(tmp_path, f"  - expect: {expect}\n")) == expected
+
+
+def test_an_expectation_without_state_does_not_check_the_state(tmp_path: Path) -> None:
+    """`journey` without `state` checks the rest (here: what was sent), not "not in the journey"."""
+    path = scenario(tmp_path, "  - track: u1\n    event: Signed Up\n"
+                              "  - expect: {user: u1, journey: onboarding, sent: [hello]}\n")
+    result = run_scenario(load_scenario(path))
+    assert result.passed, [f.describe(str(path)) for f in result.failures]
+    assert result.expectations == 1
+
+
+def test_state_null_still_means_not_in_the_journey(tmp_path: Path) -> None:
+    """An explicit `state: null` is checked: a user in the journey fails it with a diff."""
+    path = scenario(tmp_path, "  - track: u1\n    event: Signed Up\n"
+                              "  - expect: {user: u1, journey: onboarding, state: null}\n")
+    [failure] = run_scenario(load_scenario(path)).failures
+    assert (failure.expected, failure.actual) == ({"state": None}, {"state": "welcome"})
 
 
 @pytest.mark.parametrize("steps", ['  - track: ""\n    event: Signed Up\n', "  - track: u1\n    evnt: Signed Up\n"],
