@@ -16,6 +16,8 @@ from .errors import InvalidEventError
 
 EventType = Literal["track", "identify", "alias", "page", "screen", "group"]
 _TYPES = ("track", "identify", "alias", "page", "screen", "group")
+_NAMES: dict[str, str | None] = {"page": "Page Viewed", "screen": "Screen Viewed", "identify": None,
+                                 "alias": None, "group": None}
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}:?\d{2})?$")
 
 
@@ -44,9 +46,9 @@ def parse_datetime(value: str) -> datetime | None:
         text = f"{head}.{digits.group()[:6].ljust(6, '0')}{tail[len(digits.group()):]}"
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 pushed out of range by the offset
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def with_datetimes(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,23 +88,27 @@ def event_from_segment(raw: Mapping[str, Any], *, default_time: datetime) -> Eve
         raise InvalidEventError("userId", "every event needs `userId` or `anonymousId`")
     if not isinstance(user, str | int) or isinstance(user, bool):
         raise InvalidEventError("userId", "must be a string")
-    name = raw.get("event")
+    name = _NAMES.get(kind, raw.get("event"))  # only a track call names its event; others ignore `event`
     if kind == "track" and (not isinstance(name, str) or not name):
-        raise InvalidEventError("event", "a track call needs the event name in `event`")
-    if kind in ("page", "screen"):
-        name = "Page Viewed" if kind == "page" else "Screen Viewed"
+        raise InvalidEventError("event", "a track call needs the event name in `event`, a non-empty string")
     timestamp = _timestamp(raw.get("timestamp"), default_time)
+    context = raw.get("context") or {}
+    if not isinstance(context, Mapping):
+        raise InvalidEventError("context", "must be an object")
     properties = raw.get("properties") or {}
-    traits = raw.get("traits") or (raw.get("context") or {}).get("traits") or {}
-    for field_name, value in (("properties", properties), ("traits", traits)):
+    traits_field = "traits" if raw.get("traits") else "context.traits"  # RudderStack sends context.traits
+    traits = raw.get("traits") or context.get("traits")
+    for field_name, value in (("properties", properties), (traits_field, traits or {})):
         if not isinstance(value, Mapping):
             raise InvalidEventError(field_name, "must be an object")
     previous = raw.get("previousId")
     if kind == "alias" and not previous:
         raise InvalidEventError("previousId", "an alias call needs `previousId`")
+    if previous is not None and (not isinstance(previous, str | int) or isinstance(previous, bool)):
+        raise InvalidEventError("previousId", "must be a string")
     message_id = raw.get("messageId")
     return Event(type=kind, user_id=str(user), timestamp=timestamp, name=name,
-                 properties=with_datetimes(properties), traits=with_datetimes(traits),
+                 properties=with_datetimes(properties), traits=with_datetimes(traits or {}),
                  message_id=str(message_id) if message_id is not None else None,
                  previous_id=str(previous) if previous else None)
 
@@ -110,15 +116,25 @@ def event_from_segment(raw: Mapping[str, Any], *, default_time: datetime) -> Eve
 def corrected_time(raw: Mapping[str, Any], *, received_at: datetime, sent_at: Any = None,
                    future_limit: timedelta = timedelta(hours=24)) -> datetime:
     """When the event happened, corrected for the client's clock as Segment does:
-    timestamp = receivedAt - (sentAt - originalTimestamp); more than `future_limit` ahead becomes receivedAt."""
-    happened = _timestamp(raw.get("timestamp") or raw.get("originalTimestamp"), received_at)
+    timestamp = receivedAt - (sentAt - originalTimestamp); more than `future_limit` ahead becomes receivedAt.
+
+    Raises InvalidEventError naming `timestamp`, `originalTimestamp` or `sentAt` when one is not a date-time,
+    or when the correction lands outside the years 1-9999."""
+    stamp = "timestamp" if raw.get("timestamp") is not None else "originalTimestamp"
+    happened = _timestamp(raw.get(stamp), received_at, stamp)
     sent = raw.get("sentAt", sent_at)
-    if sent is not None and raw.get("timestamp") is not None:
-        happened = received_at - (_timestamp(sent, received_at) - happened)
+    if sent is not None:
+        sent_time = _timestamp(sent, received_at, "sentAt")
+        if raw.get(stamp) is not None:
+            try:
+                happened = received_at - (sent_time - happened)
+            except OverflowError:
+                raise InvalidEventError("sentAt", f"{sent!r:.60} is so far from `{stamp}` that the corrected time is "
+                                                  "out of range") from None
     return received_at if happened > received_at + future_limit else happened
 
 
-def _timestamp(value: Any, default: datetime) -> datetime:
+def _timestamp(value: Any, default: datetime, field_name: str = "timestamp") -> datetime:
     if value is None:
         return default
     if isinstance(value, datetime):
@@ -127,4 +143,4 @@ def _timestamp(value: Any, default: datetime) -> datetime:
         parsed = parse_datetime(value)
         if parsed is not None:
             return parsed
-    raise InvalidEventError("timestamp", f"{value!r} is not an ISO-8601 date-time")
+    raise InvalidEventError(field_name, f"{value!r:.60} is not an ISO-8601 date-time between the years 1 and 9999 UTC")

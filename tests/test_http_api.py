@@ -122,8 +122,17 @@ BAD = [
      "body_too_large"),
     ("gzip_bomb", gzip.compress(b'{"batch": [' + b" " * 2_000_000 + b"]}"), {"Content-Encoding": "gzip"}, 413,
      "body_too_large"),
-    ("too_deep", json.dumps({"batch": [track(properties=json.loads("[" * 40 + "]" * 40))]}).encode(), {}, 400,
-     "too_deep"),
+    ("too_deep_body", b'{"batch": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", {}, 400, "too_deep"),
+    ("nan", b'{"batch": [{"userId": "u1", "event": "X", "properties": {"v": NaN}}]}', {}, 400, "invalid_json"),
+    ("infinity", b'{"batch": [{"userId": "u1", "event": "X", "properties": {"v": -Infinity}}]}', {}, 400,
+     "invalid_json"),
+    ("float_overflow", b'{"batch": [{"userId": "u1", "event": "X", "properties": {"v": 1e400}}]}', {}, 400,
+     "invalid_json"),
+    ("bad_sent_at", json.dumps({"batch": [track()], "sentAt": "soon"}).encode(), {}, 400, "invalid_sent_at"),
+    ("truncated_gzip", gzip.compress(json.dumps({"batch": [track()]}).encode())[:-12], {"Content-Encoding": "gzip"},
+     400, "invalid_gzip"),
+    ("gzip_then_garbage", gzip.compress(json.dumps({"batch": [track()]}).encode()) + b"garbage",
+     {"Content-Encoding": "gzip"}, 400, "invalid_gzip"),
     ("not_a_batch", b'{"batch": 3}', {}, 400, "invalid_batch"),
 ]
 
@@ -143,6 +152,21 @@ BAD_MESSAGES = [
     ("no_event", {"type": "track", "userId": "u9"}, "batch[1].event"),
     ("bad_timestamp", {**track("u9"), "timestamp": "yesterday"}, "batch[1].timestamp"),
     ("message_too_large", track("u9", properties={"blob": "x" * 40_000}), "batch[1].message"),
+    ("message_too_large_in_utf8", track("u9", properties={"blob": "€" * 11_000}), "batch[1].message"),
+    ("too_deep", track("u9", properties=json.loads("[" * 40 + "]" * 40)), "batch[1].properties"),
+    ("context_not_an_object", {**track("u9"), "context": "oops"}, "batch[1].context"),
+    ("context_traits_not_an_object", {**identify("u9"), "traits": {}, "context": {"traits": 3}},
+     "batch[1].context.traits"),
+    ("year_1_with_an_offset", {**track("u9"), "timestamp": "0001-01-01T00:00:00+01:00"}, "batch[1].timestamp"),
+    ("year_9999_with_an_offset", {**track("u9"), "timestamp": "9999-12-31T23:59:59-01:00"}, "batch[1].timestamp"),
+    ("skew_out_of_range", {**track("u9"), "timestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-12-31T00:00:00Z"},
+     "batch[1].sentAt"),
+    ("bad_sent_at_in_the_message", {**track("u9"), "sentAt": "soon"}, "batch[1].sentAt"),
+    ("bad_sent_at_without_timestamp", {"type": "track", "userId": "u9", "event": "X", "sentAt": 5},
+     "batch[1].sentAt"),
+    ("lone_surrogate_in_a_trait", identify("u9", nick="\ud800"), "batch[1].traits.nick"),
+    ("lone_surrogate_nested", identify("u9", plan={"tags": ["ok", "\udfff"]}), "batch[1].traits.plan.tags[1]"),
+    ("event_not_a_string", {**track("u9"), "event": {"a": 1}}, "batch[1].event"),
 ]
 
 
@@ -227,3 +251,176 @@ def test_the_trigger_window_keeps_backfills_from_moving_journeys(client: TestCli
     user = client.get("/v1/users/u1", headers=BEARER).json()
     assert user["journeys"] == []
     assert user["metrics"]["feature_uses_7d"] == 1
+
+
+def test_a_message_is_measured_in_utf8_bytes(client: TestClient) -> None:
+    """20 KB of accented text is 20 KB, not the 60 KB of its JSON escapes: it is accepted."""
+    response = post(client, {"batch": [track("u1", properties={"text": "é" * 10_000})]})
+    assert response.json() == {"success": True}
+
+
+@pytest.mark.parametrize("call", ["identify", "page", "group", "alias"])
+def test_event_is_ignored_on_calls_other_than_track(client: TestClient, call: str) -> None:
+    """Only a track call names an event; an `event` object on identify/page/group is ignored, not a 5xx."""
+    message = {"type": call, "userId": "u1", "previousId": "anon-1", "event": {"a": 1}, "messageId": call}
+    assert post(client, {"batch": [message]}).json() == {"success": True}
+
+
+def test_an_identify_with_an_event_name_is_not_counted_as_that_event(client: TestClient) -> None:
+    """`event` on an identify is not a track: it feeds no metric."""
+    post(client, {"batch": [{**identify(), "event": "Feature Used"}]})
+    assert client.get("/v1/users/u1", headers=BEARER).json()["metrics"]["feature_uses_7d"] == 0
+
+
+def test_out_of_range_dates_in_traits_stay_strings(client: TestClient) -> None:
+    """A trait that would be a date outside the years 1-9999 in UTC is kept as the string it was."""
+    post(client, {"batch": [identify(born="0001-01-01T00:00:00+01:00", ends="9999-12-31T23:59:59-01:00")]})
+    traits = client.get("/v1/users/u1", headers=BEARER).json()["traits"]
+    assert traits["born"] == "0001-01-01T00:00:00+01:00"
+    assert traits["ends"] == "9999-12-31T23:59:59-01:00"
+
+
+def test_nested_dates_in_traits_are_shown_as_iso_strings(client: TestClient) -> None:
+    """Dates inside objects and lists of traits become datetimes and are shown back as ISO strings."""
+    post(client, {"batch": [identify(plan={"renews": "2026-01-01T00:00:00Z"}, dates=["2026-02-01T00:00:00Z"])]})
+    response = client.get("/v1/users/u1", headers=BEARER)
+    assert response.status_code == 200
+    assert response.json()["traits"]["plan"] == {"renews": "2026-01-01T00:00:00Z"}
+    assert response.json()["traits"]["dates"] == ["2026-02-01T00:00:00Z"]
+
+
+def deep(levels: int) -> Any:
+    """A value that is `levels` levels deep (an empty list is one level)."""
+    return json.loads("[" * levels + "]" * levels)
+
+
+@pytest.mark.parametrize(("levels", "ok"), [(30, True), (31, False)], ids=["32_levels", "33_levels"])
+def test_depth_is_measured_per_message_on_every_path(client: TestClient, levels: int, ok: bool) -> None:
+    """A message 32 levels deep passes both /v1/track and /v1/batch; 33 fails both, naming the field."""
+    message = track("u1", properties={"x": deep(levels)})  # message 1, properties 2, x 3 ...
+    single, batch = post(client, message, "/v1/track"), post(client, {"batch": [message]})
+    if ok:
+        assert single.json() == batch.json() == {"success": True}
+    else:
+        assert single.status_code == batch.status_code == 400
+        assert single.json()["message"].startswith("properties: nested deeper than 32 levels")
+        assert batch.json()["message"].startswith("batch[0].properties: nested deeper than 32 levels")
+
+
+def test_a_bad_sent_at_is_named_as_such(client: TestClient) -> None:
+    """A batch `sentAt` that is not a date-time is refused naming `sentAt`, even without message timestamps."""
+    message = {"type": "track", "userId": "u1", "event": "X"}
+    response = post(client, {"batch": [message], "sentAt": "2026-13-45"})
+    assert response.status_code == 400
+    assert response.json()["message"].startswith("sentAt:")
+
+
+def test_a_wrong_basic_key_is_401_before_the_body_is_read(client: TestClient) -> None:
+    """With a wrong key in the header, a broken body is not even parsed: 401, not 400."""
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"nope:").decode()}
+    assert post(client, None, headers=wrong, raw=b"{not json").status_code == 401
+
+
+def test_a_keyless_bad_body_is_401(client: TestClient) -> None:
+    """Without any key, what is wrong with the body is not disclosed: 401."""
+    response = client.post("/v1/batch", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert response.status_code == 401
+    assert response.json()["code"] == "unauthorized"
+
+
+def test_concatenated_gzip_members_are_read(client: TestClient) -> None:
+    """Two gzip members one after the other are one valid gzip body."""
+    text = json.dumps({"batch": [track()]}).encode()
+    body = gzip.compress(text[:10]) + gzip.compress(text[10:])
+    assert post(client, None, headers={"Content-Encoding": "gzip"}, raw=body).json() == {"success": True}
+
+
+@pytest.mark.parametrize(("method", "path", "status", "code"),
+                         [("GET", "/nowhere", 404, "not_found"), ("PUT", "/v1/batch", 405, "method_not_allowed")])
+def test_framework_errors_are_code_and_message(client: TestClient, method: str, path: str, status: int,
+                                               code: str) -> None:
+    """FastAPI's own 404 and 405 answers use `{code, message}` like every other refusal."""
+    response = client.request(method, path, headers=BASIC)
+    assert response.status_code == status
+    assert response.json()["code"] == code
+    assert path in response.json()["message"]
+
+
+def test_an_engine_failure_is_a_500_for_that_request_only(client: TestClient) -> None:
+    """If the engine raises on an accepted event, that is our bug: 500 (logged), and the next request works."""
+    runtime = client.app.state.worker.runtime  # type: ignore[attr-defined]
+    real = runtime.process
+
+    def process(events: list[Any], now: Any = None) -> Any:
+        if any(e.user_id == "poison" for e in events):
+            raise RuntimeError("engine bug")
+        return real(events, now)
+
+    runtime.process = process
+    response = post(client, {"batch": [track("poison")]})
+    assert response.status_code == 500
+    assert response.json()["code"] == "internal_error"
+    assert "Retry-After" not in response.headers
+    assert post(client, {"batch": [track("u1")]}).json() == {"success": True}
+
+
+def test_an_unavailable_store_is_a_503_with_retry_after(client: TestClient) -> None:
+    """Only an unavailable store answers 503 with Retry-After: the SDKs retry and nothing is lost."""
+    from journey_engine.ports import StoreUnavailable
+
+    runtime = client.app.state.worker.runtime  # type: ignore[attr-defined]
+
+    def process(events: list[Any], now: Any = None) -> Any:
+        raise StoreUnavailable("database is locked")
+
+    runtime.process = process
+    response = post(client, {"batch": [track("u1")]})
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "2"
+
+
+def test_refusals_are_counted_per_event_with_a_reason_on_ingestion_routes_only(client: TestClient) -> None:
+    """Two messages without a user are two refusals; a 401 on the user API is not an event refusal."""
+    post(client, {"batch": [{"type": "track", "event": "X"}, {"type": "track", "event": "Y"}, track()]})
+    client.get("/v1/users/u1")
+    text = client.get("/metrics").text
+    assert 'journey_events_refused_total{reason="invalid_userId"} 2.0' in text
+    assert 'reason="unauthorized"' not in text
+
+
+def test_timers_due_is_a_gauge_of_users_whose_wake_up_has_come(store: SqlStore) -> None:
+    """`journey_timers_due` counts users whose wake-up time has passed and who have not been woken yet."""
+    now = [NOW]
+    app = create_app(COMPILED, store, Settings(write_keys=[KEY], admin_key=ADMIN), clock=lambda: now[0],
+                     scheduler=False)
+    with TestClient(app) as c:
+        post(c, {"batch": [identify(), track()]})  # welcome: a timer in 2 days
+        assert "journey_timers_due 0.0" in c.get("/metrics").text
+        now[0] = NOW + timedelta(days=3)
+        assert "journey_timers_due 1.0" in c.get("/metrics").text
+
+
+INBOX_WORKSPACE = load_workspace(Path(__file__).parent.parent / "journeys")
+
+
+def test_the_inbox_lists_in_app_messages_and_marks_them_read(tmp_path: Path) -> None:
+    """GET /v1/users/{id}/inbox shows unread in-app messages; POST .../{key}/read removes one (admin key)."""
+    store = SqlStore(f"sqlite:///{tmp_path / 'inbox.db'}", defaults=dict(INBOX_WORKSPACE.metrics.defaults))
+    config = Settings(write_keys=[KEY], admin_key=ADMIN)
+    with TestClient(create_app(INBOX_WORKSPACE, store, config, clock=lambda: NOW, scheduler=False)) as c:
+        events = [identify("u1", created_at="2026-01-05T08:00:00Z"), track("u1", "Application Opened"),
+                  track("u1", "Signed Up")] + [
+            {**track("u1", "Feature Used"), "messageId": f"f{i}"} for i in range(3)]
+        assert post(c, {"batch": events}).json() == {"success": True}
+        assert c.get("/v1/users/u1/inbox", headers=BASIC).status_code == 401
+        inbox = c.get("/v1/users/u1/inbox", headers=BEARER).json()["messages"]
+        assert [m["message"] for m in inbox] == ["activated_in_app"]
+        assert "3 features" in inbox[0]["body"]
+        key = inbox[0]["id"]
+        assert c.post(f"/v1/users/u1/inbox/{key}/read", headers=BASIC).status_code == 401
+        assert c.post(f"/v1/users/u1/inbox/{key}/read", headers=BEARER).json() == {"success": True}
+        assert c.get("/v1/users/u1/inbox", headers=BEARER).json()["messages"] == []
+        missing = c.post("/v1/users/u1/inbox/nope/read", headers=BEARER)
+        assert missing.status_code == 404
+        assert missing.json()["code"] == "not_found"
+    store.close()

@@ -4,6 +4,8 @@ Requests are validated here and handed to one engine worker thread, which applie
 is waiting as one batch and commits once (group commit); a request is answered `200 {"success": true}`
 only after its events are committed. A batch with a bad message keeps the good ones (committed) and
 answers 400 naming the bad message's index and field, so the SDKs do not resend the good ones.
+Validation is shared with `journey ingest` (adapters/sources/segment.py). 503 means only that the store
+is unavailable; a 500 means the engine raised on an accepted event, which is a bug and is logged.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -20,31 +22,32 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.scheduling.apscheduler import build_scheduler
 from adapters.scheduling.dispatcher import Dispatcher
 from adapters.sources.dashboard import add_dashboard_routes
-from adapters.storage.sql import SqlStore
+from adapters.sources.segment import MAX_BATCH, MAX_MESSAGE, BodyError, parse_json, to_events
+from adapters.storage.sql import SqlStore, profiles_t
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Engine, Outcome
-from journey_engine.errors import InvalidEventError
-from journey_engine.events import Event, corrected_time, event_from_segment
+from journey_engine.events import Event, parse_datetime
 from journey_engine.graph import to_mermaid
-from journey_engine.ports import Channel
+from journey_engine.ports import Channel, StoreUnavailable
 from journey_engine.runtime import Runtime
 
 log = logging.getLogger("journey.serve")
 
-MAX_MESSAGE = 32 * 1024
-MAX_BATCH = 500 * 1024
-MAX_DEPTH = 32
 SINGLE_CALLS = ("track", "identify", "alias", "page", "screen", "group")
 
 
@@ -59,11 +62,15 @@ class Settings:
 
 
 class Refused(Exception):
-    """A request refused with a 4xx and `{"code", "message"}`."""
+    """A request answered with `{"code", "message"}`: a 4xx, or 503/500 when the events were not committed.
 
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    `events` is how many events it refuses, for the metrics (1 when the body was never read)."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                 events: int = 1) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+        self.events = events
 
 
 class Overloaded(Exception):
@@ -170,13 +177,16 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.accepted = Counter("journey_events_accepted", "Events committed", registry=r)
-        self.refused = Counter("journey_events_refused", "Events refused, by reason", ["reason"], registry=r)
+        self.refused = Counter("journey_events_refused", "Events refused by the ingestion routes, by reason (a body "
+                               "refused before its messages were read counts as one)", ["reason"], registry=r)
         self.batch_seconds = Histogram("journey_batch_seconds", "Engine batch latency, apply to commit", registry=r)
         self.queue_depth = Gauge("journey_queue_depth", "Events waiting for the engine", registry=r)
         self.sends = Counter("journey_sends", "Send decisions by channel and outcome", ["channel", "outcome"],
                              registry=r)
         self.timers = Counter("journey_timers_fired", "Timer transitions fired", registry=r)
         self.deliveries = Counter("journey_deliveries", "Channel outcomes by status", ["status"], registry=r)
+        self.timers_due = Gauge("journey_timers_due", "Users whose wake-up (timer, window, deferred send) is due",
+                                registry=r)
 
     def observe(self, outcome: Outcome, events: int, seconds: float) -> None:
         if events:
@@ -194,29 +204,24 @@ class Metrics:
 
 
 def _inflate(body: bytes, limit: int) -> bytes:
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error:
-        raise Refused(400, "invalid_gzip", "body: Content-Encoding is gzip but the body is not valid gzip") from None
-    if len(data) > limit or inflater.unconsumed_tail:
-        raise Refused(413, "body_too_large", f"body: inflates past the limit of {limit // 1024} KB")
-    return data
-
-
-def _depth(value: Any, limit: int) -> int:
-    stack = [(value, 1)]
-    deepest = 0
-    while stack:
-        item, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return deepest
+    """A gzip body inflated within `limit`; concatenated gzip members are valid gzip and are all read."""
+    data = b""
+    rest = body
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            data += inflater.decompress(rest, limit + 1 - len(data))
+        except zlib.error:
+            raise Refused(400, "invalid_gzip", "body: Content-Encoding is gzip but the body is not gzip") from None
+        if len(data) > limit or inflater.unconsumed_tail:
+            raise Refused(413, "body_too_large", f"body: inflates past the limit of {limit // 1024} KB")
+        if not inflater.eof:
+            raise Refused(400, "invalid_gzip", "body: the gzip stream is truncated")
+        rest = inflater.unused_data
+        if not rest:
+            return data
+        if not rest.startswith(b"\x1f\x8b"):
+            raise Refused(400, "invalid_gzip", f"body: {len(rest)} byte(s) of garbage after the gzip stream")
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -232,36 +237,31 @@ async def read_json(request: Request, limit: int) -> Any:
     if request.headers.get("content-encoding", "").lower() == "gzip":
         body = _inflate(body, limit)
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Refused(400, "invalid_encoding", f"body: not UTF-8 (byte {exc.start})") from None
-    try:
-        data = json.loads(text)
-    except RecursionError:
-        raise Refused(400, "too_deep", f"body: nested deeper than {MAX_DEPTH} levels") from None
-    except json.JSONDecodeError as exc:
-        raise Refused(400, "invalid_json", f"body: not valid JSON ({exc.msg} at line {exc.lineno} column "
-                                           f"{exc.colno})") from None
-    if _depth(data, MAX_DEPTH) > MAX_DEPTH:
-        raise Refused(400, "too_deep", f"body: nested deeper than {MAX_DEPTH} levels")
-    return data
+        return parse_json(body)
+    except BodyError as exc:
+        raise Refused(400, exc.code, exc.message) from None
 
 
-def check_write_key(request: Request, body: Any, settings: Settings) -> None:
-    if not settings.write_keys:
-        return
-    key = None
+def header_key(request: Request) -> str | None:
+    """The write key from an HTTP Basic Authorization header (the username), if there is one."""
     header = request.headers.get("authorization", "")
-    if header.lower().startswith("basic "):
-        try:
-            key = base64.b64decode(header[6:], validate=True).decode("utf-8").split(":", 1)[0]
-        except (binascii.Error, UnicodeDecodeError):
-            key = None
-    if not key and isinstance(body, dict) and isinstance(body.get("writeKey"), str):
-        key = body["writeKey"]
-    if not key or not any(hmac.compare_digest(key.encode(), k.encode()) for k in settings.write_keys):
-        raise Refused(401, "unauthorized", "Authorization: a valid write key is required (HTTP Basic username "
-                                           "or `writeKey` in the body)")
+    if not header.lower().startswith("basic "):
+        return None
+    try:
+        return base64.b64decode(header[6:], validate=True).decode("utf-8").split(":", 1)[0] or None
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def valid_write_key(key: Any, settings: Settings) -> bool:
+    if not isinstance(key, str) or not key:
+        return False
+    given = key.encode("utf-8", "surrogatepass")
+    return any(hmac.compare_digest(given, k.encode()) for k in settings.write_keys)
+
+
+UNAUTHORIZED = ("unauthorized", "Authorization: a valid write key is required (HTTP Basic username or "
+                                "`writeKey` in the body)")
 
 
 def check_admin(request: Request, settings: Settings) -> None:
@@ -271,32 +271,6 @@ def check_admin(request: Request, settings: Settings) -> None:
     token = header[7:] if header.lower().startswith("bearer ") else ""
     if not hmac.compare_digest(token.encode(), settings.admin_key.encode()):
         raise Refused(401, "unauthorized", "Authorization: the admin key is required as `Bearer <key>`")
-
-
-def to_events(messages: list[Any], *, received_at: datetime, sent_at: Any, settings: Settings,
-              call: str | None = None) -> tuple[list[Event], list[tuple[int, str, str]]]:
-    """Valid messages as events, and (index, field, message) for each bad one."""
-    events: list[Event] = []
-    bad: list[tuple[int, str, str]] = []
-    for index, raw in enumerate(messages):
-        if not isinstance(raw, dict):
-            bad.append((index, "message", "must be a JSON object"))
-            continue
-        if call is not None:
-            raw = {**raw, "type": call}
-        if len(json.dumps(raw, separators=(",", ":"))) > MAX_MESSAGE:
-            bad.append((index, "message", f"larger than {MAX_MESSAGE // 1024} KB"))
-            continue
-        try:
-            happened = corrected_time(raw, received_at=received_at, sent_at=sent_at)
-            event = event_from_segment({**raw, "timestamp": happened}, default_time=received_at)
-        except InvalidEventError as exc:
-            bad.append((index, exc.field, str(exc).split(": ", 1)[-1]))
-            continue
-        if received_at - event.timestamp > settings.trigger_window:
-            event = replace(event, backfill=True)
-        events.append(event)
-    return events, bad
 
 
 # --- the application ------------------------------------------------------------------------------
@@ -333,11 +307,14 @@ def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings 
     engine = Engine(compiled)
     runtime = Runtime(engine, store, claim=500)
     worker = EngineWorker(runtime, store, settings, metrics, clock)
-    dispatcher = Dispatcher(store, engine, channels or {}, clock=clock)
+    dispatcher = Dispatcher(store, engine, channels or {}, clock=clock, feedback=worker.submit)
 
     def timers() -> None:
-        outcome = worker.call(lambda: runtime.advance(clock())).result()
-        metrics.observe(outcome, 0, 0.0)
+        # a few claims per turn of the engine thread: events queued meanwhile go in between
+        more = True
+        while more:
+            outcome, more = worker.call(lambda: runtime.advance_some(clock(), rounds=4)).result()
+            metrics.observe(outcome, 0, 0.0)
 
     def dispatch() -> int:
         counts = dispatcher.run_once()
@@ -363,36 +340,44 @@ def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings 
     app = FastAPI(title="journey-engine", version="0.1.0", lifespan=lifespan,
                   description="Segment-compatible event API, user API and operations endpoints.")
     app.state.worker, app.state.store, app.state.engine = worker, store, engine
-
-    @app.exception_handler(Refused)
-    async def _refused(_: Request, exc: Refused) -> JSONResponse:
-        metrics.refused.labels(exc.code).inc()
-        return JSONResponse({"code": exc.code, "message": exc.message}, status_code=exc.status, headers=exc.headers)
+    metrics.timers_due.set_function(lambda: timers_due(store, clock()))
+    _answer_errors_as_code_and_message(app)
+    app.openapi = lambda: _openapi_with_security(app)  # type: ignore[method-assign]
 
     async def accept(request: Request, call: str | None) -> JSONResponse:
-        limit = MAX_BATCH if call is None else MAX_MESSAGE
-        body = await read_json(request, limit)
-        check_write_key(request, body, settings)
+        try:
+            return await _accept(request, call)
+        except Refused as exc:
+            metrics.refused.labels(exc.code).inc(exc.events)
+            raise
+
+    async def _accept(request: Request, call: str | None) -> JSONResponse:
+        body = await authorized_body(request, MAX_BATCH if call is None else MAX_MESSAGE, settings)
         if not isinstance(body, dict):
             raise Refused(400, "invalid_body", "body: must be a JSON object")
         received = clock()
+        sent_at = body.get("sentAt")
         if call is None:
             messages = body.get("batch")
             if not isinstance(messages, list):
                 raise Refused(400, "invalid_batch", "batch: must be a list of messages")
+            if sent_at is not None and (not isinstance(sent_at, str) or parse_datetime(sent_at) is None):
+                raise Refused(400, "invalid_sent_at", f"sentAt: {sent_at!r:.60} is not an ISO-8601 date-time",
+                              events=len(messages))
         else:
             messages = [body]
-        events, bad = to_events(messages, received_at=received, sent_at=body.get("sentAt"), settings=settings,
-                                call=call)
+        events, bad = to_events(messages, received_at=received, sent_at=sent_at,
+                                trigger_window=settings.trigger_window, call=call)
+        for problem in bad:
+            metrics.refused.labels(problem.reason).inc()
         if events:
             await _wait(worker, events)
         if bad:
-            index, field_name, text = bad[0]
-            where = f"batch[{index}].{field_name}" if call is None else field_name
+            first = bad[0]
+            where = f"batch[{first.index}].{first.field}" if call is None else first.field
             more = f" ({len(bad) - 1} more bad message(s))" if len(bad) > 1 else ""
             kept = f"; the other {len(events)} message(s) were accepted" if events else ""
-            metrics.refused.labels("invalid_message").inc(len(bad))
-            return JSONResponse({"code": "invalid_message", "message": f"{where}: {text}{more}{kept}"},
+            return JSONResponse({"code": "invalid_message", "message": f"{where}: {first.message}{more}{kept}"},
                                 status_code=400)
         return JSONResponse({"success": True})
 
@@ -469,17 +454,99 @@ def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings 
     return app
 
 
+async def authorized_body(request: Request, limit: int, settings: Settings) -> Any:
+    """The parsed body of a write; a Basic key is checked before the body is read, a body key after.
+
+    Without any key, a body that cannot be read is answered 401, not with what is wrong in it."""
+    if not settings.write_keys:
+        return await read_json(request, limit)
+    key = header_key(request)
+    if key is not None:
+        if not valid_write_key(key, settings):
+            raise Refused(401, *UNAUTHORIZED)
+        return await read_json(request, limit)
+    try:
+        body = await read_json(request, limit)
+    except Refused:
+        raise Refused(401, *UNAUTHORIZED) from None
+    if not isinstance(body, dict) or not valid_write_key(body.get("writeKey"), settings):
+        raise Refused(401, *UNAUTHORIZED)
+    return body
+
+
 async def _wait(worker: EngineWorker, events: list[Event]) -> None:
     try:
         future = worker.submit(events)
     except Overloaded:
         raise Refused(429, "overloaded", "the engine is behind; retry after a second",
-                      headers={"Retry-After": "1"}) from None
+                      headers={"Retry-After": "1"}, events=len(events)) from None
     try:
         await _await(future)
-    except Exception:
-        raise Refused(503, "unavailable", "the events could not be committed; retry",
-                      headers={"Retry-After": "2"}) from None
+    except StoreUnavailable:
+        raise Refused(503, "unavailable", "the store is unavailable, nothing was committed; retry",
+                      headers={"Retry-After": "2"}, events=len(events)) from None
+    except Exception:  # logged by the worker: an engine bug, not the client's fault, and not transient
+        raise Refused(500, "internal_error", "the engine failed on this request and nothing of it was committed; "
+                                             "this is a bug and has been logged", events=len(events)) from None
+
+
+def timers_due(store: SqlStore, now: datetime) -> float:
+    """Users whose wake-up is due: a count over the indexed `profiles.wake_at` (NaN if the store is down).
+
+    This reads the store's table directly; it belongs in SqlStore as a `due_count(until)` method."""
+    query = sa.select(sa.func.count()).select_from(profiles_t).where(profiles_t.c.wake_at <= now.timestamp())
+    try:
+        with store.engine.connect() as conn:
+            return float(conn.execute(query).scalar_one())
+    except sa.exc.SQLAlchemyError:
+        return math.nan
+
+
+def _answer_errors_as_code_and_message(app: FastAPI) -> None:
+    """Every error answer is `{code, message}`, FastAPI's own 404/405/422 included."""
+
+    @app.exception_handler(Refused)
+    async def _refused(_: Request, exc: Refused) -> JSONResponse:
+        return JSONResponse({"code": exc.code, "message": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
+        text = f"{request.method} {request.url.path}: {exc.detail}"
+        return JSONResponse({"code": code, "message": text}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ())) or "request"
+        return JSONResponse({"code": "invalid_request", "message": f"{where}: {first.get('msg', 'invalid')}"},
+                            status_code=422)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        return JSONResponse({"code": "unavailable", "message": str(exc)}, status_code=503,
+                            headers={"Retry-After": "2"})
+
+
+ADMIN_PREFIXES = ("/v1/users", "/v1/journeys", "/dashboard/")
+
+
+def _openapi_with_security(app: FastAPI) -> dict[str, Any]:
+    """The generated document plus its security: HTTP Basic (write key) on writes, Bearer (admin) on reads."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "writeKey": {"type": "http", "scheme": "basic", "description": "the write key as the username"},
+            "adminKey": {"type": "http", "scheme": "bearer", "description": "the admin key"}}
+        for path, operations in schema["paths"].items():
+            scheme = ("writeKey" if path.removeprefix("/v1/") in ("batch", *SINGLE_CALLS)
+                      else "adminKey" if path.startswith(ADMIN_PREFIXES) else None)
+            for operation in operations.values() if scheme else ():
+                operation["security"] = [{scheme: []}]
+                operation.setdefault("responses", {}).setdefault("401", {"description": "no valid key"})
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 async def _await(future: Future[Any]) -> Any:
@@ -494,6 +561,19 @@ def _journey_summary(compiled: CompiledWorkspace, name: str, counts: dict[str, i
             "states": {s: counts.get(s, 0) for s in j.states}, "active": sum(counts.values())}
 
 
+def jsonable(value: Any) -> Any:
+    """`value` with datetimes as ISO-8601 strings at any depth, and floats JSON can carry."""
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # stored before NaN and Infinity were refused
+    return value
+
+
 def user_view(store: SqlStore, engine: Engine, user_id: str) -> dict[str, Any] | None:
     """What GET /v1/users/{id} and `journey user --json` show: where the user is, and why."""
     resolved = store.aliases([user_id]).get(user_id, user_id)
@@ -502,8 +582,7 @@ def user_view(store: SqlStore, engine: Engine, user_id: str) -> dict[str, Any] |
         return None
     records = store.trace(resolved, limit=200)
 
-    def iso(value: Any) -> Any:
-        return value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
+    iso = jsonable
 
     instances = []
     for inst in profile.instances.values():

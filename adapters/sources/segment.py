@@ -1,0 +1,150 @@
+"""Segment messages as events, validated the same way for every source (the HTTP API, `journey ingest`).
+
+`parse_json` turns a body or a line into JSON (no NaN or Infinity, no lone surrogates reach the store);
+`to_events` turns messages into events and names each bad message's field and rule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from journey_engine.errors import InvalidEventError
+from journey_engine.events import Event, corrected_time, event_from_segment
+
+MAX_MESSAGE = 32 * 1024  # bytes of UTF-8 JSON per message (Segment's rule)
+MAX_BATCH = 500 * 1024  # bytes per batch
+MAX_DEPTH = 32  # nesting levels per message, the message object being level 1
+
+
+class BodyError(ValueError):
+    """A body (or a line) that is not acceptable JSON at all; `code` is the refusal's code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass(frozen=True, slots=True)
+class BadMessage:
+    index: int  # position in the batch
+    field: str  # path of the offending field, e.g. `traits.plan` or `message`
+    reason: str  # a label from a fixed set, for metrics: too_large, too_deep, invalid_encoding, invalid_<field>
+    message: str  # the rule, for people
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf, which JSON cannot carry back out
+        raise ValueError(f"{text} is out of range for a number")
+    return value
+
+
+def parse_json(data: bytes) -> Any:
+    """UTF-8 JSON as Python values; BodyError (invalid_encoding, invalid_json, too_deep) otherwise."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BodyError("invalid_encoding", f"body: not UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+    except RecursionError:
+        raise BodyError("too_deep", f"body: nested deeper than {MAX_DEPTH} levels") from None
+    except json.JSONDecodeError as exc:
+        raise BodyError("invalid_json", f"body: not valid JSON ({exc.msg} at line {exc.lineno} column "
+                                        f"{exc.colno})") from None
+    except ValueError as exc:  # NaN, Infinity, 1e400
+        raise BodyError("invalid_json", f"body: not valid JSON ({exc})") from None
+
+
+def to_events(messages: Iterable[Any], *, received_at: datetime, sent_at: Any = None,
+              trigger_window: timedelta | None = timedelta(hours=24),
+              call: str | None = None) -> tuple[list[Event], list[BadMessage]]:
+    """Valid messages as events, and a BadMessage for each bad one; `call` forces the message type.
+
+    Events older than `trigger_window` (None: no window) are backfills: they update metrics, move no journey.
+    """
+    events: list[Event] = []
+    bad: list[BadMessage] = []
+    for index, raw in enumerate(messages):
+        if not isinstance(raw, dict):
+            bad.append(BadMessage(index, "message", "invalid_message", "must be a JSON object"))
+            continue
+        if call is not None:
+            raw = {**raw, "type": call}
+        problem = _shape(raw)
+        if problem is not None:
+            bad.append(replace(problem, index=index))
+            continue
+        try:
+            happened = corrected_time(raw, received_at=received_at, sent_at=sent_at)
+            event = event_from_segment({**raw, "timestamp": happened}, default_time=received_at)
+        except InvalidEventError as exc:
+            bad.append(BadMessage(index, exc.field, f"invalid_{exc.field}", str(exc).split(": ", 1)[-1]))
+            continue
+        if trigger_window is not None and received_at - event.timestamp > trigger_window:
+            event = replace(event, backfill=True)
+        events.append(event)
+    return events, bad
+
+
+def _shape(raw: dict[str, Any]) -> BadMessage | None:
+    """Size in UTF-8 bytes, encoding and depth of one message, before its fields are read."""
+    try:
+        size = len(json.dumps(raw, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    except UnicodeEncodeError:
+        where = _surrogate(raw, "") or "message"
+        return BadMessage(0, where, "invalid_encoding", "not valid Unicode (a lone surrogate such as \\ud800)")
+    if size > MAX_MESSAGE:
+        return BadMessage(0, "message", "too_large", f"{size} bytes, larger than {MAX_MESSAGE // 1024} KB")
+    for key, value in raw.items():
+        if _depth(value, MAX_DEPTH - 1) > MAX_DEPTH - 1:
+            return BadMessage(0, key, "too_deep", f"nested deeper than {MAX_DEPTH} levels")
+    return None
+
+
+def _surrogate(value: Any, path: str) -> str | None:
+    """The path of the first string (or key) that cannot be encoded as UTF-8."""
+    if isinstance(value, str):
+        return None if _encodes(value) else path
+    items: Iterable[tuple[str, Any]] = ()
+    if isinstance(value, dict):
+        for key in value:
+            if not _encodes(key):
+                return f"{path}.{key!a}".lstrip(".")
+        items = ((f"{path}.{k}".lstrip("."), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    return next((found for p, v in items if (found := _surrogate(v, p)) is not None), None)
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _depth(value: Any, limit: int) -> int:
+    """How deep `value` nests (a scalar is 1), stopping once past `limit`; no recursion."""
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
