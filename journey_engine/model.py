@@ -45,7 +45,9 @@ def parse_duration(value: object) -> timedelta:
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
-    WithJsonSchema({"type": "string", "pattern": r"^-?(\d+[wdhms])+$|^-?P", "examples": ["30s", "2d", "1h30m"]}),
+    WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^-?(\d+(\.\d+)?[wdhms])+$|^-?[Pp]",
+                               "examples": ["30s", "2d", "1h30m", "PT90M"]},
+                              {"type": "number", "description": "seconds"}]}),
 ]
 
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -57,7 +59,8 @@ def parse_clock(value: object) -> str:
     return value
 
 
-ClockTime = Annotated[str, BeforeValidator(parse_clock), WithJsonSchema({"type": "string", "pattern": "^HH:MM$"})]
+ClockTime = Annotated[str, BeforeValidator(parse_clock),
+                      WithJsonSchema({"type": "string", "pattern": _CLOCK.pattern, "examples": ["09:00"]})]
 
 
 def clock_minutes(value: str) -> int:
@@ -299,7 +302,8 @@ def _segment_shorthand(value: Any) -> Any:
     return {"rule": value} if isinstance(value, str) else value
 
 
-Segment = Annotated[SegmentDef, BeforeValidator(_segment_shorthand)]
+# `name: "rule"` is shorthand for `name: {rule: "rule"}`; the JSON schema says so too
+Segment = Annotated[SegmentDef, BeforeValidator(_segment_shorthand, json_schema_input_type=str | SegmentDef)]
 
 
 # --- policies -------------------------------------------------------------------------------------
@@ -342,7 +346,12 @@ def _percent(value: Any) -> Any:
     return value
 
 
-Share = Annotated[float, BeforeValidator(_percent), Field(ge=0, lt=1)]
+# the bounds sit next to the float so they stay `minimum`/`exclusiveMaximum` in the JSON schema
+Share = Annotated[
+    float, Field(ge=0, lt=1), BeforeValidator(_percent),
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+                              {"type": "string", "pattern": r"^\s*\d{1,2}(\.\d+)?\s*%\s*$", "examples": ["10%"]}]}),
+]
 
 
 class WorkspaceFile(Frozen):
