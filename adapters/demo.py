@@ -4,10 +4,11 @@
 sign up, browse, shop, stall in onboarding, lapse, and answer the engine's messages. Same seed, same
 result (for a given store kind). The model and where its numbers come from:
 
-Who. `users` people: 20% are existing customers who ordered in the 35 days before `start` (only
-their orders are replayed, first, so that win-back and the VIP track have someone to work on); 80%
-sign up during the `days`, uniformly by day, at an hour drawn from the traffic curve below. Time
-zones: a Berlin shop's mix (76% Europe, 18% US, 6% Seoul and Tokyo; an assumption). A locale for
+Who. `users` people: 20% are existing customers, who first ordered in the year before `start`
+(their orders of that warm-up year are replayed first, so that win-back and the VIP track have
+someone to work on, and repeat purchases can be seen a month and more apart); 80% sign up during
+the `days`, uniformly by day, at an hour drawn from the traffic curve below. Time zones: a Berlin
+shop's mix (76% Europe, 18% US, 6% Seoul and Tokyo; an assumption). A locale for
 most users in non-English zones and some in English ones; every user has an email except 4%
 (sign-in by phone), a push token about half (65% use the app, 75% of those allow push: the usual
 iOS/Android opt-in), a phone number 30% (35% of those opt in to SMS with `Subscribed`); 0.5% of
@@ -22,21 +23,24 @@ around 20:00; each user shifted by up to two hours) and end after 30 minutes wit
 session has a median of 6 events (lognormal, σ = 0.6): Application Opened (most sessions of app
 users) or a landing Page Viewed, then Page Viewed and Feature Used (35% in the first week, 15%
 after), 40 s apart in the median. 7% of browsing sessions add 1-3 products to a cart (`Product
-Added` with cartId, productId, name, price); 45% of a first-time buyer's carts reach `Checkout
+Added` with cartId, productId, name, price); 50% of a first-time buyer's carts reach `Checkout
 Started` and 70% of those `Order Completed` (with cartId, revenue). After that, a customer's next
 order comes from the CDNOW log (below) as a purchase session of its own; their carts in between are
 browsing and are abandoned (20% get to checkout) unless a message brings them back. Measured on the
-generated stream (3,000 users, 30 days, seeds 1-5): median 6 events a session, 8.1-8.5% of sessions
-add to a cart, 68-72% of carts are abandoned (Baymard Institute's average: 70%), 2.3-2.7% of
-sessions convert (the usual 2-3% of e-commerce), about 37 events a user a month.
+events handed to the engine, answers to its messages included (`TrafficResult`; 3,000 users, 30
+days, seeds 1-3): median 6 events a session, 7.6-8.0% of sessions add to a cart, 68-71% of carts
+are abandoned (Baymard Institute's average: 70%), 2.2-2.5% of sessions convert (the usual 2-3% of
+e-commerce), about 43 events a user a month.
 
 Repeat purchases. The CDNOW purchase log shipped inside the `lifetimes` package (69,659 orders of
 23,570 customers of an online CD shop, 1997-98; read from the installed package's data file, the
 package itself is never imported): after a customer's k-th order, another comes with the share of
 CDNOW customers with k purchase days who made another (49% after the first, 65% after the second,
 then 70-80%), one CDNOW gap between purchase days later (drawn from all 44,021 gaps: median 34 days,
-quartiles 12 and 94), at an hour of that day from the traffic curve. An existing customer's next
-order is a gap longer than the time since their last one. Order values are CDNOW's, doubled (US
+quartiles 12 and 94), at an hour of that day from the traffic curve; existing customers run this
+from their first order in the warm-up year. Measured on the orders of the run like CDNOW's (the
+customers who first bought in the warm-up's first 90 days, followed to the end): a median gap of
+27-30 days (3,000 users, seeds 1-3; see `TrafficResult`). Order values are CDNOW's, doubled (US
 consumer prices 1997 -> 2026), split over the cart's products.
 
 Onboarding. Sign-ups start at `onboarding_step` profile; at each session of their first two weeks,
@@ -56,7 +60,8 @@ Delivered` seconds after the send, `Email Opened` a lognormal delay later (media
 the user's night), `Email Link Clicked`, `Push Opened`, `Message Clicked` (in-app, SMS), each with
 properties message_id, journey, send_key (the send's idempotency key) and channel; 1% of opens
 `Unsubscribed`. A click opens a short session; a conversion adds checkout and order (or the set-up
-step), restarts the user's activity decay and, for an order, their repeat-purchase clock. Answers are
+step) and restarts the user's activity decay. An order a message brings is extra: a customer's own
+next purchase (CDNOW's clock) stays where it was, and only starts if none was coming. Answers are
 never earlier than the last event handed to the engine (so they may come up to BATCH_WINDOW late).
 The stylised part: in each `choose: best` state one candidate is clearly better for most users
 (`tips_push`, `vip_perks_in_app`, `winback_in_app`, `resume_sms`) and it is not the first listed, and
@@ -72,6 +77,7 @@ import importlib.util
 import itertools
 import math
 import random
+import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -86,14 +92,15 @@ from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Engine, Outcome, SendMessage
 from journey_engine.events import Event
 from journey_engine.model import Choose
-from journey_engine.ports import Store
+from journey_engine.ports import Batch, Store
 from journey_engine.runtime import MemoryStore, Runtime
 
 MINUTE = 60.0
 HOUR = 3600.0
 DAY = 86_400.0
 SESSION_TIMEOUT = 30 * MINUTE
-WARMUP_DAYS = 35
+WARMUP_DAYS = 365  # the existing customers' order history replayed before `start`
+COHORT_DAYS = 90  # repeat gaps are measured on the customers who first bought this early in the warm-up
 BATCH_WINDOW = 15 * MINUTE  # events of up to fifteen simulated minutes, or BATCH_MAX, per commit
 BATCH_MAX = 500
 
@@ -147,7 +154,7 @@ FEATURE_LATER = 0.15
 FEATURES = ("projects", "sharing", "wishlist", "search", "reviews", "notifications")
 PAGES = ("/", "/new", "/sale", "/category/books", "/category/music", "/category/home", "/product", "/account")
 CART_SHARE = 0.07
-CHECKOUT_GIVEN_CART = 0.45  # first purchase
+CHECKOUT_GIVEN_CART = 0.5  # first purchase
 ORDER_GIVEN_CHECKOUT = 0.70
 BROWSE_CHECKOUT = 0.2  # a customer between purchases sometimes gets as far as checkout
 ITEMS = (1, 1, 1, 2, 2, 3)
@@ -187,6 +194,8 @@ MESSAGES: dict[str, tuple[float, float]] = {
     "resume_in_app": (1.5, 0.40), "resume_email": (1.2, 0.35), "resume_push": (1.0, 0.25), "resume_sms": (1.0, 0.60),
 }
 DEFAULT_MESSAGE = (1.0, 0.10)
+# events that are not the user on the site or in the app: no part of a session
+OFF_SITE = frozenset({"Signed Up", "Subscribed", "Email Delivered", "Email Bounced", "Email Opened", "Unsubscribed"})
 CLICK_EVENTS = {"email": "Email Link Clicked", "push": "Push Opened", "in_app": "Message Clicked",
                 "sms": "Message Clicked"}
 
@@ -285,6 +294,31 @@ class HoldoutResult:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TrafficResult:
+    """The population's behaviour in the period, measured on the events handed to the engine (answers to
+    messages included): sessions cut after 30 minutes without an event, not counting sign-up records and
+    email delivery and opens (they happen off the site).
+
+    Repeat gaps: days between a customer's consecutive purchase days (as CDNOW counts them), over the
+    orders of the run, the replayed warm-up year included (a 30-day period alone could not show a gap
+    of more than 30 days). Like CDNOW's, whose customers all first bought in its first quarter and were
+    followed for 18 months, `repeat_gap_median` is over the cohort that first bought in the first 90
+    days of the warm-up, followed to the end; `repeat_gap_median_all` over every customer is lower,
+    because the later a customer starts, the fewer of their long gaps end inside the run.
+    """
+
+    sessions: int
+    median_events: float
+    add_to_cart: float  # share of sessions with a Product Added
+    carts: int
+    abandoned: float  # share of the period's carts never ordered
+    converted: float  # share of sessions with an Order Completed
+    repeat_gaps: int  # of the cohort
+    repeat_gap_median: float
+    repeat_gap_median_all: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GroupResult:
     """Sends to one group of users (by where they were when the message went out) and their answers."""
 
@@ -317,6 +351,7 @@ class DemoResult:
     journeys: dict[str, dict[str, int]]  # entered, goals
     choices: tuple[ChoiceResult, ...]
     holdouts: tuple[HoldoutResult, ...]
+    traffic: TrafficResult
     elapsed_seconds: float
 
     @property
@@ -346,7 +381,8 @@ class DemoResult:
 
 class _User:
     __slots__ = ("app", "carts", "email", "epoch", "existing", "id", "locale", "name", "next_session", "orders",
-                 "phone", "push", "rate", "shift", "signup", "since", "sms", "stall_at", "step", "test", "zone")
+                 "phone", "push", "rate", "repeat_at", "session", "shift", "signup", "since", "sms", "stall_at", "step",
+                 "test", "zone")
 
     def __init__(self, index: int) -> None:
         self.id = f"u{index}"
@@ -363,6 +399,8 @@ class _User:
         self.stall_at = 2
         self.orders: list[float] = []
         self.epoch = 0  # the pending repeat purchase belongs to this epoch; a new order starts a new one
+        self.repeat_at: float | None = None  # when the pending repeat purchase comes, if one does
+        self.session: list[Any] | None = None  # [last event, events, added to cart, ordered]: the traffic count
         self.next_session: float | None = None
         self.carts = 0
 
@@ -409,7 +447,10 @@ class Population:
         self.sessions = Counter[str]()
         self.orders = Counter[str]()
         self.revenue = 0.0
-        self.repeat_gaps: list[int] = []  # every CDNOW gap drawn after an order, in days (realised or not)
+        self._sizes: list[int] = []  # events of each closed session of the period
+        self._with_cart = self._with_order = 0
+        self._carts: set[str] = set()
+        self._bought: set[str] = set()
         self._hour_weights = [[HOURLY[(h - s) % 24] / max(HOURLY) for h in range(24)] for s in range(-2, 3)]
         self._hour_cum = [list(itertools.accumulate(w)) for w in self._hour_weights]
         self._zones = {name: ZoneInfo(name) for name, *_ in ZONES}
@@ -445,6 +486,7 @@ class Population:
             elif kind == _SIGNUP:
                 self._sign_up(user, at)
             elif payload == user.epoch:  # _REPEAT, still the customer's next purchase
+                user.repeat_at = None
                 self.sessions["purchase"] += 1
                 self._session(user, at, buy="repeat")
         return batch
@@ -482,8 +524,55 @@ class Population:
     def _event(self, at: float, seq: int, user: _User, payload: tuple[Any, ...]) -> Event:
         kind, name, properties, traits = payload
         self.events[name or kind] += 1
+        if at >= self.start and kind != "identify" and name not in OFF_SITE:
+            self._count(at, user, name, properties)
         return Event(type=kind, user_id=user.id, name=name, timestamp=datetime.fromtimestamp(at, UTC),
                      properties=properties or {}, traits=traits or {}, message_id=f"d{seq:x}")
+
+    def _count(self, at: float, user: _User, name: str, properties: dict[str, Any]) -> None:
+        """Cut the user's events of the period into sessions as an analytics tool would, for `TrafficResult`."""
+        session = user.session
+        if session is None or at - session[0] > SESSION_TIMEOUT:
+            if session is not None:
+                self._close(session)
+            session = user.session = [at, 0, False, False]
+        session[0] = at
+        session[1] += 1
+        if name == "Product Added":
+            session[2] = True
+            self._carts.add(properties["cartId"])
+        elif name == "Order Completed":
+            session[3] = True
+            if "cartId" in properties:
+                self._bought.add(properties["cartId"])
+
+    def _close(self, session: list[Any]) -> None:
+        self._sizes.append(session[1])
+        self._with_cart += session[2]
+        self._with_order += session[3]
+
+    def traffic(self) -> TrafficResult:
+        """The figures of the module docstring, measured on the events handed to the engine so far."""
+        for user in self.users:
+            if user.session is not None:
+                self._close(user.session)
+                user.session = None
+        gaps, cohort = [], []
+        for user in self.users:
+            days = sorted({int(at // DAY) for at in user.orders if at < self.end})
+            found = [b - a for a, b in itertools.pairwise(days)]
+            gaps += found
+            if days and days[0] * DAY < self.first + COHORT_DAYS * DAY:
+                cohort += found
+        sessions = len(self._sizes)
+        return TrafficResult(
+            sessions=sessions, median_events=statistics.median(self._sizes) if sessions else 0.0,
+            add_to_cart=round(self._with_cart / sessions, 4) if sessions else 0.0,
+            carts=len(self._carts),
+            abandoned=round(1 - len(self._carts & self._bought) / len(self._carts), 4) if self._carts else 0.0,
+            converted=round(self._with_order / sessions, 4) if sessions else 0.0,
+            repeat_gaps=len(cohort), repeat_gap_median=statistics.median(cohort) if cohort else 0.0,
+            repeat_gap_median_all=statistics.median(gaps) if gaps else 0.0)
 
     # --- who ----------------------------------------------------------------------------------------------
 
@@ -546,15 +635,21 @@ class Population:
         self._next(user, end)
 
     def _history(self, user: _User) -> None:
-        """An existing customer: orders in the warm-up window, replayed; the next one from CDNOW."""
+        """An existing customer: a first order in the warm-up year, then CDNOW's repeat process, replayed;
+        the order that falls after `start` is their first repeat purchase of the run."""
         rng, log = self.rng, self.log
-        last = self._local_time(user, self.start - rng.random() * WARMUP_DAYS * DAY)
-        last = min(last, self.start - HOUR)
-        orders = [last]
-        while (earlier := orders[-1] - rng.choice(log.gaps) * DAY) >= self.first:
-            orders.append(self._local_time(user, earlier))
-        orders.reverse()
-        created = orders[0] - rng.uniform(30, 365) * DAY
+        at = self._local_time(user, self.first + rng.random() * (self.start - self.first - DAY))
+        orders: list[float] = []
+        upcoming: float | None = None
+        while True:
+            orders.append(at)
+            if rng.random() >= log.again[min(len(orders), len(log.again)) - 1]:
+                break
+            upcoming = max(self._local_time(user, at + rng.choice(log.gaps) * DAY), at + HOUR)
+            if upcoming >= self.start:
+                break
+            at, upcoming = upcoming, None
+        created = orders[0] - rng.uniform(1, 365) * DAY
         self._emit(orders[0] - 60, user, "identify", None, traits=self._traits(user, created))
         for at in orders:
             self.orders["history"] += 1
@@ -564,24 +659,10 @@ class Population:
                         {"orderId": f"o-{user.id}-{len(user.orders)}", "revenue": revenue, "currency": "EUR"})
             user.orders.append(at)
         user.epoch += 1
-        if rng.random() < self._again(user):
-            since = self.start - last  # no order since: the gap is longer than that
-            gaps = log.gaps[self._first_above(since / DAY):]
-            if gaps:
-                gap = rng.choice(gaps)
-                self._push(self._local_time(user, last + gap * DAY), _REPEAT, user, user.epoch)
+        if upcoming is not None and upcoming < self.end:
+            user.repeat_at = upcoming
+            self._push(upcoming, _REPEAT, user, user.epoch)
         self._next(user, self.start - SESSION_TIMEOUT)
-
-    def _first_above(self, days: float) -> int:
-        gaps = self.log.gaps
-        low, high = 0, len(gaps)
-        while low < high:
-            middle = (low + high) // 2
-            if gaps[middle] <= days:
-                low = middle + 1
-            else:
-                high = middle
-        return low
 
     # --- sessions --------------------------------------------------------------------------------------
 
@@ -672,15 +753,17 @@ class Population:
         self._track(at, user, "Order Completed", {"orderId": f"o-{user.id}-{len(user.orders)}", "cartId": cart,
                                                   "revenue": value, "currency": "EUR"})
         user.orders.append(at)
-        user.epoch += 1
         if user.since is not None:
             user.since = at
+        if source == "message" and user.repeat_at is not None and user.repeat_at > at:
+            return  # an order a message brought is extra: the customer's own next purchase stays where it was
+        user.epoch += 1
+        user.repeat_at = None
         if rng.random() < self._again(user):
-            gap = rng.choice(self.log.gaps)
-            self.repeat_gaps.append(gap)
-            when = self._local_time(user, at + gap * DAY)
+            when = max(self._local_time(user, at + rng.choice(self.log.gaps) * DAY), at + HOUR)
             if when < self.end:
-                self._push(max(when, at + HOUR), _REPEAT, user, user.epoch)
+                user.repeat_at = when
+                self._push(when, _REPEAT, user, user.epoch)
 
     def _again(self, user: _User) -> float:
         again = self.log.again
@@ -915,7 +998,7 @@ class Population:
             groups={g: GroupResult(sends=s, engaged=e, conversions=c)
                     for g, (s, e, c) in sorted(self.tally.groups.items())},
             journeys=dict(sorted(self.tally.journeys.items())), choices=tuple(choices), holdouts=tuple(holdouts),
-            elapsed_seconds=round(elapsed, 2))
+            traffic=self.traffic(), elapsed_seconds=round(elapsed, 2))
 
     def _population(self) -> dict[str, dict[str, int]]:
         groups: dict[str, dict[str, int]] = {}
@@ -977,9 +1060,44 @@ def _mean(values: list[float]) -> float:
 # --- the run ------------------------------------------------------------------------------------------------
 
 
+class _Watched:
+    """The demo's store, watched for when the engine next needs to run without an event.
+
+    Every profile the runtime commits carries its `wake_at`; the earliest one says whether
+    `Runtime.advance` has anything to do, so the run skips the calls that would find nothing due.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.wakes: dict[str, float] = {}
+        self.heap: list[tuple[float, str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def commit(self, batch: Batch) -> None:
+        self.store.commit(batch)
+        for user, profile in batch.profiles.items():
+            at = profile.wake_at
+            if at is None:
+                self.wakes.pop(user, None)
+            elif self.wakes.get(user) != at:
+                self.wakes[user] = at
+                heapq.heappush(self.heap, (at, user))
+        for user in batch.deleted:
+            self.wakes.pop(user, None)
+
+    def next_wake(self) -> float:
+        heap = self.heap
+        while heap and self.wakes.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)  # stale: that user's wake-up moved or went
+        return heap[0][0] if heap else math.inf
+
+
 def run_demo(compiled: CompiledWorkspace, store: Store | None = None, *, users: int = 10_000, days: int = 30,
              seed: int = 7, start: datetime = datetime(2026, 3, 2, tzinfo=UTC),
-             progress: Callable[[float, str], None] | None = None) -> DemoResult:
+             progress: Callable[[float, str], None] | None = None,
+             on_batch: Callable[[list[Event]], None] | None = None) -> DemoResult:
     """Let `users` synthetic people live `days` days through the workspace on the engine, on `store`.
 
     `store` should be empty (None: a MemoryStore): the people are u0, u1, ... and their events' ids
@@ -987,12 +1105,15 @@ def run_demo(compiled: CompiledWorkspace, store: Store | None = None, *, users: 
 
     Events go to `Runtime.process` in time order, in batches of at most BATCH_MAX events within
     BATCH_WINDOW, each preceded by `Runtime.advance`; the sends that come out are answered by the
-    population (see the module docstring). `progress(fraction, message)` is called as the days go by.
+    population (see the module docstring). `progress(fraction, message)` is called as the days go by;
+    `on_batch(events)` sees every batch before the engine does.
     """
     began = time.perf_counter()
     population = Population(compiled, users=users, days=days, seed=seed, start=start)
     target: Store = store if store is not None else MemoryStore()
-    runtime = Runtime(Engine(compiled, seed=seed), target, claim=1 if isinstance(target, MemoryStore) else 500)
+    watched = _Watched(target)
+    runtime = Runtime(Engine(compiled, seed=seed), watched,  # type: ignore[arg-type]
+                      claim=1 if isinstance(target, MemoryStore) else 500)
     sends = Counter[str]()
     channels = Counter[str]()
     end = datetime.fromtimestamp(population.end, UTC)
@@ -1007,9 +1128,12 @@ def run_demo(compiled: CompiledWorkspace, store: Store | None = None, *, users: 
 
     for at, until in population.windows():
         population.clock(at)
-        observe(runtime.advance(datetime.fromtimestamp(at, UTC)))  # timers and deferred sends due by now
+        if watched.next_wake() <= at:
+            observe(runtime.advance(datetime.fromtimestamp(at, UTC)))  # timers and deferred sends due by now
         batch = population.next_batch(until)
         if batch:
+            if on_batch is not None:
+                on_batch(batch)
             observe(runtime.process(batch))
         done = (until - population.first) / span
         if progress is not None and done - reported >= 0.01:
