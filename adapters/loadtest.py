@@ -43,10 +43,12 @@ async def _run(url: str, key: str | None, *, requests: int, size: int, users: in
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30, limits=limits) as client:
         gate = asyncio.Semaphore(concurrency)
 
-        async def one(serial: int) -> None:
+        async def one(serial: int, due: float | None) -> None:
             body = _batch(rng, users, size, serial)
             async with gate:
-                began = time.perf_counter()
+                # at a fixed rate the clock starts at the scheduled send time, so time spent queueing
+                # for a connection counts (no coordinated omission); flat out, it starts at the send
+                began = due if due is not None else time.perf_counter()
                 response = await client.post("/v1/batch", json=body)
                 latencies.append(time.perf_counter() - began)
             statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
@@ -54,10 +56,11 @@ async def _run(url: str, key: str | None, *, requests: int, size: int, users: in
         began = time.perf_counter()
         tasks = []
         for serial in range(requests):
+            due = None
             if rate:
                 due = began + serial * size / rate
                 await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            tasks.append(asyncio.create_task(one(serial)))
+            tasks.append(asyncio.create_task(one(serial, due)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - began
     latencies.sort()
