@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 
 from adapters.storage.sql import SqlStore, _alembic
 from journey_engine import codec
-from journey_engine.ports import StoreUnavailable, StoreVersionError
+from journey_engine.ports import Batch, StoreUnavailable, StoreVersionError
 from journey_engine.profile import Profile
 
 ROOT = Path(__file__).parent.parent
@@ -85,7 +85,6 @@ def test_a_locked_sqlite_database_fails_the_batch_cleanly(tmp_path: Path) -> Non
     store.engine = sa.create_engine(url, connect_args={"timeout": 0.2})
     holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
-    from journey_engine.ports import Batch
 
     try:
         with pytest.raises(StoreUnavailable, match="locked"):
@@ -95,3 +94,68 @@ def test_a_locked_sqlite_database_fails_the_batch_cleanly(tmp_path: Path) -> Non
         holder.close()
     assert store.load(["u1"]) == {}
     store.close()
+
+
+def _hold_write_lock(path: Path) -> sqlite3.Connection:
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    return holder
+
+
+def test_a_locked_database_during_upgrade_is_a_clear_error(tmp_path: Path) -> None:
+    """An upgrade that cannot get the write lock is StoreUnavailable saying nothing changed, not a traceback."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("PRAGMA journal_mode=WAL")  # as SqlStore left it: readers pass, the upgrade waits
+        command.upgrade(_alembic(conn), "0003")
+    engine.dispose()
+    holder = _hold_write_lock(tmp_path / "old.db")
+    try:
+        with pytest.raises(StoreUnavailable, match=r"cannot upgrade the database.*locked"):
+            SqlStore(url)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    store = SqlStore(url)
+    assert store.revision() == ScriptDirectory.from_config(_alembic(None)).get_current_head()  # type: ignore[arg-type]
+    store.close()
+
+
+def test_reads_from_a_lost_database_are_store_unavailable(tmp_path: Path) -> None:
+    """load, seen and aliases on a database that went away raise StoreUnavailable."""
+    store = SqlStore(f"sqlite:///{tmp_path / 'gone.db'}")
+    store.engine.dispose()
+    store.engine = sa.create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 1})
+    for read in (store.load, store.seen, store.aliases):
+        with pytest.raises(StoreUnavailable, match="cannot read from the database"):
+            read(["u1"])
+
+
+def test_nothing_due_is_answered_without_the_write_lock(tmp_path: Path) -> None:
+    """A timer poll with nothing due only reads: it answers while another process holds the write lock."""
+    url = f"sqlite:///{tmp_path / 'idle.db'}"
+    store = SqlStore(url)
+    profile = Profile("u1")
+    profile.wake = datetime(2026, 1, 6, tzinfo=UTC)
+    store.commit(Batch(profiles={"u1": profile}))
+    store.engine.dispose()
+    store.engine = sa.create_engine(url, connect_args={"timeout": 0.2})
+    holder = _hold_write_lock(tmp_path / "idle.db")
+    try:
+        assert store.due(datetime(2026, 1, 5, tzinfo=UTC), 500) == []
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    store.close()
+
+
+def test_timer_claims_read_the_due_index_in_order(tmp_path: Path) -> None:
+    """The claim's ORDER BY (wake_at, user_id) is served by an index, without a sort of every due row."""
+    store = SqlStore(f"sqlite:///{tmp_path / 'plan.db'}")
+    with store.engine.connect() as conn:
+        plan = " | ".join(str(r[3]) for r in conn.exec_driver_sql(
+            "EXPLAIN QUERY PLAN SELECT user_id FROM profiles WHERE wake_at <= 1e10 AND "
+            "(lease_until IS NULL OR lease_until < 1e10) ORDER BY wake_at, user_id LIMIT 500"))
+    store.close()
+    assert "ix_profiles_due" in plan and "TEMP B-TREE" not in plan, plan

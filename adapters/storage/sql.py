@@ -50,6 +50,8 @@ from .tables import (
 
 DEFAULT_URL = "sqlite:///journey.db"
 LEASE_SECONDS = 60.0
+CONNECT_TIMEOUT = 5  # seconds: an unreachable PostgreSQL is an error, not a hang
+MIGRATION_LOCK = 0x6A6F75726E6579  # pg_advisory_xact_lock key: one process upgrades the schema at a time
 _CHUNK = 900  # bound parameters per IN (SQLite allows 32766; keep statements small)
 T = TypeVar("T")
 
@@ -102,8 +104,11 @@ class SqlStore:
         kwargs: dict[str, Any] = {}
         if self.url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 5.0}
-        elif self.schema is not None:
-            kwargs["connect_args"] = {"options": f"-csearch_path={self.schema}"}
+        else:  # a pooled connection the server dropped is replaced before use, not handed out broken
+            kwargs["pool_pre_ping"] = True
+            kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+            if self.schema is not None:
+                kwargs["connect_args"]["options"] = f"-csearch_path={self.schema}"
         try:
             engine = sa.create_engine(self.url, **kwargs)
         except (sa.exc.ArgumentError, ImportError) as exc:
@@ -121,7 +126,7 @@ class SqlStore:
         return engine
 
     def _check_version(self, upgrade: bool) -> None:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             current = MigrationContext.configure(conn).get_current_revision()
         script = ScriptDirectory.from_config(_alembic(None))  # type: ignore[arg-type]
         head = script.get_current_head()
@@ -136,12 +141,21 @@ class SqlStore:
             self.upgrade()
 
     def upgrade(self, revision: str = "head") -> None:
-        """Bring the schema to `revision` in place, keeping the data (Alembic)."""
-        with self.engine.begin() as conn:
-            command.upgrade(_alembic(conn), revision)
+        """Bring the schema to `revision` in place, keeping the data (Alembic). On PostgreSQL an advisory
+        lock makes concurrent starters wait for one upgrade, then find nothing left to do."""
+        try:
+            with self.engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+                command.upgrade(_alembic(conn), revision)
+        except (OperationalError, DBAPIError) as exc:
+            if isinstance(exc, IntegrityError):
+                raise
+            raise StoreUnavailable(f"cannot upgrade the database at {_redact(self.url)}, nothing was changed: "
+                                   f"{_reason(exc)}") from None
 
     def revision(self) -> str | None:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return MigrationContext.configure(conn).get_current_revision()
 
     @contextmanager
@@ -150,8 +164,16 @@ class SqlStore:
             with self.engine.begin() as conn:
                 yield conn
         except OperationalError as exc:
-            message = str(exc.orig).strip() if exc.orig else str(exc)
-            raise StoreUnavailable(f"database error, nothing of this batch was committed: {message}") from exc
+            raise StoreUnavailable(f"database error, nothing of this batch was committed: {_reason(exc)}") from exc
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A connection for reads: an unreachable or dropped database is StoreUnavailable."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise StoreUnavailable(f"cannot read from the database at {_redact(self.url)}: {_reason(exc)}") from exc
 
     def close(self) -> None:
         self.engine.dispose()
@@ -174,7 +196,7 @@ class SqlStore:
     def load(self, users: Collection[str]) -> dict[str, Profile]:
         found: dict[str, Profile] = {}
         versions = self._versions
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             for chunk in _chunks(list(users)):
                 rows = conn.execute(sa.select(profiles_t.c.user_id, profiles_t.c.body, profiles_t.c.version)
                                     .where(profiles_t.c.user_id.in_(chunk)))
@@ -199,24 +221,28 @@ class SqlStore:
         result: dict[str, Any] = {}
         if not keys:
             return result
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             for chunk in _chunks(list(keys)):
                 result.update((k, v) for k, v in conn.execute(sa.select(key, value).where(key.in_(chunk))))
         return result
 
     def bandit(self) -> dict[tuple[str, str], dict[str, tuple[int, int]]]:
         stats: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             for journey, state, arm, sends, conversions in conn.execute(sa.select(bandit_t)):
                 stats.setdefault((journey, state), {})[arm] = (sends, conversions)
         return stats
 
     def due(self, until: datetime, limit: int) -> list[tuple[datetime, str]]:
-        """Claim users whose wake-up is due, with a lease, earliest first."""
+        """Claim users whose wake-up is due, with a lease, earliest first. When nothing is due, one indexed
+        read answers and no write transaction is opened (timer workers poll this often)."""
         wall = self.wall()
         free = sa.or_(profiles_t.c.lease_until.is_(None), profiles_t.c.lease_until < wall)
-        pick = (sa.select(profiles_t.c.user_id).where(profiles_t.c.wake_at <= until.timestamp(), free)
-                .order_by(profiles_t.c.wake_at, profiles_t.c.user_id).limit(limit))
+        due = sa.select(profiles_t.c.user_id).where(profiles_t.c.wake_at <= until.timestamp(), free)
+        with self._reading() as conn:
+            if conn.execute(due.limit(1)).first() is None:
+                return []
+        pick = due.order_by(profiles_t.c.wake_at, profiles_t.c.user_id).limit(limit)
         if self.dialect == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
         claim = (sa.update(profiles_t).where(profiles_t.c.user_id.in_(pick.scalar_subquery()))
@@ -345,7 +371,7 @@ class SqlStore:
 
     def state_counts(self) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             for journey, state, users in conn.execute(sa.select(counts_t)):
                 counts.setdefault(journey, {})[state] = users
         return counts
@@ -380,7 +406,7 @@ class SqlStore:
         return {"processed": ids, "trace": old, "outbox": sent}
 
     def trace(self, user: str, limit: int = 200) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             rows = conn.execute(sa.select(trace_t.c.body).where(trace_t.c.user_id == user)
                                 .order_by(trace_t.c.id.desc()).limit(limit)).scalars().all()
         return [json.loads(r) for r in reversed(rows)]
@@ -406,7 +432,7 @@ class SqlStore:
         return bool(bodies)
 
     def aliases_to(self, user: str) -> list[tuple[str, str]]:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return [(a, b) for a, b in conn.execute(sa.select(aliases_t.c.previous_id, aliases_t.c.user_id)
                                                     .where(aliases_t.c.user_id == user))]
 
@@ -414,7 +440,7 @@ class SqlStore:
         query = sa.select(outbox_t).where(outbox_t.c.user_id == user).order_by(outbox_t.c.at, outbox_t.c.key)
         if channel is not None:
             query = query.where(outbox_t.c.channel == channel)
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
     def inbox(self, user: str, engine: JourneyEngine) -> list[dict[str, Any]]:
@@ -503,15 +529,15 @@ class SqlStore:
         query = sa.select(outbox_t).order_by(outbox_t.c.at, outbox_t.c.key)
         if status is not None:
             query = query.where(outbox_t.c.status == status)
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
     def count(self, table: sa.Table) -> int:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
     def all_profiles(self) -> Iterator[Profile]:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             for (body,) in conn.execute(sa.select(profiles_t.c.body).order_by(profiles_t.c.user_id)):
                 yield codec.decode(body, self.defaults)
 
@@ -574,6 +600,10 @@ def _json_default(value: Any) -> Any:
 def _chunks(items: list[T], size: int = _CHUNK) -> Iterator[list[T]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def _reason(exc: DBAPIError) -> str:
+    return str(exc.orig).strip() if exc.orig else str(exc)
 
 
 def _redact(url: str) -> str:

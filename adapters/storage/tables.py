@@ -16,7 +16,7 @@ class ProfileRow(SQLModel, table=True):
     __tablename__ = "profiles"
     user_id: str = Field(primary_key=True)
     body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    wake_at: float | None = Field(default=None, index=True)  # epoch seconds, engine clock
+    wake_at: float | None = None  # epoch seconds, engine clock; ix_profiles_due is (wake_at, user_id)
     lease_until: float | None = None  # epoch seconds, wall clock: a claim by a timer worker
     updated_at: float
     version: int = 1  # bumped by every write: a commit writes only over the version it loaded
@@ -107,3 +107,4 @@ Index("ix_segment_history_open", SegmentHistoryRow.__table__.c.user_id, SegmentH
 Index("ix_outbox_claim", OutboxRow.__table__.c.next_attempt_at, OutboxRow.__table__.c.key,
       sqlite_where=text("status = 'pending' AND channel <> 'in_app'"),
       postgresql_where=text("status = 'pending' AND channel <> 'in_app'"))
+Index("ix_profiles_due", ProfileRow.__table__.c.wake_at, ProfileRow.__table__.c.user_id)
