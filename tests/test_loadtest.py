@@ -23,7 +23,7 @@ def test_rate_mode_measures_from_the_scheduled_send_time(monkeypatch: pytest.Mon
     def client(*args: Any, **kwargs: Any) -> httpx.AsyncClient:
         return real(*args, **{**kwargs, "transport": httpx.MockTransport(slow)})
 
-    monkeypatch.setattr(loadtest.httpx, "AsyncClient", client)
+    monkeypatch.setattr(httpx, "AsyncClient", client)
     result = loadtest.run_http_bench("http://test", requests=6, size=1, concurrency=1, rate=1_000_000)
     assert result["statuses"] == {"200": 6}
     assert result["p99_ms"] >= 250  # the sixth waited for five others of 50 ms each
