@@ -17,7 +17,7 @@ from .errors import JourneyError
 from .profile import Deferred, Instance, Profile
 
 FORMAT = 3
-_READS = (2, 3)  # format 2 had no bounced addresses at the end
+_READS = (2, 3)  # format 2 ended before the bounced addresses and the held entry rules
 
 
 class CodecError(JourneyError, ValueError):
@@ -38,6 +38,7 @@ def encode(profile: Profile, defaults: Mapping[str, Any] | None = None) -> bytes
         [[d.due, d.journey, d.key, d.state, d.message, d.visit] for d in profile.deferred] if profile.deferred
         else None,
         profile.engagements or None, profile.wake_at, profile.segments_due_at, profile.bounced,
+        profile.held,
     ]
     return msgpack.packb(body, datetime=True)  # type: ignore[no-any-return]
 
@@ -52,9 +53,9 @@ def decode(blob: bytes, defaults: Mapping[str, Any] | None = None) -> Profile:
         raise CodecError(f"a stored profile has format {version}; this engine reads format {FORMAT}: "
                          "upgrade journey-engine")
     if body[0] == 2:
-        body.append(None)
+        body.extend((None, None))
     (_, user_id, traits, metrics, windows, segments, for_since, instances, entries, ledger, choices,
-     deferred, engagements, wake_at, segments_due_at, bounced) = body
+     deferred, engagements, wake_at, segments_due_at, bounced, held) = body
     profile = Profile(user_id, defaults)
     profile.traits = traits
     profile.metric_values = metrics
@@ -77,6 +78,7 @@ def decode(blob: bytes, defaults: Mapping[str, Any] | None = None) -> Profile:
     profile.wake_at = wake_at
     profile.segments_due_at = segments_due_at
     profile.bounced = tuple(bounced) if bounced else None
+    profile.held = tuple(held) if held else None
     return profile
 
 

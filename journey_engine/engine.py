@@ -279,6 +279,7 @@ class Engine:
             into.subscriptions.setdefault(name, choice)
         into.engagements = sorted((into.engagements or []) + (other.engagements or []))[-MAX_ENGAGEMENTS:] or None
         into.bounced = tuple(dict.fromkeys((*(into.bounced or ()), *(other.bounced or ())))) or None
+        into.held = tuple(dict.fromkeys((*(into.held or ()), *(other.held or ())))) or None
         self._segments(run, metrics=set(self.cw.metrics.metrics), traits=True, timed=True)
         run.changed = True
         self._journeys(run, None)
@@ -484,7 +485,7 @@ class Engine:
         elif entry.segment is not None:
             if entry.segment not in run.entered:
                 return
-        elif not run.changed:
+        elif not run.changed or not self._became_true(run, cj):
             return
         key = ""
         if entry.on is not None and event is not None and entry.on == event.name and cj.journey.entry.key:
@@ -509,6 +510,19 @@ class Engine:
         run.out.records.append(trace.journey_entered(run.now, run.profile.user_id, cj.name, key or None,
                                                      inst.state, **extra))
         self._arrive(run, cj, inst)
+
+    @staticmethod
+    def _became_true(run: _Run, cj: CompiledJourney) -> bool:
+        """An `if:` entry fires when its rule becomes true, not on every change while it holds: the
+        profile remembers which entry rules held when last checked."""
+        assert cj.entry.rule is not None
+        run.scope.pop("journey", None)
+        holds = cj.entry.rule(run.scope, run.now)
+        held = run.profile.held or ()
+        if holds == (cj.name in held):
+            return False
+        run.profile.held = (*held, cj.name) if holds else tuple(n for n in held if n != cj.name) or None
+        return holds
 
     def _may_reenter(self, run: _Run, cj: CompiledJourney, ikey: InstanceKey) -> bool:
         last = run.profile.entries.get(ikey) if run.profile.entries else None

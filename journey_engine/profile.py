@@ -73,8 +73,9 @@ class Profile:
     fields behind them (`metric_values`, `wake_at`, `choices`).
     """
 
-    __slots__ = ("bounced", "choices", "defaults", "deferred", "engagements", "entries", "for_since", "instances",
-                 "ledger", "metric_values", "segments", "segments_due_at", "traits", "user_id", "wake_at", "windows")
+    __slots__ = ("bounced", "choices", "defaults", "deferred", "engagements", "entries", "for_since", "held",
+                 "instances", "ledger", "metric_values", "segments", "segments_due_at", "traits", "user_id", "wake_at",
+                 "windows")
 
     def __init__(self, user_id: str, defaults: Mapping[str, Any] | None = None) -> None:
         self.user_id = user_id
@@ -91,6 +92,7 @@ class Profile:
         self.deferred: list[Deferred] | None = None
         self.engagements: list[float] | None = None  # epochs of opens and clicks, oldest first, the last 50
         self.bounced: tuple[str, ...] | None = None  # addresses that bounced hard: never sent to again
+        self.held: tuple[str, ...] | None = None  # journeys whose `if:` entry rule held when last checked
         self.wake_at: float | None = None  # epoch of the next time this user needs the engine without an event
         self.segments_due_at = UNSETTLED  # epoch from which a wake-up must re-run time-driven segments
 

@@ -54,3 +54,19 @@ def test_a_newer_format_is_refused_with_a_clear_message() -> None:
 
     with pytest.raises(codec.CodecError, match="upgrade journey-engine"):
         codec.decode(msgpack.packb([99, "u1"]))
+
+
+def test_bounced_addresses_and_held_entry_rules_survive_and_format_2_still_reads() -> None:
+    """Format 3 keeps the new fields; a format 2 blob (written before them) reads with them empty."""
+    from journey_engine.profile import Profile
+
+    profile = Profile("u1")
+    profile.bounced, profile.held = ("a@example.com",), ("trial",)
+    back = codec.decode(codec.encode(profile))
+    assert (back.bounced, back.held) == (("a@example.com",), ("trial",))
+    import msgpack
+
+    old = msgpack.unpackb(codec.encode(Profile("u2")), timestamp=3)
+    old[0] = 2
+    back = codec.decode(msgpack.packb(old[:-2], datetime=True))
+    assert (back.user_id, back.bounced, back.held) == ("u2", None, None)

@@ -112,3 +112,23 @@ states:
     h.track("u1", "Done")
     assert h.state("u1", "loop") is None
     assert h.records("u1", "journey_exited")[-1]["reason"] == "final"
+
+
+def test_an_if_entry_fires_when_the_rule_becomes_true_not_on_every_change(tmp_path: Path) -> None:
+    """With `reentry: always`, an `if:` entry re-enrolls only after the rule was false in between."""
+    h = harness(tmp_path, """\
+journey: trial
+entry:
+  if: "traits.plan == 'trial'"
+  reentry: always
+initial: hello
+states:
+  hello:
+    final: true
+""")
+    h.identify("u1", {"plan": "trial"})
+    h.identify("u1", {"name": "Ann"})  # another change while the rule still holds: no second entry
+    assert len(h.records("u1", "journey_entered")) == 1
+    h.identify("u1", {"plan": "pro"})
+    h.identify("u1", {"plan": "trial"})
+    assert len(h.records("u1", "journey_entered")) == 2
