@@ -51,9 +51,11 @@ class WorkspaceError(JourneyError, ValueError):
 
 
 class ScenarioError(JourneyError, ValueError):
-    def __init__(self, file: str, line: int, message: str) -> None:
-        self.file, self.line = file, line
-        super().__init__(f"{file}:{line}: {message}")
+    """A scenario that does not load: one `file:line:col: message` line per problem."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(f"{p.file}:{p.line}:{p.column}: {p.message}" for p in self.problems))
 
 
 class InvalidEventError(JourneyError, ValueError):

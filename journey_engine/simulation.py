@@ -176,11 +176,7 @@ def _step(doc: Document, index: int, raw: Any) -> _Step:
 
 
 def _refused(first: Problem, *more: Problem) -> ScenarioError:
-    """A ScenarioError whose text is `file:line:col: message` (SPEC §5), one line per problem."""
-    error = ScenarioError(first.file, first.line, first.message)
-    # ScenarioError's own text has no column
-    error.args = ("\n".join(f"{p.file}:{p.line}:{p.column}: {p.message}" for p in (first, *more)),)
-    return error
+    return ScenarioError([first, *more])
 
 
 def check_names(loaded: LoadedScenario, compiled: CompiledWorkspace) -> None:
