@@ -137,3 +137,24 @@ def test_open_source_counts_lines_and_a_missing_file_is_an_os_error(tmp_path: Pa
         assert total == 2 and len(list(read_events(handle, now=NOW))) == 2
     with pytest.raises(FileNotFoundError):
         open_source(str(tmp_path / "missing.jsonl"))
+
+
+def test_a_store_failure_leaves_the_report_of_what_was_committed(store: SqlStore) -> None:
+    """When the store goes away mid-way, the report given says how many events were committed."""
+    from adapters.sources.jsonl import IngestReport
+    from journey_engine.ports import StoreUnavailable
+
+    calls = []
+
+    def erased(users: Any) -> set[str]:
+        calls.append(users)
+        if len(calls) > 1:
+            raise StoreUnavailable("database is locked")
+        return store.erased(users)
+
+    report = IngestReport()
+    runtime = Runtime(Engine(COMPILED), store, claim=500)
+    with pytest.raises(StoreUnavailable):
+        ingest([line(), line(userId="u2", messageId="n")], runtime, erased=erased, now=lambda: NOW, batch=1,
+               report=report)
+    assert report.accepted == 1

@@ -90,15 +90,17 @@ def ingest(lines: Iterable[bytes | str], runtime: Runtime, *, erased: Callable[[
            trigger_window: timedelta | None = timedelta(hours=24),
            now: Callable[[], datetime] = lambda: datetime.now(UTC),
            on_bad: Callable[[BadLine], None] = lambda _: None,
-           on_progress: Callable[[IngestReport], None] = lambda _: None) -> IngestReport:
+           on_progress: Callable[[IngestReport], None] = lambda _: None,
+           report: IngestReport | None = None) -> IngestReport:
     """Validate `lines` and commit their events through `runtime`, `batch` events per commit.
 
     `clock="wall"` applies events at `now()`, with the trigger window (old events are backfills);
     `clock="event"` replays each event at its own time (no trigger window) and fires timers in between.
     `erased` is the store's lookup of erased user ids. Bad lines go to `on_bad`; nothing read is lost
     when reading fails (the pending events are committed first). StoreUnavailable propagates; the
-    report then counts what was committed, and running again is safe (duplicates are ignored)."""
-    report = IngestReport()
+    `report` given (filled in place) then counts what was committed, and running again is safe
+    (duplicates are ignored)."""
+    report = report if report is not None else IngestReport()
     pending: list[Event] = []
     last: datetime | None = None
 
