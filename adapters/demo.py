@@ -270,7 +270,13 @@ class ChoiceResult:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HoldoutResult:
-    """A journey with a holdout: entrants converting (any order) within the goal window, by group."""
+    """A journey with a holdout: entrants who ordered again within the goal window, treated against held out.
+
+    Like with like: both groups are the journey's first entries whose whole goal window lies inside the
+    run (entered at least `within_days` before its end, the warm-up year included), and a conversion is
+    an order after the one they entered with, within the window. The engine picks the held-out users by
+    a hash of their id, so the two groups differ only in the messages.
+    """
 
     journey: str
     within_days: float
@@ -278,6 +284,7 @@ class HoldoutResult:
     treated_converted: int
     holdout: int
     holdout_converted: int
+    too_late: int  # entrants left out: their goal window was still open at the end
 
     @property
     def treated_rate(self) -> float | None:
@@ -291,6 +298,20 @@ class HoldoutResult:
     def lift(self) -> float | None:
         t, h = self.treated_rate, self.holdout_rate
         return t / h - 1 if t is not None and h else None
+
+    @property
+    def difference(self) -> float | None:
+        t, h = self.treated_rate, self.holdout_rate
+        return t - h if t is not None and h is not None else None
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """95% interval of the difference of rates (Newcombe's hybrid score, as `journey report`)."""
+        from adapters.reports import newcombe_interval
+
+        if not self.treated or not self.holdout:
+            return None
+        return newcombe_interval(self.treated_converted, self.treated, self.holdout_converted, self.holdout)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1013,16 +1034,20 @@ class Population:
 
     def _holdout(self, journey: str, within: float) -> HoldoutResult:
         counts = {False: [0, 0], True: [0, 0]}
+        late = 0
         for user_id, (at, held) in self.tally.entrants.get(journey, {}).items():
             user = self._find(user_id)
             if user is None:
                 continue
+            if at + within > self.end:
+                late += 1
+                continue
             counts[held][0] += 1
             # the order that made them eligible is at `at`: count the ones after it
-            counts[held][1] += any(at + 1 < t <= at + within and t < self.end for t in user.orders)
+            counts[held][1] += any(at + 1 < t <= at + within for t in user.orders)
         return HoldoutResult(journey=journey, within_days=within / DAY, treated=counts[False][0],
                              treated_converted=counts[False][1], holdout=counts[True][0],
-                             holdout_converted=counts[True][1])
+                             holdout_converted=counts[True][1], too_late=late)
 
 
 class _WorkspaceFacts:
