@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,27 +14,62 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.script import ScriptDirectory
 
-from adapters.storage.sql import SqlStore, _alembic
+from adapters.storage.sql import SqlStore, _alembic, history_t
 from journey_engine import codec
+from journey_engine.compiler import load_workspace
+from journey_engine.engine import Engine
+from journey_engine.events import Event
 from journey_engine.ports import Batch, StoreUnavailable, StoreVersionError
 from journey_engine.profile import Profile
+from journey_engine.runtime import MemoryStore, Runtime
+
+from .conftest import postgres_or_skip
 
 ROOT = Path(__file__).parent.parent
+COMPILED = load_workspace(Path(__file__).parent / "workspaces" / "basic")
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
 
-def test_an_older_database_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path) -> None:
-    """A database at the first schema, with data, is upgraded to the latest and reads back the same."""
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+def _old(name: str, *columns: str) -> sa.TableClause:
+    return sa.table(name, *(sa.column(c) for c in columns))
+
+
+def _fill_first_schema(conn: sa.Connection) -> None:
+    """Every table of revision 0001, as that version wrote them: a user in a journey and a segment."""
+    runtime_store = MemoryStore()
+    Runtime(Engine(COMPILED), runtime_store).process([
+        Event(type="identify", user_id="u1", traits={"email": "a@example.com"}, timestamp=T0),
+        Event(type="track", user_id="u1", name="Signed Up", timestamp=T0)], T0)
+    profile = runtime_store.profiles["u1"]
+    profile.segments = ("vip", "newcomer")
+    rows = {
+        "profiles": [{"user_id": "u1", "body": codec.encode(profile), "wake_at": profile.wake_at,
+                      "updated_at": T0.timestamp()}],
+        "aliases": [{"previous_id": "anon-1", "user_id": "u1"}],
+        "processed": [{"message_id": "m1", "at": T0.timestamp()}],
+        "trace": [{"user_id": "u1", "at": "2026-01-05T09:00:00Z", "kind": kind, "journey": None,
+                   "body": json.dumps({"kind": kind, "at": at, "user": "u1", "segment": "vip"})}
+                  for kind, at in (("segment_entered", "2026-01-05T09:00:00Z"),
+                                   ("segment_left", "2026-01-06T09:00:00Z"),
+                                   ("segment_entered", "2026-01-07T09:00:00Z"))],
+        "outbox": [{"key": "k1", "user_id": "u1", "at": T0.timestamp(), "channel": "email", "message": "welcome_email",
+                    "journey": "onboarding", "payload": "{}", "status": "pending", "attempts": 0,
+                    "next_attempt_at": T0.timestamp(), "last_error": None}],
+        "bandit": [{"journey": "onboarding", "state": "nudge", "arm": "a", "sends": 3, "conversions": 1}],
+    }
+    for table, values in rows.items():
+        conn.execute(sa.insert(_old(table, *values[0])), values)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_an_older_database_is_upgraded_in_place_and_keeps_its_data(kind: str, tmp_path: Path) -> None:
+    """A database at the first schema, with every table filled, is upgraded to the latest: its data reads
+    back the same and the derived tables (state counts, segment history) are rebuilt from it."""
+    url = f"sqlite:///{tmp_path / 'old.db'}" if kind == "sqlite" else postgres_or_skip()
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         command.upgrade(_alembic(conn), "0001")
-    profile = Profile("u1")
-    profile.traits = {"email": "a@example.com"}
-    profile.wake = datetime(2026, 1, 5, tzinfo=UTC)
-    with engine.begin() as conn:
-        old_profiles = sa.table("profiles", *(sa.column(c) for c in ("user_id", "body", "wake_at", "updated_at")))
-        conn.execute(sa.insert(old_profiles), [{"user_id": "u1", "body": codec.encode(profile),
-                                              "wake_at": profile.wake.timestamp(), "updated_at": 0.0}])
+        _fill_first_schema(conn)
         tables = set(sa.inspect(conn).get_table_names())
     engine.dispose()
     assert "segment_history" not in tables
@@ -42,11 +78,25 @@ def test_an_older_database_is_upgraded_in_place_and_keeps_its_data(tmp_path: Pat
     result = subprocess.run([sys.executable, "-m", "adapters.cli", "db", "upgrade", "--database", url], cwd=ROOT,
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
-    store = SqlStore(url, upgrade=False)
-    assert store.revision() == ScriptDirectory.from_config(_alembic(None)).get_current_head()
-    assert store.load(["u1"])["u1"].traits == {"email": "a@example.com"}
-    assert [u for _, u in store.due(datetime(2026, 1, 6, tzinfo=UTC), 5)] == ["u1"]
-    store.close()
+    store = SqlStore(url, upgrade=False, defaults=dict(COMPILED.metrics.defaults))
+    try:
+        assert store.revision() == ScriptDirectory.from_config(_alembic(None)).get_current_head()  # type: ignore[arg-type]
+        profile = store.load(["u1"])["u1"]
+        assert profile.traits == {"email": "a@example.com"}
+        assert [u for _, u in store.due(T0 + timedelta(days=30), 5)] == ["u1"]
+        assert store.aliases(["anon-1"]) == {"anon-1": "u1"} and store.seen(["m1"]) == {"m1"}
+        assert [r["segment"] for r in store.trace("u1")] == ["vip", "vip", "vip"]
+        assert [r["key"] for r in store.outbox()] == ["k1"]
+        assert store.bandit() == {("onboarding", "nudge"): {"a": (3, 1)}}
+        assert store.state_counts() == {"onboarding": {"welcome": 1}}
+        with store.engine.connect() as conn:
+            history = sorted(tuple(r) for r in conn.execute(sa.select(
+                history_t.c.segment, history_t.c.entered_at, history_t.c.left_at)))
+        assert history == [("newcomer", "2026-01-05T09:00:00Z", None),
+                           ("vip", "2026-01-05T09:00:00Z", "2026-01-06T09:00:00Z"),
+                           ("vip", "2026-01-07T09:00:00Z", None)]
+    finally:
+        store.close()
 
 
 def test_a_database_from_a_newer_version_is_refused(tmp_path: Path) -> None:

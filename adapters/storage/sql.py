@@ -96,7 +96,11 @@ class SqlStore:
         self.engine = self._connect()
         self.dialect = self.engine.dialect.name
         self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        self._check_version(upgrade)
+        try:
+            self._check_version(upgrade)
+        except BaseException:
+            self.engine.dispose()  # a refused start leaves no connection behind
+            raise
 
     # --- connection and schema ----------------------------------------------------------------
 
