@@ -440,12 +440,15 @@ def demo(users: Annotated[int, typer.Option(help="synthetic users")] = 10_000,
     verdict = "beats" if result.adaptive_beat_fixed else "does not beat"
     out.print(f"  overall: the bandit {verdict} the fixed choice: "
               f"{result.adaptive_rate:.2%} vs {result.fixed_rate:.2%}")
+    out.rule("journeys against their holdout")
     for h in result.holdouts:
-        treated = h.treated_converted / h.treated if h.treated else 0.0
-        held = h.holdout_converted / h.holdout if h.holdout else 0.0
-        out.print(f"  {h.journey}: {treated:.1%} of {h.treated} treated converted vs {held:.1%} of {h.holdout} "
-                  "held out")
-    html.write_text(render_html(built), encoding="utf-8")
+        treated, held = h.treated_rate or 0.0, h.holdout_rate or 0.0
+        line = f"  {h.journey}: {treated:.1%} of {h.treated} treated converted vs {held:.1%} of {h.holdout} held out"
+        if h.difference is not None and h.interval is not None:
+            low, high = h.interval
+            line += f"; difference {h.difference * 100:+.1f} pp (95% CI {low * 100:+.1f} to {high * 100:+.1f} pp)"
+        out.print(line, soft_wrap=True)
+    html.write_text(render_html(built, result), encoding="utf-8")
     out.print(f"\n{result.events:,} events, {result.sends:,} sends in {result.elapsed_seconds:.0f} s; "
               f"report written to {html}")
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from rich.console import Console
@@ -25,6 +25,9 @@ from journey_engine.errors import UnknownJourneyError
 from journey_engine.graph import format_duration
 from journey_engine.model import Choose
 from journey_engine.selection import estimates
+
+if TYPE_CHECKING:
+    from adapters.demo import ChoiceResult, DemoResult, HoldoutResult
 
 EXIT_REASONS = ("final", "exit", "goal")
 ENGAGEMENTS = ("delivered", "opened", "clicked", "bounced", "unsubscribed")
@@ -775,8 +778,10 @@ _BAR_LABEL, _BAR_WIDTH, _BAR_ROW = 170, 380, 28
 _TEXT_COLUMNS = {"channel", "suppressed", "strategy", "arm"}
 
 
-def render_html(report: Report) -> str:
-    """The report as one self-contained page: inline CSS and SVG, no scripts, nothing fetched."""
+def render_html(report: Report, demo: DemoResult | None = None) -> str:
+    """The report as one self-contained page: inline CSS and SVG, no scripts, nothing fetched. With the
+    result of `journey demo`, the page opens with the run: its population, the bandits against a fixed
+    choice and the holdouts."""
     journeys = "".join(_html_journey(j) for j in report.journeys)
     segments = "".join(_html_segment(s) for s in report.segments)
     segment_part = f"<section><h2>Segments</h2>{_COHORT_NOTE}<div class=\"segments\">{segments}</div></section>" \
@@ -785,7 +790,49 @@ def render_html(report: Report) -> str:
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>journey report</title><style>{_CSS}</style></head><body>"
             f"<header><h1>journey report</h1><p>as of {escape(_iso(report.now))}</p></header>"
-            f"<main>{journeys}{segment_part}</main></body></html>\n")
+            f"<main>{_html_demo(demo) if demo is not None else ''}{journeys}{segment_part}</main></body></html>\n")
+
+
+DEMO_CHOICE_COLUMNS = ("state", "decisions", "with a choice", "bandit", "always first", "best possible", "picks")
+DEMO_HOLDOUT_COLUMNS = ("journey", "treated", "converted", "held out", "converted", "difference", "95% interval")
+
+
+def _html_demo(demo: DemoResult) -> str:
+    """The demo run: who lived through it, the adaptive choice against a fixed one, and the holdouts."""
+    t = demo.traffic
+    parts = ['<section id="demo"><h2>Demo run</h2>',
+             f"<p>{demo.users:,} synthetic users, {demo.days} days from {escape(_iso(demo.start))} (seed {demo.seed}, "
+             f"after a {demo.warmup_days}-day warm-up of existing customers' orders): {demo.events:,} events, "
+             f"{demo.sends:,} sends.</p>",
+             f'<p class="muted">Sessions {t.sessions:,}, median {t.median_events:g} events; {_pct(t.add_to_cart)} add '
+             f"to a cart, {_pct(t.abandoned)} of carts abandoned, {_pct(t.converted)} convert; median repeat-purchase "
+             f"gap {t.repeat_gap_median:g} days.</p>",
+             "<h3>Adaptive choice against a fixed one</h3>",
+             '<p class="muted">Expected goal conversions per decision under the demo\'s response model, for the '
+             "same users at the same moments: the bandit's picks, always the first eligible candidate, and the best "
+             "candidate for each user.</p>",
+             _html_table(DEMO_CHOICE_COLUMNS, [_demo_choice_cells(c) for c in demo.choices]),
+             f"<p>Overall: the bandit {'beats' if demo.adaptive_beat_fixed else 'does not beat'} the fixed choice, "
+             f"{_pct(demo.adaptive_rate)} against {_pct(demo.fixed_rate)} per decision.</p>"]
+    if demo.holdouts:
+        parts += ["<h3>Journeys against their holdout</h3>",
+                  '<p class="muted">First entries with the whole goal window inside the run; converted: another '
+                  "order within the window.</p>",
+                  _html_table(DEMO_HOLDOUT_COLUMNS, [_demo_holdout_cells(h) for h in demo.holdouts])]
+    return "".join(parts) + "</section>"
+
+
+def _demo_choice_cells(c: ChoiceResult) -> list[str]:
+    picks = ", ".join(f"{m} {n}" for m, n in c.picks.items())
+    return [f"{c.journey}.{c.state}", str(c.decisions), str(c.with_choice), _pct(c.adaptive_rate),
+            _pct(c.fixed_rate), _pct(c.best_rate), picks]
+
+
+def _demo_holdout_cells(h: HoldoutResult) -> list[str]:
+    interval = h.interval
+    shown = "–" if interval is None else f"{_points(interval[0])} to {_points(interval[1])}"
+    return [h.journey, str(h.treated), _pct(h.treated_rate), str(h.holdout), _pct(h.holdout_rate),
+            _points(h.difference), shown]
 
 
 def _html_journey(journey: JourneyReport) -> str:

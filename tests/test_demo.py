@@ -203,3 +203,23 @@ def test_sign_ups_look_real(generated: tuple[Population, list[Event]]) -> None:
     assert 0.1 <= sum("phone" in t for t in traits) / len(traits) <= 0.5
     assert 0.2 <= sum("locale" in t for t in traits) / len(traits) <= 0.9
     assert len({t["timezone"] for t in traits}) >= 8
+
+
+def test_html_report_of_the_demo_shows_the_choices_and_the_holdouts(compiled: CompiledWorkspace,
+                                                                   tmp_path: Path) -> None:
+    """render_html with the demo's result adds the run, the bandits against a fixed choice and the holdout
+    summary to the self-contained page."""
+    from adapters.reports import build_report, render_html
+
+    store = SqlStore(f"sqlite:///{tmp_path / 'h.db'}", defaults=dict(compiled.metrics.defaults))
+    try:
+        result = run_demo(compiled, store, users=150, days=3)
+        page = render_html(build_report(store, compiled), result)
+    finally:
+        store.close()
+    demo = page[page.index('<section id="demo">'):page.index('<section class="journey"')]
+    assert "150 synthetic users, 3 days" in demo
+    assert "Adaptive choice against a fixed one" in demo and "onboarding.tips" in demo
+    assert f"the bandit {'beats' if result.adaptive_beat_fixed else 'does not beat'} the fixed choice" in demo
+    assert "Journeys against their holdout" in demo and "<td>loyalty</td>" in demo and "95% interval" in demo
+    assert "http" not in page and "<script" not in page
