@@ -78,21 +78,43 @@ class Batch:
 
 
 class Store(Protocol):
-    def load(self, users: Collection[str]) -> dict[str, Profile]: ...
+    """Where the engine's state lives. Every method may raise `StoreUnavailable` (unreachable, locked,
+    a dropped connection); construction may also raise `StoreVersionError`. Reads are of committed data."""
 
-    def aliases(self, users: Collection[str]) -> dict[str, str]: ...
+    def load(self, users: Collection[str]) -> dict[str, Profile]:
+        """The committed profiles of `users` (absent users are absent), fresh objects the caller may mutate
+        until its next `commit`; remembers their versions for that commit (same thread)."""
+        ...
 
-    def seen(self, message_ids: Collection[str]) -> set[str]: ...
+    def aliases(self, users: Collection[str]) -> dict[str, str]:
+        """previous id -> the user it was merged into, for those of `users` that were merged."""
+        ...
 
-    def due(self, until: datetime, limit: int) -> list[tuple[datetime, str]]: ...
+    def seen(self, message_ids: Collection[str]) -> set[str]:
+        """The messageIds among these that were committed within at least `DEDUPE_FOR` of arrival."""
+        ...
 
-    def commit(self, batch: Batch) -> None: ...
+    def due(self, until: datetime, limit: int) -> list[tuple[datetime, str]]:
+        """Claim up to `limit` users whose wake-up is at or before `until`, earliest first (see above)."""
+        ...
+
+    def commit(self, batch: Batch) -> None:
+        """Write the whole batch atomically (see above). Raises `ConflictError` when another worker
+        committed first, `StoreUnavailable` when the database failed; either way nothing was written."""
+        ...
 
     def bandit(self) -> dict[tuple[str, str], dict[str, tuple[int, int]]]:
         """Every bandit's arms as committed: (journey, state) -> arm -> (sends, conversions)."""
         ...
 
-    def close(self) -> None: ...
+    def prune(self, now: datetime, trace_for_days: float = 90) -> dict[str, int]:
+        """Forget messageIds that arrived more than `DEDUPE_FOR` ago, and trace records and finished
+        sends older than `trace_for_days` before `now`. Idempotent; returns how many went, per kind."""
+        ...
+
+    def close(self) -> None:
+        """Release connections. Idempotent."""
+        ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
 
 from . import trace
-from .engine import Engine, Outcome
+from .engine import Engine, Outcome, SendMessage
 from .events import Event
 from .ports import DEDUPE_FOR, Batch, Store
 from .profile import Profile
@@ -29,7 +29,7 @@ class MemoryStore:
         self.processed: dict[str, float | None] = {}  # messageId -> first prune that saw it (None: none yet)
         self.alias_map: dict[str, str] = {}
         self.records: list[trace.Record] | None = None  # keep the trace only when asked
-        self.outbox: list[object] = []
+        self.outbox: list[SendMessage] = []  # every committed send, in commit order (nothing dispatches them)
         self._bandit: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
         self._woken: dict[str, float] = {}
 
@@ -65,6 +65,7 @@ class MemoryStore:
             self._rest(batch)
         for message_id, _ in batch.message_ids:
             self.processed[message_id] = None  # arrived now; `prune` stamps it with its own clock
+        self.outbox.extend(batch.sends)
         if self.records is not None:
             self.records.extend(batch.records)
         for (journey, state, arm), (sends, conversions) in batch.bandit.items():

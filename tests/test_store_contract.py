@@ -12,7 +12,7 @@ from journey_engine.compiler import load_workspace
 from journey_engine.engine import Engine
 from journey_engine.events import Event
 from journey_engine.ports import Batch, ConflictError
-from journey_engine.runtime import Runtime
+from journey_engine.runtime import MemoryStore, Runtime
 from journey_engine.testing import Harness
 
 from .conftest import StoreFactory
@@ -280,3 +280,42 @@ def test_erasing_an_aliased_id_erases_the_user_it_was_merged_into(store_factory:
     assert store.aliases(["anon-7"]) == {}
     assert store.seen(["m-late"]) == set()
     assert store.erased(["anon-7", "real-7"]) == {"anon-7", "real-7"}
+
+
+def _outbox_keys(store: Any) -> list[str]:
+    if isinstance(store, MemoryStore):
+        return [send.idempotency_key for send in store.outbox]
+    return [row["key"] for row in store.outbox()]
+
+
+def _trace_kinds(store: Any, user: str) -> list[str]:
+    if isinstance(store, MemoryStore):
+        return [r["kind"] for r in store.records or [] if r.get("user") == user]
+    return [r["kind"] for r in store.trace(user)]
+
+
+def test_a_commit_writes_its_sends_to_the_outbox_and_its_records_to_the_trace(store_factory: StoreFactory) -> None:
+    """The sends and trace records of a committed batch are stored with it, once each."""
+    store = _store(store_factory)
+    if isinstance(store, MemoryStore):
+        store.records = []  # the memory store keeps the trace only when asked
+    runtime = Runtime(Engine(COMPILED), store)
+    signup = [_identify("u1", {"email": "a@b.c"}, T0, "i0"),
+              Event(type="track", user_id="u1", name="Signed Up", timestamp=T0, message_id="s0")]
+    out = runtime.process(signup, T0)
+    assert _outbox_keys(store) == [s.idempotency_key for s in out.sends] != []
+    assert _trace_kinds(store, "u1") == [r["kind"] for r in out.records if r.get("user") == "u1"]
+    runtime.process(signup, T0)  # duplicates: no second send
+    assert _outbox_keys(store) == [s.idempotency_key for s in out.sends]
+
+
+def test_prune_is_part_of_every_store_and_returns_counts(store_factory: StoreFactory) -> None:
+    """prune() exists on every store, is idempotent and says how many messageIds it forgot."""
+    wall = [T0.timestamp()]
+    store = (store_factory() if store_factory.kind == "memory"  # type: ignore[attr-defined]
+             else store_factory(defaults=_defaults(), wall=lambda: wall[0]))
+    store.commit(Batch(message_ids=[("m1", T0)]))
+    assert store.prune(T0)["processed"] == 0
+    wall[0] = (T0 + timedelta(days=8)).timestamp()
+    assert store.prune(T0 + timedelta(days=8))["processed"] == 1
+    assert store.prune(T0 + timedelta(days=8))["processed"] == 0
