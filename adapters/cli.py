@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -451,6 +452,10 @@ def demo(users: Annotated[int, typer.Option(help="synthetic users")] = 10_000,
     html.write_text(render_html(built, result), encoding="utf-8")
     out.print(f"\n{result.events:,} events, {result.sends:,} sends in {result.elapsed_seconds:.0f} s; "
               f"report written to {html}")
+    command = f"journey report --database {shlex.quote(database)}"
+    if workspace is not None:
+        command += f" --workspace {shlex.quote(str(workspace))}"
+    out.print(f"report on this run again with: {command}", soft_wrap=True, markup=False)
 
 
 def main() -> None:
