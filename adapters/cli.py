@@ -33,12 +33,13 @@ def _database(url: str | None) -> str:
     return url or os.environ.get("JOURNEY_DATABASE_URL") or DEFAULT_URL
 
 
-def _open_store(url: str | None, defaults: dict[str, object] | None = None):  # type: ignore[no-untyped-def]
+def _open_store(url: str | None, defaults: dict[str, object] | None = None,  # type: ignore[no-untyped-def]
+                schema: str | None = None):
     from adapters.storage.sql import SqlStore
     from journey_engine.ports import StoreUnavailable, StoreVersionError
 
     try:
-        return SqlStore(_database(url), defaults=dict(defaults or {}))
+        return SqlStore(_database(url), defaults=dict(defaults or {}), schema=schema)
     except (StoreUnavailable, StoreVersionError) as exc:
         err.print(f"[red]{exc}[/red]", soft_wrap=True)
         raise typer.Exit(1) from None
@@ -196,9 +197,7 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
         if not url.startswith("postgres"):
             err.print("[red]--store postgres needs JOURNEY_DATABASE_URL (or --database): a postgresql:// URL[/red]")
             raise typer.Exit(2)
-        from adapters.storage.sql import SqlStore
-
-        target = SqlStore(url, defaults=dict(compiled.metrics.defaults), schema=f"journey_bench_{os.getpid()}")
+        target = _open_store(url, compiled.metrics.defaults, schema=f"journey_bench_{os.getpid()}")
     elif store != "memory":
         err.print(f"[red]unknown store `{store}`: memory, sqlite or postgres[/red]")
         raise typer.Exit(2)
