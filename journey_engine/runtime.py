@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from . import trace
 from .engine import Engine, Outcome, SendMessage
 from .events import Event
-from .ports import DEDUPE_FOR, Batch, Store
+from .ports import DEDUPE_FOR, Batch, ConflictError, Store
 from .profile import Profile
 
 
@@ -103,6 +103,9 @@ class MemoryStore:
         pass
 
 
+CONFLICT_RETRIES = 5  # two workers racing for one user rarely collide more than once
+
+
 class Runtime:
     """Feeds events and the passing of time to an engine through a store, one commit per batch."""
 
@@ -130,6 +133,15 @@ class Runtime:
         When this returns, the batch is committed: its events may be acknowledged.
         """
         events = list(events)
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                return self._process(events, now)
+            except ConflictError:  # another worker committed first: reload and run the batch again
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _process(self, events: list[Event], now: datetime | None) -> Outcome:
         ids = [e.message_id for e in events if e.message_id is not None]
         already = self.store.seen(ids) if ids else set()
         named = {e.user_id for e in events} | {e.previous_id for e in events if e.previous_id}
@@ -145,6 +157,7 @@ class Runtime:
                     continue
                 already.add(event.message_id)
                 batch.message_ids.append((event.message_id, at))
+                batch.senders[event.message_id] = aliases.get(event.user_id, event.user_id)
             self._one(event, at, aliases, profiles, batch, out)
         batch.profiles.update(profiles)
         self._finish(batch, out)
@@ -208,7 +221,10 @@ class Runtime:
                 outcomes.append(self.engine.wake(profile, datetime.fromtimestamp(wake_at, UTC)))
                 batch.profiles[user] = profile
             out = outcomes[0] if len(outcomes) == 1 else _joined(outcomes)
-            self._finish(batch, out)
+            try:
+                self._finish(batch, out)
+            except ConflictError:  # another worker moved these users: their wake-ups are claimed again
+                continue
             total.extend(out)
         return total, True
 

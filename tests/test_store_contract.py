@@ -319,3 +319,27 @@ def test_prune_is_part_of_every_store_and_returns_counts(store_factory: StoreFac
     wall[0] = (T0 + timedelta(days=8)).timestamp()
     assert store.prune(T0 + timedelta(days=8))["processed"] == 1
     assert store.prune(T0 + timedelta(days=8))["processed"] == 0
+
+
+def test_the_runtime_reruns_a_batch_that_lost_a_race(store_factory: StoreFactory) -> None:
+    """Runtime.process reloads and reruns a batch whose commit met another worker's: both changes survive,
+    and the rerun never applies the racing event's messageId twice."""
+    _sql_only(store_factory)
+    a, b = _store(store_factory), _store(store_factory)
+    runtime_b = Runtime(Engine(COMPILED), b)
+    runtime_b.process([_identify("u1", {"email": "a@b.c"}, T0, "i0")], T0)
+    commit = a.commit
+    raced: list[bool] = []
+
+    def racing_commit(batch: Batch) -> None:
+        if not raced:  # B commits between A's load and A's first commit
+            raced.append(True)
+            runtime_b.process([_identify("u1", {"plan": "pro"}, T0, "i1")], T0)
+        commit(batch)
+
+    a.commit = racing_commit  # type: ignore[method-assign]
+    Runtime(Engine(COMPILED), a).process([_identify("u1", {"name": "Ann"}, T0, "i2"),
+                                          _identify("u1", {"plan": "pro"}, T0, "i1")], T0)
+    assert raced
+    assert a.load(["u1"])["u1"].traits == {"email": "a@b.c", "plan": "pro", "name": "Ann"}
+    assert a.seen(["i0", "i1", "i2"]) == {"i0", "i1", "i2"}
