@@ -289,6 +289,7 @@ class Engine:
     def enroll(self, profile: Profile, now: datetime, journeys: Iterable[str]) -> Outcome:
         """A journey loaded for the first time enrolls users already in its entry segment."""
         run = _Run(profile, now)
+        run.changed = True  # the journey is what changed: its entry is checked as on a change
         for name in journeys:
             cj = self.cw.journeys[name]
             if cj.entry.segment in profile.segments:

@@ -71,10 +71,11 @@ class Batch:
     sends: list[SendMessage] = field(default_factory=list)
     bandit: BanditDelta = field(default_factory=dict)
     released: set[str] = field(default_factory=set)  # claimed users to release without a change
+    enrolled: set[str] = field(default_factory=set)  # journeys whose segment's members were enrolled
 
     def __bool__(self) -> bool:
         return bool(self.profiles or self.deleted or self.aliases or self.message_ids or self.records
-                    or self.sends or self.bandit or self.released)
+                    or self.sends or self.bandit or self.released or self.enrolled)
 
 
 class Store(Protocol):
@@ -105,6 +106,15 @@ class Store(Protocol):
 
     def bandit(self) -> dict[tuple[str, str], dict[str, tuple[int, int]]]:
         """Every bandit's arms as committed: (journey, state) -> arm -> (sends, conversions)."""
+        ...
+
+    def enrolled(self) -> set[str]:
+        """Journeys that have enrolled the users already in their entry segment (`Batch.enrolled`):
+        a journey not among them is loaded for the first time on this store (SPEC §3 item 5)."""
+        ...
+
+    def segment_members(self, segment: str, after: str | None, limit: int) -> list[str]:
+        """Up to `limit` users now in `segment` whose id sorts after `after`, in id order (a cursor)."""
         ...
 
     def prune(self, now: datetime, trace_for_days: float = 90) -> dict[str, int]:

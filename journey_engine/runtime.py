@@ -32,6 +32,7 @@ class MemoryStore:
         self.outbox: list[SendMessage] = []  # every committed send, in commit order (nothing dispatches them)
         self._bandit: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
         self._woken: dict[str, float] = {}
+        self._enrolled: set[str] = set()
 
     def load(self, users: Collection[str]) -> dict[str, Profile]:
         return {u: self.profiles[u] for u in users if u in self.profiles}
@@ -61,7 +62,7 @@ class MemoryStore:
             if at is not None and self._woken.get(user) != at:
                 self._woken[user] = at
                 heapq.heappush(self.wakeups, (at, user))
-        if batch.released or batch.deleted or batch.aliases:
+        if batch.released or batch.deleted or batch.aliases or batch.enrolled:
             self._rest(batch)
         for message_id, _ in batch.message_ids:
             self.processed[message_id] = None  # arrived now; `prune` stamps it with its own clock
@@ -85,6 +86,14 @@ class MemoryStore:
             self.profiles.pop(user, None)
             self._woken.pop(user, None)
         self.alias_map.update(batch.aliases)
+        self._enrolled |= batch.enrolled
+
+    def enrolled(self) -> set[str]:
+        return set(self._enrolled)
+
+    def segment_members(self, segment: str, after: str | None, limit: int) -> list[str]:
+        members = sorted(u for u, p in self.profiles.items() if segment in p.segments and (after is None or u > after))
+        return members[:limit]
 
     def bandit(self) -> dict[tuple[str, str], dict[str, tuple[int, int]]]:
         return {k: dict(v) for k, v in self._bandit.items()}
@@ -170,9 +179,7 @@ class Runtime:
         profile = profiles.get(user)
         if profile is None:
             profile = profiles[user] = self.engine.new_profile(user)
-        now_s = now.timestamp()
-        while profile.wake_at is not None and profile.wake_at <= now_s:
-            out.extend(self.engine.wake(profile, datetime.fromtimestamp(profile.wake_at, UTC)))
+        self._catch_up(profile, now, out)
         if event.type != "alias":
             out.extend(self.engine.apply(profile, event, now))
             return
@@ -189,6 +196,34 @@ class Runtime:
         if old is not None and event.previous_id != user:
             batch.deleted.add(event.previous_id)
             out.extend(self.engine.merge(profile, old, now))
+
+    def _catch_up(self, profile: Profile, now: datetime, out: Outcome) -> None:
+        """Whatever fell due for this user before `now`, at its own time."""
+        now_s = now.timestamp()
+        while profile.wake_at is not None and profile.wake_at <= now_s:
+            out.extend(self.engine.wake(profile, datetime.fromtimestamp(profile.wake_at, UTC)))
+
+    def enroll(self, now: datetime, chunk: int = 500) -> Outcome:
+        """Journeys loaded for the first time on this store that enter by segment take the users already
+        in the segment (SPEC §3 item 5), a chunk per commit. Run at start; a no-op once done."""
+        known = self.store.enrolled()
+        new = [cj for name, cj in self.engine.cw.journeys.items() if name not in known]
+        total = Outcome()
+        for segment in sorted({cj.entry.segment for cj in new if cj.entry.segment is not None}):
+            names = [cj.name for cj in new if cj.entry.segment == segment]
+            after = None
+            while users := self.store.segment_members(segment, after, chunk):
+                after = users[-1]
+                batch, out = Batch(), Outcome()
+                for user, profile in self.store.load(users).items():
+                    self._catch_up(profile, now, out)
+                    out.extend(self.engine.enroll(profile, now, names))
+                    batch.profiles[user] = profile
+                self._finish(batch, out)
+                total.extend(out)
+        if new:
+            self._finish(Batch(enrolled={cj.name for cj in new}), Outcome())
+        return total
 
     def advance(self, until: datetime) -> Outcome:
         """Fire everything due up to `until`, earliest first, committing round by round."""

@@ -343,3 +343,34 @@ def test_the_runtime_reruns_a_batch_that_lost_a_race(store_factory: StoreFactory
     assert raced
     assert a.load(["u1"])["u1"].traits == {"email": "a@b.c", "plan": "pro", "name": "Ann"}
     assert a.seen(["i0", "i1", "i2"]) == {"i0", "i1", "i2"}
+
+
+def test_a_journey_loaded_for_the_first_time_enrolls_its_segments_members(store_factory: StoreFactory,
+                                                                          tmp_path: Path) -> None:
+    """SPEC §3 item 5: a new journey entered by segment takes the users already in it, once."""
+    import shutil
+
+    workspace = tmp_path / "ws"
+    shutil.copytree(Path(__file__).parent / "workspaces" / "basic", workspace)
+    store = _store(store_factory)
+    before = Runtime(Engine(COMPILED), store)
+    before.process([Event(type="track", user_id=u, name="Feature Used", timestamp=T0)
+                    for u in ("u1", "u2") for _ in range(5 if u == "u1" else 1)], T0)
+    assert before.enroll(T0).records == []  # every journey of this workspace is now known
+    (workspace / "vip.yaml").write_text("""version: 1
+journey: vip
+entry: {segment: power_users}
+initial: welcome
+states:
+  welcome:
+    transitions:
+      - on: Bye
+        to: gone
+  gone: {final: true}
+""")
+    after = Runtime(Engine(load_workspace(workspace)), store)
+    entered = [(r["user"], r["journey"]) for r in after.enroll(T0 + timedelta(hours=1)).records
+               if r["kind"] == "journey_entered"]
+    assert entered == [("u1", "vip")]
+    assert after.enroll(T0 + timedelta(hours=2)).records == []
+    assert store.load(["u1"])["u1"].instances[("vip", "")].state == "welcome"

@@ -10,6 +10,7 @@ is unavailable; a 500 means the engine raised on an accepted event, which is a b
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -329,6 +330,8 @@ def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings 
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if start_worker:
             worker.start()
+            # new segment-entry journeys take their segment's members first (SPEC §3 item 5)
+            await asyncio.wrap_future(worker.call(lambda: runtime.enroll(clock())))
             if scheduler:
                 jobs.start()
         yield

@@ -39,6 +39,7 @@ from journey_engine.profile import Profile
 from .tables import (
     AliasRow,
     BanditRow,
+    EnrolledRow,
     ErasedRow,
     OutboxRow,
     ProcessedRow,
@@ -63,6 +64,7 @@ outbox_t = OutboxRow.__table__
 bandit_t = BanditRow.__table__
 history_t = SegmentHistoryRow.__table__
 erased_t = ErasedRow.__table__
+enrolled_t = EnrolledRow.__table__
 counts_t = StateCountRow.__table__
 
 
@@ -221,6 +223,19 @@ class SqlStore:
     def erased(self, users: Collection[str]) -> set[str]:
         return set(self._lookup(erased_t.c.user_id, erased_t.c.user_id, users))
 
+    def enrolled(self) -> set[str]:
+        with self._reading() as conn:
+            return set(conn.execute(sa.select(enrolled_t.c.journey)).scalars())
+
+    def segment_members(self, segment: str, after: str | None, limit: int) -> list[str]:
+        """From the open rows of segment_history (kept with every commit's segment records)."""
+        h = history_t.c
+        query = sa.select(h.user_id).where(h.segment == segment, h.left_at.is_(None))
+        if after is not None:
+            query = query.where(h.user_id > after)
+        with self._reading() as conn:
+            return list(conn.execute(query.distinct().order_by(h.user_id).limit(limit)).scalars())
+
     def _lookup(self, key: sa.Column[Any], value: sa.Column[Any], keys: Collection[str]) -> dict[str, Any]:
         result: dict[str, Any] = {}
         if not keys:
@@ -296,6 +311,7 @@ class SqlStore:
         if batch.bandit:
             self._bandit(conn, batch)
         self._counts(conn, state_deltas(batch.records))
+        self._upsert(conn, enrolled_t, [{"journey": j, "at": wall} for j in sorted(batch.enrolled)], ["journey"], [])
 
     def _write_profiles(self, conn: Connection, profiles: dict[str, Profile], wall: float) -> None:
         """Compare-and-set: a loaded profile is written only over the version it was loaded at; a new one

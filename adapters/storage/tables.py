@@ -94,6 +94,14 @@ class StateCountRow(SQLModel, table=True):
     users: int = 0
 
 
+class EnrolledRow(SQLModel, table=True):
+    """Journeys that enrolled the users already in their entry segment when first loaded on this store."""
+
+    __tablename__ = "enrolled"
+    journey: str = Field(primary_key=True)
+    at: float  # the store's wall clock
+
+
 class ErasedRow(SQLModel, table=True):
     """Users erased on request: later events for these ids are dropped."""
 
