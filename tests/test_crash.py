@@ -78,32 +78,54 @@ def snapshot(url: str) -> dict[str, Any]:
         with store.engine.connect() as conn:
             import sqlalchemy as sa
 
-            from adapters.storage.sql import trace_t
+            from adapters.storage.sql import counts_t, history_t, trace_t
 
             processed = sorted(r[0] for r in conn.execute(sa.select(processed_t.c.message_id)))
             records = [r[0] for r in conn.execute(sa.select(trace_t.c.body).where(trace_t.c.kind != "duplicate")
                                                   .order_by(trace_t.c.id))]
+            counts = sorted(tuple(r) for r in conn.execute(sa.select(counts_t)))
+            h = history_t.c
+            history = sorted(tuple(r) for r in conn.execute(sa.select(h.user_id, h.segment, h.entered_at, h.left_at)))
         return {"profiles": profiles, "outbox": outbox, "processed": processed, "bandit": store.bandit(),
-                "trace": records}
+                "trace": records, "state_counts": counts, "segment_history": history}
     finally:
         store.close()
 
 
-def crash_and_replay(url: str, stream: Path, seed: int) -> int:
-    """Kill the ingesting process several times at random moments, then let it finish; return kills."""
+def committed(url: str) -> int:
+    """messageIds committed so far (0 before the schema exists)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT count(*) FROM processed")).scalar_one())
+    except sa.exc.DBAPIError:
+        return 0
+    finally:
+        engine.dispose()
+
+
+def crash_and_replay(url: str, stream: Path, seed: int, distinct: int) -> list[int]:
+    """Kill the ingesting process four times, each once it has committed a random number of new events
+    (so every kill lands mid-stream, between or inside commits), then let it finish.
+    Returns the committed count at each kill."""
     rng = random.Random(seed)
-    kills = 0
+    at_kill = []
     for _ in range(4):
+        before = committed(url)
+        goal = before + rng.randint(250, max(251, (distinct - before) // 3))
         proc = ingest(url, stream)
-        time.sleep(rng.uniform(2.0, 5.0))
+        while proc.poll() is None and committed(url) < goal:
+            time.sleep(rng.uniform(0.01, 0.05))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
-            kills += 1
+            at_kill.append(committed(url))
         proc.communicate()
     proc = ingest(url, stream)
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr.decode()
-    return kills
+    return at_kill
 
 
 @pytest.fixture(scope="module")
@@ -127,12 +149,14 @@ def test_sigkill_at_random_moments_loses_nothing_and_repeats_nothing(kind: str, 
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr.decode()
     expected = snapshot(clean)
-    kills = crash_and_replay(crashed, stream, seed=3)
-    assert kills >= 2, "the process finished before it could be killed: make the stream longer"
+    distinct = len(expected["processed"])
+    kills = crash_and_replay(crashed, stream, seed=3, distinct=distinct)
+    assert len(kills) >= 3, f"the process finished before it could be killed ({kills}): make the stream longer"
+    assert all(0 < n < distinct for n in kills), kills
     actual = snapshot(crashed)
     assert len(expected["profiles"]) == 2_000
     assert len(expected["outbox"]) > 1_000
-    for part in ("processed", "bandit", "outbox", "profiles", "trace"):
+    for part in ("processed", "bandit", "outbox", "profiles", "trace", "state_counts", "segment_history"):
         assert actual[part] == expected[part], part
 
 
