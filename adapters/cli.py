@@ -6,8 +6,9 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -139,13 +140,13 @@ def simulate(scenario: Annotated[list[Path], typer.Argument(help="scenario file(
         try:
             loaded = load_scenario(path)
             compiled = load_workspace(workspace or loaded.workspace_dir())
+            result = run_scenario(loaded, compiled)  # checks the expects' names before playing
         except ScenarioError as exc:
-            err.print(f"[red]{exc}[/red]", soft_wrap=True)
+            err.print(str(exc), style="red", soft_wrap=True, markup=False)
             raise typer.Exit(2) from None
         except WorkspaceError as exc:
             _problems(exc)
             raise typer.Exit(2) from None
-        result = run_scenario(loaded, compiled)
         failed = failed or not result.passed
         if as_json:
             for record in result.trace:
@@ -172,11 +173,15 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
           http: Annotated[str | None, typer.Option(help="drive a running `journey serve` at this URL instead")] = None,
           rate: Annotated[float | None, typer.Option(help="with --http: events/s to offer (default: flat out)")] = None,
           requests: Annotated[int, typer.Option(help="with --http: /v1/batch requests of 100 events")] = 500,
+          timers: Annotated[int, typer.Option(help="instead of events: a spike of this many timers due in the "
+                                                   "same second, drained and committed")] = 0,
+          pending: Annotated[int, typer.Option(help="with --timers: timers due a day later, in the store")] = 0,
           as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False) -> None:
     """Throughput and latency on this machine (SPEC §8). Disk stores count only committed events."""
     import tempfile
 
-    from adapters.bench import run_bench
+    from adapters.bench import run_bench, run_timer_bench
+    from journey_engine.runtime import MemoryStore
 
     if http is not None:
         from adapters.loadtest import run_http_bench
@@ -202,8 +207,12 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
         err.print(f"[red]unknown store `{store}`: memory, sqlite or postgres[/red]")
         raise typer.Exit(2)
     try:
-        report = run_bench(compiled, users=users, events=events, seed=seed, store=target,
-                           batch=batch or (1 if target is None else 500), progress=None if as_json else err)
+        if timers:
+            report = run_timer_bench(compiled, target or MemoryStore(), due=timers, pending=pending, seed=seed,
+                                     progress=None if as_json else err)
+        else:
+            report = run_bench(compiled, users=users, events=events, seed=seed, store=target,
+                               batch=batch or (1 if target is None else 500), progress=None if as_json else err)
     finally:
         if target is not None:
             if store == "postgres":
@@ -238,72 +247,48 @@ def ingest(source: Annotated[str, typer.Argument(help="a .jsonl file of Segment 
                                                    "at its own timestamp (backfills, tests)")] = "wall",
            batch: Annotated[int, typer.Option(help="events per commit")] = 500) -> None:
     """Feed Segment-format events from a file or stdin, validated like the HTTP API, with a progress bar."""
-    from datetime import UTC, datetime
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from adapters.sources.jsonl import BadLine, read_events
+    from adapters.sources.jsonl import BadLine, IngestReport, open_source
+    from adapters.sources.jsonl import ingest as ingest_lines
     from journey_engine.engine import Engine
-    from journey_engine.events import Event
     from journey_engine.ports import StoreUnavailable
     from journey_engine.runtime import Runtime
 
     if clock not in ("wall", "event"):
         err.print("[red]--clock is wall or event[/red]")
         raise typer.Exit(2)
+    try:
+        handle, total = open_source(source)
+    except OSError as exc:
+        err.print(f"[red]{source}: {exc.strerror or exc}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from None
     compiled = _load(_workspace(workspace))
     store = _open_store(database, compiled.metrics.defaults)
     runtime = Runtime(Engine(compiled), store, claim=500)
-    handle = sys.stdin if source == "-" else open(source, encoding="utf-8")  # noqa: SIM115
-    total = None
-    if source != "-":
-        with open(source, encoding="utf-8") as counting:
-            total = sum(1 for _ in counting)
-    accepted = refused = 0
-    pending: list[Event] = []
-    last: list[datetime] = []
+    report = IngestReport()
 
-    def flush() -> None:
-        nonlocal accepted
-        if not pending:
-            return
-        last[:] = [max(e.timestamp for e in pending)]
-        if clock == "event":
-            runtime.advance(min(e.timestamp for e in pending))
-            runtime.process(pending)
-        else:
-            now = datetime.now(UTC)
-            runtime.advance(now)
-            runtime.process(pending, now)
-        accepted += len(pending)
-        pending.clear()
+    def bad(item: BadLine) -> None:
+        err.print(f"[yellow]{source}: {item}[/yellow]", soft_wrap=True)
 
     columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with handle, Progress(*columns, console=err, disable=not err.is_terminal) as bar:
             task = bar.add_task("ingest", total=total)
-            for item in read_events(handle, now=datetime.now(UTC)):
-                if isinstance(item, BadLine):
-                    refused += 1
-                    err.print(f"[yellow]{source}: {item}[/yellow]", soft_wrap=True)
-                    continue
-                pending.append(item)
-                if len(pending) >= batch:
-                    flush()
-                    bar.update(task, completed=accepted)
-            flush()
-            if clock == "event" and last:
-                runtime.advance(last[0])
-            bar.update(task, completed=accepted)
+            ingest_lines(handle, runtime, erased=store.erased, clock="event" if clock == "event" else "wall",
+                         batch=batch, on_bad=bad, report=report,
+                         on_progress=lambda r: bar.update(task, completed=r.lines))
+            bar.update(task, completed=report.lines)
     except StoreUnavailable as exc:
         err.print(f"[red]{exc}[/red]", soft_wrap=True)
-        err.print(f"{accepted} events committed before the error; run the same command again to resume "
+        err.print(f"{report.accepted} events committed before the error; run the same command again to resume "
                   "(duplicates are ignored)")
         raise typer.Exit(1) from None
     finally:
         store.close()
-    out.print(f"{accepted} events committed, {refused} refused")
-    if refused:
+    dropped = f", {report.erased} of erased users dropped" if report.erased else ""
+    out.print(f"{report.accepted} events committed, {report.refused} refused{dropped}")
+    if report.refused:
         raise typer.Exit(1)
 
 
@@ -312,7 +297,15 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
           port: Annotated[int, typer.Option(help="port")] = 8000,
           workspace: WorkspaceOpt = None, database: DatabaseOpt = None,
           write_keys: Annotated[str | None, typer.Option(help="comma-separated; default $JOURNEY_WRITE_KEYS")] = None,
-          admin_key: Annotated[str | None, typer.Option(help="default $JOURNEY_ADMIN_KEY")] = None) -> None:
+          admin_key: Annotated[str | None, typer.Option(help="default $JOURNEY_ADMIN_KEY")] = None,
+          trigger_window: Annotated[str | None, typer.Option(
+              help="events older than this update metrics but move no journey (default "
+                   "$JOURNEY_TRIGGER_WINDOW or 24h)")] = None,
+          queue_limit: Annotated[int | None, typer.Option(
+              help="events waiting for the engine before 429 (default $JOURNEY_QUEUE_LIMIT or 50000)")] = None,
+          reload: Annotated[bool, typer.Option(
+              "--reload", help="reload the journeys when workspace files change (a workspace that does not "
+                               "load is reported and the running one kept)")] = False) -> None:
     """The HTTP API, the engine worker and its timers on the configured store (embedded SQLite by default)."""
     import logging
 
@@ -320,15 +313,19 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
 
     from adapters.channels import ChannelConfigError, ChannelSettings, build_channels
     from adapters.sources.http_api import Settings, create_app
+    from journey_engine.model import parse_duration
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "skipped: max instances" is by design
     try:
         channels = build_channels(ChannelSettings.from_env())
-    except ChannelConfigError as exc:
+        window = parse_duration(trigger_window or os.environ.get("JOURNEY_TRIGGER_WINDOW") or "24h")
+        limit = queue_limit or int(os.environ.get("JOURNEY_QUEUE_LIMIT") or 50_000)
+    except (ChannelConfigError, ValueError) as exc:
         err.print(f"[red]{exc}[/red]", soft_wrap=True)
         raise typer.Exit(1) from None
-    compiled = _load(_workspace(workspace))
+    folder = _workspace(workspace)
+    compiled = _load(folder)
     store = _open_store(database, compiled.metrics.defaults)
     keys = [k.strip() for k in (write_keys or os.environ.get("JOURNEY_WRITE_KEYS", "")).split(",") if k.strip()]
     admin = admin_key or os.environ.get("JOURNEY_ADMIN_KEY") or None
@@ -336,11 +333,52 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
         err.print("[yellow]no write keys configured (JOURNEY_WRITE_KEYS): any client may send events[/yellow]")
     if admin is None:
         err.print("[yellow]no admin key configured (JOURNEY_ADMIN_KEY): user and journey reads are open[/yellow]")
-    tick = float(os.environ.get("JOURNEY_TICK_SECONDS", "1"))
-    app = create_app(compiled, store, Settings(write_keys=keys, admin_key=admin, tick=tick), channels=channels)
-    err.print(f"journey-engine on http://{host}:{port}  workspace {_workspace(workspace)}  "
-              f"database {_database(database)}")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    settings = Settings(write_keys=keys, admin_key=admin, tick=float(os.environ.get("JOURNEY_TICK_SECONDS", "1")),
+                        trigger_window=window, queue_limit=limit)
+    err.print(f"journey-engine on http://{host}:{port}  workspace {folder}  database {_database(database)}")
+    try:
+        while compiled is not None:
+            server = uvicorn.Server(uvicorn.Config(create_app(compiled, store, settings, channels=channels),
+                                                   host=host, port=port, log_level="warning"))
+            changed = _watch(folder, server) if reload else None
+            server.run()
+            compiled = changed() if changed is not None else None
+    finally:
+        store.close()
+
+
+def _watch(folder: Path, server: Any) -> Callable[[], Any]:
+    """Watch the workspace; when it changes and loads, stop `server` so serve starts again with it.
+    Returns what to serve next: the new workspace, or None when the server stopped for another reason."""
+    import threading
+
+    import watchfiles
+
+    from journey_engine.compiler import load_workspace
+    from journey_engine.errors import WorkspaceError
+
+    found: list[Any] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        for _ in watchfiles.watch(folder, stop_event=stop, debounce=300):
+            try:
+                found.append(load_workspace(folder))
+            except WorkspaceError as exc:
+                err.print("[yellow]the changed workspace does not load; still serving the last one:[/yellow]")
+                _problems(exc)
+                continue
+            err.print(f"workspace {folder} changed: reloading")
+            server.should_exit = True
+            return
+
+    threading.Thread(target=watch, name="workspace-watch", daemon=True).start()
+
+    def next_workspace() -> Any:
+        stop.set()
+        return found[-1] if found else None
+
+    return next_workspace
 
 
 @app.command()

@@ -103,3 +103,31 @@ def test_user_shows_where_a_user_is_and_why(tmp_path: Path) -> None:
     assert as_json["journeys"][0]["state"] == "welcome"
     missing = runner.invoke(app, ["user", "nobody", "--database", db, "--workspace", str(EXAMPLES)])
     assert missing.exit_code == 1
+
+
+def test_simulate_refuses_an_expect_naming_an_unknown_journey_with_exit_2(tmp_path: Path) -> None:
+    """A typo in an expect's journey is a load error (exit 2, file:line:col, did you mean), not a failure."""
+    scenario = tmp_path / "typo.yaml"
+    scenario.write_text(f"scenario: typo\nworkspace: {EXAMPLES}\nstart: 2026-01-05T09:00:00Z\nsteps:\n"
+                        "  - track: u1\n    event: Signed Up\n"
+                        "  - expect: {user: u1, journey: onbording, state: welcome}\n")
+    result = runner.invoke(app, ["simulate", str(scenario)])
+    assert result.exit_code == 2
+    assert "typo.yaml:7:" in result.output and "did you mean `onboarding`" in result.output
+
+
+def test_ingest_reports_bad_lines_keeps_good_ones_and_refuses_a_missing_file(tmp_path: Path) -> None:
+    """Bad lines are named with their line and field and the others committed (exit 1); no file is exit 2."""
+    events = tmp_path / "e.jsonl"
+    events.write_bytes(b'{"type":"track","userId":"u1","event":"Signed Up","messageId":"1"}\n'
+                       b'{"type":"track","userId":"u2","messageId":"2"}\n'
+                       b'{"type":"identify","userId":"u3","traits":{"name":"\xff"}}\n')
+    db = f"sqlite:///{tmp_path / 'i.db'}"
+    result = runner.invoke(app, ["ingest", str(events), "--database", db, "--workspace", str(EXAMPLES)])
+    assert result.exit_code == 1
+    assert "1 events committed, 2 refused" in result.stdout
+    assert "line 2" in result.output and "event" in result.output
+    missing = runner.invoke(app, ["ingest", str(tmp_path / "nope.jsonl"), "--database", db,
+                                  "--workspace", str(EXAMPLES)])
+    assert missing.exit_code == 2
+    assert "nope.jsonl" in missing.output
