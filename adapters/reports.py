@@ -15,6 +15,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -704,7 +705,12 @@ def _terminal_journey(journey: JourneyReport, console: Console) -> None:
         summary += f", {journey.converted} reached the goal ({_pct(journey.conversion_rate)}) · goal: {journey.goal}"
     console.print(Text(summary))
     console.print(_table("funnel", FUNNEL_COLUMNS, [_funnel_cells(r) for r in journey.funnel]))
-    console.print(_table("messages", MESSAGE_COLUMNS, [_message_cells(r) for r in journey.messages]))
+    # two tables of half the columns each: thirteen columns are unreadable in an 80-column terminal
+    cells = [_message_cells(r) for r in journey.messages]
+    split = MESSAGE_COLUMNS.index("opened")
+    console.print(_table("messages: sending", MESSAGE_COLUMNS[:split], [c[:split] for c in cells]))
+    console.print(_table("messages: answers", MESSAGE_COLUMNS[:1] + MESSAGE_COLUMNS[split:],
+                         [c[:1] + c[split:] for c in cells]))
     if journey.lift is not None:
         console.print(_table("holdout lift (goal conversion)", ("group", "entrants", "converted", "rate"),
                              _lift_rows(journey.lift)))
@@ -715,9 +721,11 @@ def _terminal_journey(journey: JourneyReport, console: Console) -> None:
 
 
 def _table(title: str, columns: Iterable[str], rows: Iterable[list[str]]) -> Table:
-    table = Table(title=title, title_justify="left")
+    # no vertical rules: nine numeric columns then fit an 80-column terminal without cutting names
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for index, name in enumerate(columns):
-        table.add_column(name, justify="left" if index == 0 or name in ("channel", "strategy", "arm") else "right")
+        table.add_column(name, justify="left" if index == 0 or name in ("channel", "strategy", "arm") else "right",
+                         no_wrap=index == 0, overflow="fold", min_width=max(map(len, name.split())))
     for row in rows:
         table.add_row(*row)
     return table

@@ -441,3 +441,14 @@ def test_the_report_of_a_real_engine_run_agrees_with_its_trace(tmp_path: Path) -
         members = sum(1 for p in profiles if segment.segment in p.segments)
         assert (segment.sizes[-1][1] if segment.sizes else 0) == members
     store.close()
+
+
+def test_the_terminal_report_reads_in_80_columns(report: Report) -> None:
+    """No header word or message name is cut in an 80-column terminal: headers wrap between words."""
+    out = io.StringIO()
+    render_terminal(report, Console(file=out, width=80, color_system=None))
+    text = out.getvalue()
+    assert "…" not in text
+    for expected in ("messages: sending", "messages: answers", "unsubscribed", "conversions", "conversion",
+                     "entered", "welcome_email", "tips_push"):
+        assert re.search(rf"(?<![\w]){expected}(?![\w])", text), expected
