@@ -165,6 +165,8 @@ class Channel(Protocol):
     - It passes `delivery.key` to the provider as an idempotency key where the provider has one
       (webhook-id, Idempotency-Key, Message-ID), so a retry after a crash is not a second message.
     - It does no retrying itself: the dispatcher owns backoff, jitter, caps and dead letters.
+    - It may keep a connection between sends (SMTP does); then it has a `close()` that releases it,
+      which the service calls at shutdown. Sends come from one thread at a time.
     """
 
     name: str

@@ -142,6 +142,23 @@ def mailbox(smtp_server: SmtpServerFixture) -> Mailbox:
     return smtp_server.mailbox
 
 
+@pytest.fixture(autouse=True)
+def connections(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[SmtpChannel]]:
+    """SMTP channels keep their connection open between sends: every connection a test opens is
+    counted here and closed after it."""
+    opened: list[SmtpChannel] = []
+    connect = SmtpChannel._connect
+
+    def counting(self: SmtpChannel) -> Any:
+        opened.append(self)
+        return connect(self)
+
+    monkeypatch.setattr(SmtpChannel, "_connect", counting)
+    yield opened
+    for channel in opened:
+        channel.close()
+
+
 def smtp_channel(port: int, **kwargs: Any) -> SmtpChannel:
     options: dict[str, Any] = {"host": "127.0.0.1", "port": port, "sender": SENDER, "timeout": 2.0,
                                "unsubscribe_urls": ("mailto:unsubscribe@acme.test", "https://acme.test/unsub/{user}")}
@@ -206,6 +223,28 @@ def test_smtp_starttls_not_offered_fails(smtp_server: SmtpServerFixture, mailbox
     assert (result.status, result.suppress_address) == ("failed", False)
     assert "STARTTLS" in result.detail
     assert mailbox.envelopes == []
+
+
+def test_smtp_sends_a_burst_over_one_connection(mailbox: Mailbox, smtp_server: SmtpServerFixture,
+                                                 connections: list[SmtpChannel]) -> None:
+    """Consecutive sends reuse the session: one handshake for many mails."""
+    channel = smtp_channel(smtp_server.port)
+    for n in range(5):
+        assert channel.send(delivery(key=f"u1:onboarding::1:{n}:welcome_email")).status == "delivered"
+    assert len(mailbox.envelopes) == 5
+    assert len(connections) == 1
+
+
+def test_smtp_reconnects_once_when_the_server_closed_the_session(mailbox: Mailbox, smtp_server: SmtpServerFixture,
+                                                                 connections: list[SmtpChannel]) -> None:
+    """A kept connection the server closed meanwhile is opened again, and the mail goes out once."""
+    channel = smtp_channel(smtp_server.port)
+    assert channel.send(delivery()).status == "delivered"
+    assert channel._smtp is not None
+    channel._smtp.quit()  # as an idle timeout on the server's side would
+    assert channel.send(delivery(key="u1:onboarding::1:2:welcome_email")).status == "delivered"
+    assert len(mailbox.envelopes) == 2
+    assert len(connections) == 2
 
 
 def test_smtp_closed_port_is_retried() -> None:

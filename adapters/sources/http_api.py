@@ -339,6 +339,10 @@ def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings 
             if scheduler:
                 jobs.stop()
             worker.stop()
+        for channel in (channels or {}).values():
+            close = getattr(channel, "close", None)  # a channel may keep a connection (see Channel)
+            if close is not None:
+                close()
 
     app = FastAPI(title="journey-engine", version="0.1.0", lifespan=lifespan,
                   description="Segment-compatible event API, user API and operations endpoints.")
