@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -60,7 +60,9 @@ def _scheduler(timers: Callable[[], Any], dispatch: Callable[[], int], prune: Ca
                       next_run_time=datetime.now(UTC))
     scheduler.add_job(_guard(lambda: drain(dispatch), "dispatch"), "interval", seconds=tick, id="dispatch",
                       next_run_time=datetime.now(UTC))
-    scheduler.add_job(_guard(prune, "prune"), "interval", hours=1, id="prune")
+    # soon after start too: a server restarted more often than hourly must still prune
+    scheduler.add_job(_guard(prune, "prune"), "interval", hours=1, id="prune",
+                      next_run_time=datetime.now(UTC) + timedelta(minutes=1))
     return scheduler
 
 
