@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -37,6 +38,9 @@ class Decision:
     until: datetime | None = None
     reason: str | None = None
     explanation: str = ""
+
+
+_SEND = Decision(action="send")
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,26 +161,34 @@ def _cap_text(cap: FrequencyCap) -> str:
     return f"frequency cap on {scope} reached: {cap.max} per {format_duration(cap.per)}"
 
 
-def _gates(message: Message, policies: Policies, hour: int, deferred: bool) -> list[_Gate]:
+def _gates(message: Message, policies: Policies, hour: int, deferred: bool) -> tuple[_Gate, ...]:
     """The daily windows a send must fall in, the one that explains a deferral first."""
-    quiet = _quiet_gate(message, policies)
-    timing = _timing_gate(message, hour, quiet, deferred)
-    return [gate for gate in (timing, quiet) if gate is not None]
-
-
-def _quiet_gate(message: Message, policies: Policies) -> _Gate | None:
     quiet = policies.quiet_hours
-    if quiet is None or message.channel in _QUIET_EXEMPT or quiet.from_ == quiet.to:
+    quiet_key = None if quiet is None or message.channel in _QUIET_EXEMPT else (quiet.from_, quiet.to)
+    send_at = message.send_at.bounds if isinstance(message.send_at, SendWindow) else message.send_at
+    return _gates_of(send_at, quiet_key, hour, deferred)
+
+
+@lru_cache(maxsize=1024)  # a workspace has few distinct (send_at, quiet hours, hour) combinations
+def _gates_of(send_at: str | tuple[int, int], quiet: tuple[str, str] | None, hour: int,
+              deferred: bool) -> tuple[_Gate, ...]:
+    quiet_gate = _quiet_gate(quiet)
+    timing = _timing_gate(send_at, hour, quiet_gate, deferred)
+    return tuple(gate for gate in (timing, quiet_gate) if gate is not None)
+
+
+def _quiet_gate(quiet: tuple[str, str] | None) -> _Gate | None:
+    if quiet is None or quiet[0] == quiet[1]:
         return None
     # Sending is allowed from the end of quiet hours to their start.
-    return _Gate("quiet_hours", clock_minutes(quiet.to), clock_minutes(quiet.from_))
+    return _Gate("quiet_hours", clock_minutes(quiet[1]), clock_minutes(quiet[0]))
 
 
-def _timing_gate(message: Message, hour: int, quiet: _Gate | None, deferred: bool) -> _Gate | None:
-    if isinstance(message.send_at, SendWindow):
-        start, end = message.send_at.bounds
+def _timing_gate(send_at: str | tuple[int, int], hour: int, quiet: _Gate | None, deferred: bool) -> _Gate | None:
+    if isinstance(send_at, tuple):
+        start, end = send_at
         return _Gate("window", start, end) if start != end else None
-    if message.send_at != "optimal" or deferred:
+    if send_at != "optimal" or deferred:
         return None
     target = _nearest_open_hour(hour, quiet)
     return None if target is None else _Gate("send_time", target * 60, (target + 1) * 60 % _DAY_MINUTES)
@@ -190,14 +202,15 @@ def _nearest_open_hour(hour: int, quiet: _Gate | None) -> int | None:
     return next((h for h in by_distance if quiet.allows(h * 60)), None)
 
 
-def _timing(now: datetime, zone: ZoneInfo, gates: list[_Gate], policies: Policies, hour_source: str) -> Decision:
+def _timing(now: datetime, zone: ZoneInfo, gates: tuple[_Gate, ...], policies: Policies,
+            hour_source: str) -> Decision:
     until = _earliest_open(now, zone, gates)
     if until is None:
         return Decision(
             action="suppress", reason="window", explanation="the send window lies entirely in quiet hours"
         )
     if until == now:
-        return Decision(action="send")
+        return _SEND
     reason = next(gate.reason for gate in gates if not gate.allows(_minute(now, zone)))
     if reason == "quiet_hours" and policies.quiet_hours is not None and policies.quiet_hours.action == "drop":
         return Decision(action="suppress", reason="quiet_hours",
@@ -212,7 +225,7 @@ def _closed_text(reason: str, now: datetime, zone: ZoneInfo, hour_source: str) -
     return f"{what.get(reason, 'in quiet hours')} at {now.astimezone(zone):%H:%M} {zone.key}"
 
 
-def _earliest_open(now: datetime, zone: ZoneInfo, gates: list[_Gate]) -> datetime | None:
+def _earliest_open(now: datetime, zone: ZoneInfo, gates: tuple[_Gate, ...]) -> datetime | None:
     """The first instant from `now` on whose local time every gate allows, within the search horizon.
 
     Such an instant is `now` or the local opening time of some gate; each candidate is checked at its
@@ -224,21 +237,17 @@ def _earliest_open(now: datetime, zone: ZoneInfo, gates: list[_Gate]) -> datetim
     minute = _minute(now, zone)
     if all(gate.allows(minute) for gate in gates):  # the usual case: open now, no openings to compute
         return now
-    candidates = _openings(now, zone, gates)
-    for candidate in sorted(c for c in candidates if c >= now):
-        if all(gate.allows(_minute(candidate, zone)) for gate in gates):
-            return candidate
+    today = now.astimezone(zone).date()
+    for day in range(_SEARCH_DAYS):  # a day's openings all come before the next day's: stop at the first
+        for candidate in sorted(_openings(today + timedelta(days=day), zone, gates)):
+            if candidate >= now and all(gate.allows(_minute(candidate, zone)) for gate in gates):
+                return candidate
     return None
 
 
-def _openings(now: datetime, zone: ZoneInfo, gates: list[_Gate]) -> list[datetime]:
-    today = now.astimezone(zone).date()
-    return [
-        datetime.combine(today + timedelta(days=day), time(gate.start // 60, gate.start % 60), tzinfo=zone)
-        .astimezone(UTC)
-        for day in range(_SEARCH_DAYS)
-        for gate in gates
-    ]
+def _openings(day: date, zone: ZoneInfo, gates: tuple[_Gate, ...]) -> list[datetime]:
+    return [datetime.combine(day, time(gate.start // 60, gate.start % 60), tzinfo=zone).astimezone(UTC)
+            for gate in gates]
 
 
 def _minute(instant: datetime, zone: ZoneInfo) -> int:

@@ -7,11 +7,13 @@ functions here are the one place that names their kinds and fields.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 Record = dict[str, Any]
 
 
+@lru_cache(maxsize=512)  # the records of one input mostly share its instant
 def iso(at: datetime) -> str:
     """ISO-8601 UTC with a Z, seconds precision unless there is a fraction."""
     text = at.astimezone(UTC).isoformat()
