@@ -338,6 +338,7 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
     err.print(f"journey-engine on http://{host}:{port}  workspace {folder}  database {_database(database)}")
     try:
         while compiled is not None:
+            store.defaults = dict(compiled.metrics.defaults)  # a reloaded workspace may add metrics
             server = uvicorn.Server(uvicorn.Config(create_app(compiled, store, settings, channels=channels),
                                                    host=host, port=port, log_level="warning"))
             changed = _watch(folder, server) if reload else None

@@ -287,12 +287,14 @@ class Engine:
         return run.out
 
     def enroll(self, profile: Profile, now: datetime, journeys: Iterable[str]) -> Outcome:
-        """A journey loaded for the first time enrolls users already in its entry segment."""
+        """A journey loaded for the first time enrolls users already in its entry segment, unless they
+        have been through it already (a store that ran it before it learned to record enrollment)."""
         run = _Run(profile, now)
         run.changed = True  # the journey is what changed: its entry is checked as on a change
+        been = {journey for journey, _ in profile.entries or ()}
         for name in journeys:
             cj = self.cw.journeys[name]
-            if cj.entry.segment in profile.segments:
+            if cj.entry.segment in profile.segments and name not in been:
                 run.entered.add(cj.entry.segment)
                 self._enter(run, cj, None)
                 run.entered.discard(cj.entry.segment)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
+from functools import partial
 
 from . import trace
 from .engine import Engine, Outcome, SendMessage
@@ -142,13 +143,7 @@ class Runtime:
         When this returns, the batch is committed: its events may be acknowledged.
         """
         events = list(events)
-        for attempt in range(CONFLICT_RETRIES):
-            try:
-                return self._process(events, now)
-            except ConflictError:  # another worker committed first: reload and run the batch again
-                if attempt == CONFLICT_RETRIES - 1:
-                    raise
-        raise AssertionError("unreachable")
+        return _retrying(lambda: self._process(events, now))
 
     def _process(self, events: list[Event], now: datetime | None) -> Outcome:
         ids = [e.message_id for e in events if e.message_id is not None]
@@ -214,16 +209,19 @@ class Runtime:
             after = None
             while users := self.store.segment_members(segment, after, chunk):
                 after = users[-1]
-                batch, out = Batch(), Outcome()
-                for user, profile in self.store.load(users).items():
-                    self._catch_up(profile, now, out)
-                    out.extend(self.engine.enroll(profile, now, names))
-                    batch.profiles[user] = profile
-                self._finish(batch, out)
-                total.extend(out)
+                total.extend(_retrying(partial(self._enroll, users, names, now)))
         if new:
             self._finish(Batch(enrolled={cj.name for cj in new}), Outcome())
         return total
+
+    def _enroll(self, users: list[str], journeys: list[str], now: datetime) -> Outcome:
+        batch, out = Batch(), Outcome()
+        for user, profile in self.store.load(users).items():
+            self._catch_up(profile, now, out)
+            out.extend(self.engine.enroll(profile, now, journeys))
+            batch.profiles[user] = profile
+        self._finish(batch, out)
+        return out
 
     def advance(self, until: datetime) -> Outcome:
         """Fire everything due up to `until`, earliest first, committing round by round."""
@@ -258,7 +256,8 @@ class Runtime:
             out = outcomes[0] if len(outcomes) == 1 else _joined(outcomes)
             try:
                 self._finish(batch, out)
-            except ConflictError:  # another worker moved these users: their wake-ups are claimed again
+            except ConflictError:  # another worker moved these users: free the round's claims, claim again
+                self.store.commit(Batch(released={user for _, user in due}))
                 continue
             total.extend(out)
         return total, True
@@ -276,6 +275,16 @@ class Runtime:
             raise
         if self.sink is not None:
             self.sink(out)
+
+
+def _retrying(run: Callable[[], Outcome]) -> Outcome:
+    """`run` a load-apply-commit again when another worker committed first (it reloads each time)."""
+    for _ in range(CONFLICT_RETRIES - 1):
+        try:
+            return run()
+        except ConflictError:
+            continue
+    return run()
 
 
 def _joined(outcomes: list[Outcome]) -> Outcome:

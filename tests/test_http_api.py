@@ -379,6 +379,21 @@ def test_an_unavailable_store_is_a_503_with_retry_after(client: TestClient) -> N
     assert response.headers["Retry-After"] == "2"
 
 
+def test_a_race_lost_every_time_is_a_503_not_a_bug(client: TestClient) -> None:
+    """Contention that outlasts the runtime's retries (ConflictError) is 503 with Retry-After, not 500."""
+    from journey_engine.ports import ConflictError
+
+    runtime = client.app.state.worker.runtime  # type: ignore[attr-defined]
+
+    def process(events: list[Any], now: Any = None) -> Any:
+        raise ConflictError("profile u1")
+
+    runtime.process = process
+    response = post(client, {"batch": [track("u1")]})
+    assert (response.status_code, response.json()["code"]) == (503, "contention")
+    assert response.headers["Retry-After"] == "1"
+
+
 def test_refusals_are_counted_per_event_with_a_reason_on_ingestion_routes_only(client: TestClient) -> None:
     """Two messages without a user are two refusals; a 401 on the user API is not an event refusal."""
     post(client, {"batch": [{"type": "track", "event": "X"}, {"type": "track", "event": "Y"}, track()]})

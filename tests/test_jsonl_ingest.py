@@ -158,3 +158,29 @@ def test_a_store_failure_leaves_the_report_of_what_was_committed(store: SqlStore
         ingest([line(), line(userId="u2", messageId="n")], runtime, erased=erased, now=lambda: NOW, batch=1,
                report=report)
     assert report.accepted == 1
+
+
+def test_each_line_arrives_when_it_is_read() -> None:
+    """On a long file or a stream, a line without a timestamp is stamped when it is read, not when the
+    ingest started (the clock is read per line)."""
+    times = iter([NOW, NOW + timedelta(hours=5)])
+    latest = [NOW]
+
+    def now() -> datetime:
+        latest[0] = next(times, latest[0])
+        return latest[0]
+
+    class Recording:  # the part of Runtime that ingest uses
+        def __init__(self) -> None:
+            self.events: list[Event] = []
+
+        def advance(self, until: datetime) -> None:
+            pass
+
+        def process(self, events: list[Event], now: datetime | None = None) -> None:
+            self.events.extend(events)
+
+    recording = Recording()
+    lines = [line(userId="u1", messageId="a", timestamp=None), line(userId="u2", messageId="b", timestamp=None)]
+    ingest(lines, recording, erased=lambda users: set(), now=now, batch=1)  # type: ignore[arg-type]
+    assert [e.timestamp for e in recording.events] == [NOW, NOW + timedelta(hours=5)]

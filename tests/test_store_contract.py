@@ -355,8 +355,11 @@ def test_a_journey_loaded_for_the_first_time_enrolls_its_segments_members(store_
     store = _store(store_factory)
     before = Runtime(Engine(COMPILED), store)
     before.process([Event(type="track", user_id=u, name="Feature Used", timestamp=T0)
-                    for u in ("u1", "u2") for _ in range(5 if u == "u1" else 1)], T0)
+                    for u in ("u1", "u2", "u3", "u4") for _ in range(1 if u == "u2" else 5)], T0)
     assert before.enroll(T0).records == []  # every journey of this workspace is now known
+    been = store.load(["u3"])["u3"]  # u3 went through `vip` on a store that did not record enrollment
+    been.entries = {("vip", ""): T0.timestamp()}
+    store.commit(Batch(profiles={"u3": been}))
     (workspace / "vip.yaml").write_text("""version: 1
 journey: vip
 entry: {segment: power_users}
@@ -369,8 +372,8 @@ states:
   gone: {final: true}
 """)
     after = Runtime(Engine(load_workspace(workspace)), store)
-    entered = [(r["user"], r["journey"]) for r in after.enroll(T0 + timedelta(hours=1)).records
+    entered = [(r["user"], r["journey"]) for r in after.enroll(T0 + timedelta(hours=1), chunk=1).records
                if r["kind"] == "journey_entered"]
-    assert entered == [("u1", "vip")]
+    assert entered == [("u1", "vip"), ("u4", "vip")]
     assert after.enroll(T0 + timedelta(hours=2)).records == []
     assert store.load(["u1"])["u1"].instances[("vip", "")].state == "welcome"

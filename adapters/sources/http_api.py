@@ -4,8 +4,9 @@ Requests are validated here and handed to one engine worker thread, which applie
 is waiting as one batch and commits once (group commit); a request is answered `200 {"success": true}`
 only after its events are committed. A batch with a bad message keeps the good ones (committed) and
 answers 400 naming the bad message's index and field, so the SDKs do not resend the good ones.
-Validation is shared with `journey ingest` (adapters/sources/segment.py). 503 means only that the store
-is unavailable; a 500 means the engine raised on an accepted event, which is a bug and is logged.
+Validation is shared with `journey ingest` (adapters/sources/segment.py). 503 means the store is
+unavailable or other workers kept winning the race for the same users (retry either way); a 500 means
+the engine raised on an accepted event, which is a bug and is logged.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Engine, Outcome
 from journey_engine.events import Event, parse_datetime
 from journey_engine.graph import to_mermaid
-from journey_engine.ports import Channel, StoreUnavailable
+from journey_engine.ports import Channel, ConflictError, StoreUnavailable
 from journey_engine.runtime import Runtime
 
 log = logging.getLogger("journey.serve")
@@ -492,6 +493,9 @@ async def _wait(worker: EngineWorker, events: list[Event]) -> None:
     except StoreUnavailable:
         raise Refused(503, "unavailable", "the store is unavailable, nothing was committed; retry",
                       headers={"Retry-After": "2"}, events=len(events)) from None
+    except ConflictError:  # other workers kept winning the race for these users: contention, it passes
+        raise Refused(503, "contention", "other workers kept changing these users, nothing was committed; retry",
+                      headers={"Retry-After": "1"}, events=len(events)) from None
     except Exception:  # logged by the worker: an engine bug, not the client's fault, and not transient
         raise Refused(500, "internal_error", "the engine failed on this request and nothing of it was committed; "
                                              "this is a bug and has been logged", events=len(events)) from None

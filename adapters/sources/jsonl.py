@@ -43,12 +43,13 @@ def read_events(lines: Iterable[bytes | str], *, now: datetime,
 
     Give bytes (a file opened "rb", `sys.stdin.buffer`) so that a line that is not UTF-8 is reported, not
     raised. `now` plays the HTTP API's receivedAt; `trigger_window` None marks no backfills."""
-    for _, item in _numbered(lines, received_at=now, trigger_window=trigger_window):
+    for _, item in _numbered(lines, received_at=lambda: now, trigger_window=trigger_window):
         yield item
 
 
-def _numbered(lines: Iterable[bytes | str], *, received_at: datetime,
+def _numbered(lines: Iterable[bytes | str], *, received_at: Callable[[], datetime],
               trigger_window: timedelta | None) -> Iterator[tuple[int, Event | BadLine]]:
+    """`received_at` is read per line: on a long file or a stream, each line arrives when it is read."""
     for number, line in enumerate(lines, start=1):
         data = (line if isinstance(line, bytes) else line.encode("utf-8", "surrogateescape")).strip()
         if not data:
@@ -67,7 +68,7 @@ def _numbered(lines: Iterable[bytes | str], *, received_at: datetime,
         if sent_at is not None and (not isinstance(sent_at, str) or parse_datetime(sent_at) is None):
             yield number, BadLine(number, "sentAt", f"{sent_at!r:.60} is not an ISO-8601 date-time")
             continue
-        events, bad = to_events(messages, received_at=received_at, sent_at=sent_at, trigger_window=trigger_window)
+        events, bad = to_events(messages, received_at=received_at(), sent_at=sent_at, trigger_window=trigger_window)
         for problem in bad:
             where = f"batch[{problem.index}].{problem.field}" if in_batch else problem.field
             yield number, BadLine(number, where, problem.message)
@@ -126,7 +127,7 @@ def ingest(lines: Iterable[bytes | str], runtime: Runtime, *, erased: Callable[[
 
     window = trigger_window if clock == "wall" else None
     try:
-        for number, item in _numbered(lines, received_at=now(), trigger_window=window):
+        for number, item in _numbered(lines, received_at=now, trigger_window=window):
             report.lines = number
             if isinstance(item, BadLine):
                 report.refused += 1
