@@ -640,7 +640,8 @@ def _lift_sentence(lift: Lift) -> str:
             f"{LIFT_METHOD}); relative lift {_signed_pct(lift.relative)}")
 
 
-def _iso(at: datetime) -> str:
+def iso_seconds(at: datetime) -> str:
+    """ISO-8601 UTC to the second, with a Z: how reports and the dashboard show times."""
     return at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
@@ -682,7 +683,7 @@ _SPARK_DAYS = 60
 
 def render_terminal(report: Report, console: Console) -> None:
     """The report as rich tables: per journey funnel, messages, lift and bandits; then segments."""
-    console.rule(f"journey report · as of {_iso(report.now)}")
+    console.rule(f"journey report · as of {iso_seconds(report.now)}")
     for journey in report.journeys:
         _terminal_journey(journey, console)
     if report.segments:
@@ -797,7 +798,7 @@ def render_html(report: Report, demo: DemoResult | None = None) -> str:
     return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>journey report</title><style>{_CSS}</style></head><body>"
-            f"<header><h1>journey report</h1><p>as of {escape(_iso(report.now))}</p></header>"
+            f"<header><h1>journey report</h1><p>as of {escape(iso_seconds(report.now))}</p></header>"
             f"<main>{_html_demo(demo) if demo is not None else ''}{journeys}{segment_part}</main></body></html>\n")
 
 
@@ -809,7 +810,8 @@ def _html_demo(demo: DemoResult) -> str:
     """The demo run: who lived through it, the adaptive choice against a fixed one, and the holdouts."""
     t = demo.traffic
     parts = ['<section id="demo"><h2>Demo run</h2>',
-             f"<p>{demo.users:,} synthetic users, {demo.days} days from {escape(_iso(demo.start))} (seed {demo.seed}, "
+             f"<p>{demo.users:,} synthetic users, {demo.days} days from {escape(iso_seconds(demo.start))} "
+             f"(seed {demo.seed}, "
              f"after a {demo.warmup_days}-day warm-up of existing customers' orders): {demo.events:,} events, "
              f"{demo.sends:,} sends.</p>",
              f'<p class="muted">Sessions {t.sessions:,}, median {t.median_events:g} events; {_pct(t.add_to_cart)} add '

@@ -11,14 +11,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from adapters.reports import JourneyReport, Lift, Report, SegmentReport, build_report
+from adapters.reports import JourneyReport, Lift, Report, SegmentReport, build_report, iso_seconds
 from adapters.storage.sql import SqlStore
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.graph import format_duration
@@ -162,7 +161,7 @@ class ReportCache:
 
 def report_json(report: Report) -> dict[str, Any]:
     """The figures of `journey report` as plain JSON for the page: rates computed, dates as ISO text."""
-    return {"now": _iso(report.now), "journeys": [_journey_json(j) for j in report.journeys],
+    return {"now": iso_seconds(report.now), "journeys": [_journey_json(j) for j in report.journeys],
             "segments": [_segment_json(s) for s in report.segments]}
 
 
@@ -186,10 +185,6 @@ def _segment_json(segment: SegmentReport) -> dict[str, Any]:
             "sizes": [[day.isoformat(), n] for day, n in segment.sizes[-SIZE_DAYS:]], "weeks": segment.weeks,
             "cohorts": [{"week": c.week, "start": c.start.isoformat(), "users": c.users, "still_in": c.still_in,
                          "shares": c.shares} for c in segment.cohorts]}
-
-
-def _iso(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 PAGE = """<!doctype html>

@@ -41,6 +41,7 @@ from adapters.scheduling.dispatcher import Dispatcher
 from adapters.sources.dashboard import add_dashboard_routes
 from adapters.sources.segment import MAX_BATCH, MAX_MESSAGE, BodyError, parse_json, to_events
 from adapters.storage.sql import SqlStore, profiles_t
+from journey_engine import trace
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Engine, Outcome
 from journey_engine.events import Event, parse_datetime
@@ -575,7 +576,7 @@ def _journey_summary(compiled: CompiledWorkspace, name: str, counts: dict[str, i
 def jsonable(value: Any) -> Any:
     """`value` with datetimes as ISO-8601 strings at any depth, and floats JSON can carry."""
     if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
+        return trace.iso(value)
     if isinstance(value, dict):
         return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
