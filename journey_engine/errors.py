@@ -4,7 +4,11 @@ JourneyError
  ├── WorkspaceError(ValueError)        a workspace that does not load; carries every Problem found
  ├── ScenarioError(ValueError)         a scenario file that does not parse
  ├── InvalidEventError(ValueError)     an event the engine refuses (no user id, no event name, ...)
- └── UnknownJourneyError(LookupError)  a journey name that is not in the workspace
+ ├── UnknownJourneyError(LookupError)  a journey name that is not in the workspace
+ ├── CodecError(ValueError)            a stored profile this version cannot read   (codec.py)
+ ├── StoreUnavailable(ConnectionError) the store cannot be reached or is locked     (ports.py)
+ ├── StoreVersionError(RuntimeError)   a database written by a newer version        (ports.py)
+ └── ConflictError(RuntimeError)       another worker committed first; rerun        (ports.py)
 """
 
 from __future__ import annotations

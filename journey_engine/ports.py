@@ -6,8 +6,10 @@ Store contract (every adapter passes tests/test_store_contract.py):
   outbox rows and bandit deltas of one batch are all written, or none is (the exception propagates
   and the caller must not acknowledge the batch's events).
 - `seen(ids)` answers which messageIds were committed before (exact, for at least `DEDUPE_FOR`).
-- `load(users)` returns the committed profiles of those users (absent users are absent), each a
-  fresh object the caller may mutate until its next `commit`.
+- `load(users)` returns the committed profiles of those users (absent users are absent), objects the
+  caller may mutate and then `commit`. Disk stores return fresh copies; MemoryStore returns the live
+  objects (there is nothing to copy from), so with it a mutation is visible before the commit and a
+  failed batch is not rolled back.
 - `due(until, limit)` claims up to `limit` users whose next wake-up is at or before `until`, earliest
   first, as (wake-up, user). A claim is a lease: a claimed user is not returned again until the
   claim is committed or the lease runs out (a crashed worker's claims come back).
@@ -83,8 +85,8 @@ class Store(Protocol):
     a dropped connection); construction may also raise `StoreVersionError`. Reads are of committed data."""
 
     def load(self, users: Collection[str]) -> dict[str, Profile]:
-        """The committed profiles of `users` (absent users are absent), fresh objects the caller may mutate
-        until its next `commit`; remembers their versions for that commit (same thread)."""
+        """The committed profiles of `users` (absent users are absent), for the caller to mutate and
+        `commit` (see above); remembers their versions for that commit (same thread)."""
         ...
 
     def aliases(self, users: Collection[str]) -> dict[str, str]:

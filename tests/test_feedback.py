@@ -117,10 +117,17 @@ def test_a_hard_bounce_suppresses_the_address_until_it_changes(h: Harness) -> No
     h.wait("1d")
     assert h.records("u1", "message_suppressed")[-1]["reason"] == "bounced"
     assert h.sent("u1") == ["offer_email"]
+
+
+def test_a_new_address_lifts_the_bounce(h: Harness) -> None:
+    """The suppression belongs to the address: once traits.email changes, mail goes out again."""
+    key = start(h)
+    h.track("u1", "Email Bounced", {"send_key": key})
     h.identify("u1", {"email": "new@example.com"})
-    h.track("u1", "Signed Up")  # reentry is `never`: nothing; the address rule is what is checked here
-    profile = h.runtime.profile("u1")
-    assert profile is not None and profile.bounced == ("u1@example.com",)
+    h.wait("1d")
+    h.wait("12h")  # later_email waits for the default send hour
+    assert h.sent("u1") == ["offer_email", "later_email"]
+    assert h.channel.sent[-1].context["traits"]["email"] == "new@example.com"
 
 
 def test_a_soft_bounce_suppresses_nothing(h: Harness) -> None:

@@ -1,6 +1,6 @@
 """Journeys that enrolled the users already in their entry segment when first loaded (SPEC §3 item 5).
 Empty on upgrade: each segment-entry journey enrolls its segment's members once, at the next start;
-users who were ever in the journey stay out by its reentry rule.
+users who have an entry record for the journey (they went through it) are skipped.
 
 Revision ID: 0009
 Revises: 0008
