@@ -66,8 +66,8 @@ class Dispatcher:
                 records.append(record)
             counts[update["status"]] = counts.get(update["status"], 0) + 1
         if rows:
-            self.store.settle_outbox(updates, records)
-            self._bounces(records, now)
+            settled = self.store.settle_outbox(updates, records)  # a late answer (lease lost) is dropped
+            self._bounces([r for r in records if r.get("send_key") in settled], now)
         return counts
 
     def _bounces(self, records: list[dict[str, Any]], now: datetime) -> None:
