@@ -39,12 +39,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adapters.scheduling.apscheduler import build_scheduler
 from adapters.scheduling.dispatcher import Dispatcher
 from adapters.sources.dashboard import add_dashboard_routes
-from adapters.sources.segment import MAX_BATCH, MAX_MESSAGE, BodyError, parse_json, to_events
+from adapters.sources.segment import MAX_BATCH, MAX_MESSAGE, BodyError, parse_json, sent_at_problem, to_events
 from adapters.storage.sql import SqlStore, profiles_t
 from journey_engine import trace
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Engine, Outcome
-from journey_engine.events import Event, parse_datetime
+from journey_engine.events import Event
 from journey_engine.graph import to_mermaid
 from journey_engine.ports import Channel, ConflictError, StoreUnavailable
 from journey_engine.runtime import Runtime
@@ -370,9 +370,9 @@ def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings 
             messages = body.get("batch")
             if not isinstance(messages, list):
                 raise Refused(400, "invalid_batch", "batch: must be a list of messages")
-            if sent_at is not None and (not isinstance(sent_at, str) or parse_datetime(sent_at) is None):
-                raise Refused(400, "invalid_sent_at", f"sentAt: {sent_at!r:.60} is not an ISO-8601 date-time",
-                              events=len(messages))
+            problem = sent_at_problem(sent_at)
+            if problem is not None:
+                raise Refused(400, "invalid_sent_at", problem, events=len(messages))
         else:
             messages = [body]
         events, bad = to_events(messages, received_at=received, sent_at=sent_at,

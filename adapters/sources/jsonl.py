@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import BinaryIO, Literal
 
-from adapters.sources.segment import MAX_BATCH, BodyError, parse_json, to_events
-from journey_engine.events import Event, parse_datetime
+from adapters.sources.segment import MAX_BATCH, BodyError, parse_json, sent_at_problem, to_events
+from journey_engine.events import Event
 from journey_engine.ports import StoreUnavailable
 from journey_engine.runtime import Runtime
 
@@ -65,8 +65,9 @@ def _numbered(lines: Iterable[bytes | str], *, received_at: Callable[[], datetim
         in_batch = isinstance(raw, dict) and isinstance(raw.get("batch"), list)
         messages = raw["batch"] if in_batch else [raw]
         sent_at = raw.get("sentAt") if in_batch else None
-        if sent_at is not None and (not isinstance(sent_at, str) or parse_datetime(sent_at) is None):
-            yield number, BadLine(number, "sentAt", f"{sent_at!r:.60} is not an ISO-8601 date-time")
+        problem = sent_at_problem(sent_at)
+        if problem is not None:
+            yield number, BadLine(number, "sentAt", problem.removeprefix("sentAt: "))
             continue
         events, bad = to_events(messages, received_at=received_at(), sent_at=sent_at, trigger_window=trigger_window)
         for problem in bad:

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from journey_engine.errors import InvalidEventError
-from journey_engine.events import Event, corrected_time, event_from_segment
+from journey_engine.events import Event, corrected_time, event_from_segment, parse_datetime
 
 MAX_MESSAGE = 32 * 1024  # bytes of UTF-8 JSON per message (Segment's rule)
 MAX_BATCH = 500 * 1024  # bytes per batch
@@ -63,6 +63,13 @@ def parse_json(data: bytes) -> Any:
                                         f"{exc.colno})") from None
     except ValueError as exc:  # NaN, Infinity, 1e400
         raise BodyError("invalid_json", f"body: not valid JSON ({exc})") from None
+
+
+def sent_at_problem(sent_at: Any) -> str | None:
+    """What is wrong with a batch's `sentAt` (None when it is absent or an ISO-8601 date-time)."""
+    if sent_at is None or (isinstance(sent_at, str) and parse_datetime(sent_at) is not None):
+        return None
+    return f"sentAt: {sent_at!r:.60} is not an ISO-8601 date-time"
 
 
 def to_events(messages: Iterable[Any], *, received_at: datetime, sent_at: Any = None,
