@@ -132,3 +132,18 @@ def test_the_dashboard_shows_every_journey_and_counts_move(server: str) -> None:
         user = page.text_content("#user") or ""
         assert "cart_abandonment" in user and "entered the journey at" in user
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+
+def test_the_report_data_holds_the_bandits_estimates() -> None:
+    """Each `choose: best` state's arms, with sends, conversions and the credible interval, reach the page."""
+    from adapters.reports import ArmEstimate, BanditReport, JourneyReport
+    from adapters.sources.dashboard import report_json
+
+    arm = ArmEstimate(arm="tips_push", kind="message", sends=20, conversions=5, mean=0.26, low=0.1, high=0.46)
+    journey = JourneyReport(name="onboarding", description=None, goal=None, funnel=[], messages=[], lift=None,
+                            bandits=[BanditReport(state="tips", strategy="choose: best", arms=[arm])],
+                            entered=0, converted=0)
+    data = report_json(Report(now=NOW, journeys=[journey], segments=[]))
+    assert data["journeys"][0]["bandits"] == [{"state": "tips", "strategy": "choose: best", "arms": [
+        {"arm": "tips_push", "kind": "message", "sends": 20, "conversions": 5, "mean": 0.26, "low": 0.1,
+         "high": 0.46}]}]

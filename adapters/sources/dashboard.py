@@ -172,7 +172,8 @@ def _journey_json(journey: JourneyReport) -> dict[str, Any]:
             "funnel": [asdict(row) | {"conversion_rate": row.conversion_rate} for row in journey.funnel],
             "messages": [asdict(row) | {"suppressed_total": row.suppressed_total,
                                         "conversion_rate": row.conversion_rate} for row in journey.messages],
-            "lift": _lift_json(journey.lift) if journey.lift is not None else None}
+            "lift": _lift_json(journey.lift) if journey.lift is not None else None,
+            "bandits": [asdict(b) for b in journey.bandits]}
 
 
 def _lift_json(lift: Lift) -> dict[str, Any]:
@@ -268,12 +269,20 @@ function liftLine(l) {
   return `<p class="lift">Holdout: treated ${pct(l.treated_rate)} of ${l.treated}, held out ${pct(l.held_out_rate)}
     of ${l.held_out}; difference ${points(l.difference)}${ci}.</p>`;
 }
+function banditTable(j) {
+  if (!j.bandits.length) return '';
+  const rows = j.bandits.flatMap(b => b.arms.map(a => `<tr data-arm="${esc(a.arm)}"><td>${esc(b.state)}</td>
+    <td class="text">${esc(b.strategy)}</td><td class="text">${a.kind === 'path' ? '→ ' : ''}${esc(a.arm)}</td>
+    <td>${a.sends}</td><td>${a.conversions}</td><td>${pct(a.mean)}</td><td>${pct(a.low)} – ${pct(a.high)}</td></tr>`));
+  return '<h3>Next best message: what the bandits believe</h3>' + table('bandits', ['state', 'strategy', 'arm',
+    'sends', 'conversions', 'mean', '95% credible interval'], rows);
+}
 function journeyReport(j) {
   const goal = j.goal ? `, ${j.converted} reached the goal (${pct(j.conversion_rate)}); goal: ${esc(j.goal)}` : '';
   return `<p class="summary">${j.entered} entered${goal}</p><h3>Funnel</h3>
     <div class="muted">Runs through the journey per state:<span class="key" style="background:#c9d6fb"></span>entered
     <span class="key" style="background:#2f9e55"></span>then reached the goal</div>
-    ${funnelTable(j)}<h3>Messages</h3>${messageTable(j)}${liftLine(j.lift)}`;
+    ${funnelTable(j)}<h3>Messages</h3>${messageTable(j)}${liftLine(j.lift)}${banditTable(j)}`;
 }
 function sparkline(sizes) {
   if (sizes.length < 2) return '';
