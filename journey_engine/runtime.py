@@ -153,19 +153,28 @@ class Runtime:
         profiles = self.store.load({aliases.get(u, u) for u in named})
         batch = Batch()
         out = Outcome()
-        for event in events:
-            at = event.timestamp if now is None else now
-            if event.message_id is not None:
-                if event.message_id in already:
-                    out.records.append(trace.other("duplicate", at, event.user_id, message_id=event.message_id))
-                    continue
-                already.add(event.message_id)
-                batch.message_ids.append((event.message_id, at))
-                batch.senders[event.message_id] = aliases.get(event.user_id, event.user_id)
-            self._one(event, at, aliases, profiles, batch, out)
+        try:
+            for event in events:
+                self._apply(event, now, already, aliases, profiles, batch, out)
+        except Exception:
+            self.engine.bandits = self.store.bandit()  # forget what the batch that failed taught
+            raise
         batch.profiles.update(profiles)
         self._finish(batch, out)
         return out
+
+    def _apply(self, event: Event, now: datetime | None, already: set[str], aliases: dict[str, str],
+               profiles: dict[str, Profile], batch: Batch, out: Outcome) -> None:
+        """One event of a batch: deduplicated, then applied (after what fell due for its user before it)."""
+        at = event.timestamp if now is None else now
+        if event.message_id is not None:
+            if event.message_id in already:
+                out.records.append(trace.other("duplicate", at, event.user_id, message_id=event.message_id))
+                return
+            already.add(event.message_id)
+            batch.message_ids.append((event.message_id, at))
+            batch.senders[event.message_id] = aliases.get(event.user_id, event.user_id)
+        self._one(event, at, aliases, profiles, batch, out)
 
     def _one(self, event: Event, now: datetime, aliases: dict[str, str], profiles: dict[str, Profile],
              batch: Batch, out: Outcome) -> None:

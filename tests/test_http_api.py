@@ -346,8 +346,9 @@ def test_framework_errors_are_code_and_message(client: TestClient, method: str, 
     assert path in response.json()["message"]
 
 
-def test_an_engine_failure_is_a_500_for_that_request_only(client: TestClient) -> None:
-    """If the engine raises on an accepted event, that is our bug: 500 (logged), and the next request works."""
+def test_an_event_the_engine_raises_on_is_refused_alone_and_the_rest_committed(client: TestClient) -> None:
+    """If the engine raises on an event (our bug, logged), that message is refused by index with a 400 the
+    SDKs do not retry, and the other messages of the request are committed."""
     runtime = client.app.state.worker.runtime  # type: ignore[attr-defined]
     real = runtime.process
 
@@ -357,11 +358,18 @@ def test_an_engine_failure_is_a_500_for_that_request_only(client: TestClient) ->
         return real(events, now)
 
     runtime.process = process
-    response = post(client, {"batch": [track("poison")]})
-    assert response.status_code == 500
-    assert response.json()["code"] == "internal_error"
-    assert "Retry-After" not in response.headers
-    assert post(client, {"batch": [track("u1")]}).json() == {"success": True}
+    batch = [identify("u1"), {"type": "track", "userId": "u2"}, track("poison"), track("u1")]
+    response = post(client, {"batch": batch})
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == "invalid_message"
+    assert body["message"].startswith("batch[1].event")
+    assert "1 more bad message" in body["message"] and "the other 2 message(s) were accepted" in body["message"]
+    user = client.get("/v1/users/u1", headers=BEARER).json()
+    assert user["journeys"][0]["state"] == "welcome"
+    only = post(client, {"batch": [track("poison", messageId="p2")]})
+    assert (only.status_code, "could not apply" in only.json()["message"]) == (400, True)
+    assert post(client, {"batch": [track("u3")]}).json() == {"success": True}
 
 
 def test_an_unavailable_store_is_a_503_with_retry_after(client: TestClient) -> None:

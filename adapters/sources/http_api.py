@@ -39,7 +39,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adapters.scheduling.apscheduler import build_scheduler
 from adapters.scheduling.dispatcher import Dispatcher
 from adapters.sources.dashboard import add_dashboard_routes
-from adapters.sources.segment import MAX_BATCH, MAX_MESSAGE, BodyError, parse_json, sent_at_problem, to_events
+from adapters.sources.segment import (
+    MAX_BATCH,
+    MAX_MESSAGE,
+    BadMessage,
+    BodyError,
+    parse_json,
+    sent_at_problem,
+    to_events,
+)
 from adapters.storage.sql import SqlStore, profiles_t
 from journey_engine import trace
 from journey_engine.compiler import CompiledWorkspace
@@ -151,23 +159,57 @@ class EngineWorker:
                     future.set_exception(exc)
 
     def _commit(self, requests: list[tuple[list[Event], Future[Any]]]) -> bool:
-        """Apply and commit these requests' events as one batch; settle their futures if it worked."""
+        """Apply and commit these requests' events as one batch; settle their futures if it worked.
+
+        A future's result is the positions of its events the engine raised on (see `_isolate`)."""
         events = [e for payload, _ in requests for e in payload]
         began = time.perf_counter()
         try:
             erased = self.store.erased({e.user_id for e in events})
-            outcome = self.runtime.process([e for e in events if e.user_id not in erased], self.clock())
-        except Exception as exc:  # not committed: nobody is told it was accepted
-            log.exception("batch of %d events not committed", len(events))
-            if len(requests) == 1:
-                requests[0][1].set_exception(exc)
-                self._done(len(events))
-            return False
-        self.metrics.observe(outcome, len(events), time.perf_counter() - began)
+            kept = [i for i, e in enumerate(events) if e.user_id not in erased]
+            outcome = self.runtime.process([events[i] for i in kept], self.clock())
+            failed: list[int] = []
+        except (StoreUnavailable, ConflictError) as exc:  # not committed: nobody is told it was accepted
+            log.warning("batch of %d events not committed: %s", len(events), exc)
+            return self._failed(requests, exc)
+        except Exception as exc:
+            if len(requests) > 1:
+                return False  # the caller retries each request alone, so one cannot fail the others
+            log.exception("the engine raised on a request of %d events; isolating the event(s)", len(events))
+            try:
+                failed = [kept[i] for i in self._isolate([events[i] for i in kept])]
+            except Exception as again:
+                return self._failed(requests, again if isinstance(again, StoreUnavailable | ConflictError) else exc)
+            outcome = Outcome()
+        self.metrics.observe(outcome, len(events) - len(failed), time.perf_counter() - began)
         for _, future in requests:
-            future.set_result(None)
+            future.set_result(failed)
         self._done(len(events))
         return True
+
+    def _isolate(self, events: list[Event]) -> list[int]:
+        """Commit every event the engine can apply, halving around the ones it raises on (an engine bug:
+        each is logged); return their positions. A message that can never be applied must not hold back
+        the rest of its request, nor be retried by the SDKs forever."""
+        if not events:
+            return []
+        try:
+            self.runtime.process(events, self.clock())
+            return []
+        except (StoreUnavailable, ConflictError):
+            raise
+        except Exception:
+            if len(events) == 1:
+                log.exception("the engine raised on event %r of user %r", events[0].name, events[0].user_id)
+                return [0]
+        middle = len(events) // 2
+        return self._isolate(events[:middle]) + [middle + i for i in self._isolate(events[middle:])]
+
+    def _failed(self, requests: list[tuple[list[Event], Future[Any]]], exc: BaseException) -> bool:
+        if len(requests) == 1:
+            requests[0][1].set_exception(exc)
+            self._done(len(requests[0][0]))
+        return False
 
     def _done(self, events: int) -> None:
         with self._lock:
@@ -377,10 +419,16 @@ def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings 
             messages = [body]
         events, bad = to_events(messages, received_at=received, sent_at=sent_at,
                                 trigger_window=settings.trigger_window, call=call)
+        if events:
+            failed = await _wait(worker, events)
+            if failed:  # the engine raised on these (a bug, logged): refuse them so no SDK resends them forever
+                good = [i for i in range(len(messages)) if i not in {b.index for b in bad}]
+                bad = sorted([*bad, *(BadMessage(good[p], "message", "engine_error", "the engine could not apply "
+                                                 "this message; the failure is logged for us to fix")
+                                      for p in failed)], key=lambda b: b.index)
+                events = [e for p, e in enumerate(events) if p not in set(failed)]
         for problem in bad:
             metrics.refused.labels(problem.reason).inc()
-        if events:
-            await _wait(worker, events)
         if bad:
             first = bad[0]
             where = f"batch[{first.index}].{first.field}" if call is None else first.field
@@ -483,21 +531,23 @@ async def authorized_body(request: Request, limit: int, settings: Settings) -> A
     return body
 
 
-async def _wait(worker: EngineWorker, events: list[Event]) -> None:
+async def _wait(worker: EngineWorker, events: list[Event]) -> list[int]:
+    """Wait for the events' commit; return the positions of any the engine could not apply."""
     try:
         future = worker.submit(events)
     except Overloaded:
         raise Refused(429, "overloaded", "the engine is behind; retry after a second",
                       headers={"Retry-After": "1"}, events=len(events)) from None
     try:
-        await _await(future)
+        failed: list[int] = await _await(future)
+        return failed
     except StoreUnavailable:
         raise Refused(503, "unavailable", "the store is unavailable, nothing was committed; retry",
                       headers={"Retry-After": "2"}, events=len(events)) from None
     except ConflictError:  # other workers kept winning the race for these users: contention, it passes
         raise Refused(503, "contention", "other workers kept changing these users, nothing was committed; retry",
                       headers={"Retry-After": "1"}, events=len(events)) from None
-    except Exception:  # logged by the worker: an engine bug, not the client's fault, and not transient
+    except Exception:  # logged by the worker: a bug, not the client's fault, and not transient
         raise Refused(500, "internal_error", "the engine failed on this request and nothing of it was committed; "
                                              "this is a bug and has been logged", events=len(events)) from None
 
