@@ -5,8 +5,9 @@ is waiting as one batch and commits once (group commit); a request is answered `
 only after its events are committed. A batch with a bad message keeps the good ones (committed) and
 answers 400 naming the bad message's index and field, so the SDKs do not resend the good ones.
 Validation is shared with `journey ingest` (adapters/sources/segment.py). 503 means the store is
-unavailable or other workers kept winning the race for the same users (retry either way); a 500 means
-the engine raised on an accepted event, which is a bug and is logged.
+unavailable or other workers kept winning the race for the same users (retry either way). An event the
+engine raises on (a bug, logged) is isolated by halving the request: it is refused by index like a bad
+message (`engine_error` in the metrics) and the rest is committed.
 """
 
 from __future__ import annotations
