@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
+import psycopg
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -329,7 +330,8 @@ class SqlStore:
         self._insert_new(conn, self._sql["insert_processed"],
                          [(m, wall, senders.get(m)) for m, _ in batch.message_ids], "a messageId of the batch")
         if batch.records:
-            conn.exec_driver_sql(self._sql["insert_trace"], [_trace_row(r) for r in batch.records])
+            self._append(conn, "trace (user_id, at, kind, journey, body)", self._sql["insert_trace"],
+                         [_trace_row(r) for r in batch.records])
             self._history(conn, batch.records)
         if batch.sends:
             conn.exec_driver_sql(self._sql["insert_outbox"], [_outbox_row(s) for s in batch.sends])
@@ -420,7 +422,21 @@ class SqlStore:
         if left:
             conn.exec_driver_sql(self._sql["history_left"], left)
         if entered:
-            conn.exec_driver_sql(self._sql["history_entered"], entered)
+            self._append(conn, "segment_history (user_id, segment, entered_at)", self._sql["history_entered"], entered)
+
+    def _append(self, conn: Connection, into: str, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Plain inserts of many rows into a table without unique keys of ours: COPY on PostgreSQL (in this
+        transaction; several times faster than the pipelined executemany), executemany elsewhere."""
+        if self.dialect != "postgresql":
+            conn.exec_driver_sql(sql, rows)
+            return
+        try:
+            with conn.connection.dbapi_connection.cursor() as cursor, \
+                    cursor.copy(f"COPY {into} FROM STDIN") as copy:  # type: ignore[union-attr]
+                for row in rows:
+                    copy.write_row(row)
+        except psycopg.OperationalError as exc:  # the driver's own: SQLAlchemy does not see this cursor
+            raise StoreUnavailable(f"database error, nothing of this batch was committed: {exc}") from exc
 
     # --- maintenance and reads for operators ----------------------------------------------------
 
