@@ -209,3 +209,19 @@ def test_timer_claims_read_the_due_index_in_order(tmp_path: Path) -> None:
             "(lease_until IS NULL OR lease_until < 1e10) ORDER BY wake_at, user_id LIMIT 500"))
     store.close()
     assert "ix_profiles_due" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_a_thread_that_only_reads_keeps_no_growing_state(tmp_path: Path) -> None:
+    """The versions remembered for compare-and-set are those of the last load only (no leak on API threads)."""
+    store = SqlStore(f"sqlite:///{tmp_path / 'v.db'}")
+    try:
+        from journey_engine.ports import Batch
+        from journey_engine.profile import Profile
+
+        store.commit(Batch(profiles={f"u{n}": Profile(f"u{n}") for n in range(50)}))
+        store.load([f"u{n}" for n in range(50)])
+        store.load(["u1"])
+        assert store._versions == {"u1": 1}
+        assert store.due_count(datetime(2030, 1, 1, tzinfo=UTC)) == 0
+    finally:
+        store.close()

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -49,7 +48,7 @@ from adapters.sources.segment import (
     sent_at_problem,
     to_events,
 )
-from adapters.storage.sql import SqlStore, profiles_t
+from adapters.storage.sql import SqlStore
 from journey_engine import trace
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Engine, Outcome
@@ -554,14 +553,10 @@ async def _wait(worker: EngineWorker, events: list[Event]) -> list[int]:
 
 
 def timers_due(store: SqlStore, now: datetime) -> float:
-    """Users whose wake-up is due: a count over the indexed `profiles.wake_at` (NaN if the store is down).
-
-    This reads the store's table directly; it belongs in SqlStore as a `due_count(until)` method."""
-    query = sa.select(sa.func.count()).select_from(profiles_t).where(profiles_t.c.wake_at <= now.timestamp())
+    """Users whose wake-up is due, for the gauge (NaN while the store is down)."""
     try:
-        with store.engine.connect() as conn:
-            return float(conn.execute(query).scalar_one())
-    except sa.exc.SQLAlchemyError:
+        return float(store.due_count(now))
+    except StoreUnavailable:
         return math.nan
 
 

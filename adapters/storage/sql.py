@@ -220,9 +220,17 @@ class SqlStore:
             versions = self._local.versions = {}
         return versions
 
+    def due_count(self, until: datetime) -> int:
+        """How many users' wake-up is at or before `until` (claimed or not): one indexed count."""
+        query = sa.select(sa.func.count()).select_from(profiles_t).where(profiles_t.c.wake_at <= until.timestamp())
+        with self._reading() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def load(self, users: Collection[str]) -> dict[str, Profile]:
+        """Remembers the versions of this load only (a thread loads, then commits what it loaded): the
+        map never grows past one load, also on threads that only read."""
         found: dict[str, Profile] = {}
-        versions = self._versions
+        versions = self._local.versions = {}
         decode, defaults = codec.decode, self.defaults
         with self._reading() as conn:
             for chunk in _chunks(list(users)):
@@ -307,14 +315,8 @@ class SqlStore:
         try:
             with self._tx() as conn:
                 self._write(conn, batch, wall)
-        except BaseException:
-            for user in (*batch.profiles, *batch.deleted):
-                versions.pop(user, None)  # unknown now: the rerun reloads
-            raise
-        for user in batch.profiles:
-            versions[user] = versions.get(user, 0) + 1
-        for user in batch.deleted:
-            versions.pop(user, None)
+        finally:
+            versions.clear()  # committed or not, the next commit starts from a new load
 
     def _write(self, conn: Connection, batch: Batch, wall: float) -> None:
         self._write_profiles(conn, batch.profiles, wall)
