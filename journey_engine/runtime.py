@@ -30,7 +30,9 @@ class MemoryStore:
         self.processed: dict[str, float | None] = {}  # messageId -> first prune that saw it (None: none yet)
         self.alias_map: dict[str, str] = {}
         self.records: list[trace.Record] | None = None  # keep the trace only when asked
-        self.outbox: list[SendMessage] = []  # every committed send, in commit order (nothing dispatches them)
+        # committed sends, in commit order, kept only when asked (like the trace): nothing dispatches them,
+        # and a long simulation would otherwise hold every send's template context for ever
+        self.outbox: list[SendMessage] | None = None
         self._bandit: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
         self._woken: dict[str, float] = {}
         self._enrolled: set[str] = set()
@@ -67,7 +69,8 @@ class MemoryStore:
             self._rest(batch)
         for message_id, _ in batch.message_ids:
             self.processed[message_id] = None  # arrived now; `prune` stamps it with its own clock
-        self.outbox.extend(batch.sends)
+        if self.outbox is not None:
+            self.outbox.extend(batch.sends)
         if self.records is not None:
             self.records.extend(batch.records)
         for (journey, state, arm), (sends, conversions) in batch.bandit.items():

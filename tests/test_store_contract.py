@@ -284,7 +284,7 @@ def test_erasing_an_aliased_id_erases_the_user_it_was_merged_into(store_factory:
 
 def _outbox_keys(store: Any) -> list[str]:
     if isinstance(store, MemoryStore):
-        return [send.idempotency_key for send in store.outbox]
+        return [send.idempotency_key for send in store.outbox or []]
     return [row["key"] for row in store.outbox()]
 
 
@@ -298,7 +298,7 @@ def test_a_commit_writes_its_sends_to_the_outbox_and_its_records_to_the_trace(st
     """The sends and trace records of a committed batch are stored with it, once each."""
     store = _store(store_factory)
     if isinstance(store, MemoryStore):
-        store.records = []  # the memory store keeps the trace only when asked
+        store.records, store.outbox = [], []  # the memory store keeps the trace and the sends only when asked
     runtime = Runtime(Engine(COMPILED), store)
     signup = [_identify("u1", {"email": "a@b.c"}, T0, "i0"),
               Event(type="track", user_id="u1", name="Signed Up", timestamp=T0, message_id="s0")]
