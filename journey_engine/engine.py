@@ -603,7 +603,7 @@ class Engine:
 
     def _exit(self, run: _Run, cj: CompiledJourney, inst: Instance, reason: str) -> None:
         profile = run.profile
-        ikey = (cj.name, inst.key)
+        ikey = self._plan[cj.name].ikey if not inst.key else (cj.name, inst.key)  # the shared tuple if unkeyed
         profile.remove_instance(ikey)
         if profile.entries is None:
             profile.entries = {}
