@@ -203,8 +203,9 @@ class Engine:
         self.bandits: dict[tuple[str, str], Stats] = {}
         self._plans = tuple(_Plan.of(cj) for cj in compiled.journeys.values())
         self._plan = {p.name: p for p in self._plans}
-        self._clock_rules = any(sp.clock_rules for p in self._plans for sp in p.states.values()) or any(
-            p.clock_triggers or p.clock_entry for p in self._plans)
+        self._clock_entries = any(p.clock_entry for p in self._plans)
+        self._clock_rules = self._clock_entries or any(
+            p.clock_triggers or any(sp.clock_rules for sp in p.states.values()) for p in self._plans)
         self._defaults = MappingProxyType(compiled.metrics.defaults)  # shared by every profile, read-only
         self._ledger_span = max((c.per for c in self.policies.frequency_caps), default=timedelta(0))
         self._subscribed_by_default = {name: sub.default == "subscribed"
@@ -244,7 +245,8 @@ class Engine:
         profile = run.profile
         changed = self.cw.metrics.refresh(profile, run.now)
         self._segments(run, metrics=changed, traits=False, timed=True)
-        run.changed = True
+        # time alone flips only rules that read $now; the rest need a metric or segment to have moved
+        run.changed = run.changed or bool(changed) or self._reads_clock(profile)
         if profile.deferred:
             self._deferred(run)
         groups = _by_journey(profile) if profile.instances else _NO_GROUPS
@@ -255,8 +257,21 @@ class Engine:
                     if not self._fire_timer(run, plan, inst):
                         self._check(run, plan, inst, None)
             if plan.entry_on is None and (plan.entry_segment is None or plan.entry_segment in run.entered):
-                self._enter(run, plan.cj, None)  # a segment or rule entry (a wake-up has always `changed`)
+                self._enter(run, plan.cj, None)  # a segment entry, or a rule entry if something changed
         run.entered.clear()
+
+    def _reads_clock(self, profile: Profile) -> bool:
+        """Whether a rule that reads `$now` matters to this user now: of their current states, their
+        journeys' exits and goals, or an `if:` entry."""
+        if not self._clock_rules:
+            return False
+        if self._clock_entries:
+            return True
+        for (name, _), inst in profile.instances.items():
+            plan = self._plan[name]
+            if plan.clock_triggers or plan.states[inst.state].clock_rules:
+                return True
+        return False
 
     def merge(self, into: Profile, other: Profile, now: datetime) -> Outcome:
         """alias: fold the anonymous profile `other` into `into`, journeys and metrics included."""
