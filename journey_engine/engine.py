@@ -527,7 +527,33 @@ class Engine:
         extra = {"holdout": True} if inst.holdout else {}
         run.out.records.append(trace.journey_entered(run.now, run.profile.user_id, cj.name, key or None,
                                                      inst.state, **extra))
-        self._arrive(run, cj, inst)
+        if not self._leaves_at_once(run, cj, inst):
+            self._arrive(run, cj, inst)
+
+    def _leaves_at_once(self, run: _Run, cj: CompiledJourney, inst: Instance) -> bool:
+        """An entrant who already meets a segment or rule exit criterion, or the goal, leaves at once,
+        before any message: exits and goals are otherwise checked when something changes, and entering
+        is not a change of the user's."""
+        self._journey_scope(run, inst)
+        for criterion in self._plan[cj.name].exits_changed:
+            if self._holds(run, criterion):
+                self._exit(run, cj, inst, "exit")
+                return True
+        goal = cj.goal
+        if goal is None or goal.on is not None or not self._holds(run, goal):
+            return False
+        self._goal(run, cj, inst)
+        if cj.journey.goal is not None and cj.journey.goal.exit:
+            self._exit(run, cj, inst, "goal")
+            return True
+        return False
+
+    @staticmethod
+    def _holds(run: _Run, trigger: CompiledTrigger) -> bool:
+        """A segment or rule trigger's condition, now (no edge: being in the segment is enough)."""
+        if trigger.segment is not None and trigger.segment not in run.profile.segments:
+            return False
+        return trigger.rule is None or trigger.rule(run.scope, run.now)
 
     @staticmethod
     def _became_true(run: _Run, cj: CompiledJourney) -> bool:

@@ -132,3 +132,37 @@ states:
     h.identify("u1", {"plan": "pro"})
     h.identify("u1", {"plan": "trial"})
     assert len(h.records("u1", "journey_entered")) == 2
+
+
+def test_an_entrant_who_already_meets_an_exit_criterion_leaves_before_any_message(tmp_path: Path) -> None:
+    """Entering is not a change of the user's: exit criteria and a rule goal already met are checked at
+    entry, so a power user entering a nudge journey that power users exit is sent nothing."""
+    h = harness(tmp_path, """\
+journey: nudge
+entry: {on: Stalled}
+exit:
+  - segment: busy
+goal:
+  if: "traits.done == true"
+initial: nudge
+states:
+  nudge:
+    send: hello
+    transitions:
+      - after: 1d
+        to: gone
+  gone: {final: true}
+segments:
+  busy: "traits.busy == true"
+messages:
+  hello: {channel: in_app, body: "Hi"}
+""")
+    h.identify("u1", {"busy": True})
+    h.identify("u2", {"done": True})
+    h.identify("u3", {})
+    for user in ("u1", "u2", "u3"):
+        h.track(user, "Stalled")
+    assert [r["reason"] for r in h.records("u1", "journey_exited")] == ["exit"]
+    assert [r["kind"] for r in h.records("u2") if r["kind"] in ("goal_reached", "journey_exited")] == [
+        "goal_reached", "journey_exited"]
+    assert (h.sent("u1"), h.sent("u2"), h.sent("u3")) == ([], [], ["hello"])
