@@ -452,3 +452,16 @@ def test_the_terminal_report_reads_in_80_columns(report: Report) -> None:
     for expected in ("messages: sending", "messages: answers", "unsubscribed", "conversions", "conversion",
                      "entered", "welcome_email", "tips_push"):
         assert re.search(rf"(?<![\w]){expected}(?![\w])", text), expected
+
+
+def test_long_state_names_fold_instead_of_pushing_columns_off_an_80_column_terminal(report: Report) -> None:
+    """A journey with long state and message names still shows every column at 80 columns."""
+    from dataclasses import replace
+
+    journey = report.journeys[0]
+    long = replace(journey, funnel=[replace(row, state=f"{row.state}_with_a_very_long_name_indeed")
+                                    for row in journey.funnel])
+    out = io.StringIO()
+    render_terminal(replace(report, journeys=[long], segments=[]), Console(file=out, width=80, color_system=None))
+    text = out.getvalue()
+    assert "conversion" in text and max(len(line) for line in text.splitlines()) <= 80
