@@ -722,25 +722,21 @@ def _terminal_journey(journey: JourneyReport, console: Console) -> None:
 
 
 def _table(title: str, columns: Iterable[str], rows: Iterable[list[str]]) -> Table:
-    """No vertical rules; every column but the first as wide as its longest header word or value (a
-    long text value wraps at _TEXT_WIDTH), and the first takes what is left and folds its names: a
-    table of nine numbers fits an 80-column terminal instead of losing its last columns off the edge."""
+    """No vertical rules; a column of single words (numbers, ids) as wide as its longest header word or
+    value, while the first column and columns of text take what is left and wrap: a table of nine
+    numbers fits an 80-column terminal instead of losing its last columns off the edge."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     rows = list(rows)
     for index, name in enumerate(columns):
         justify = "left" if index == 0 or name in ("channel", "strategy", "arm") else "right"
-        if index == 0:
-            table.add_column(name, justify=justify, overflow="fold", min_width=len(name))
-            continue
-        widest = max([*(len(word) for word in name.split()), *(len(row[index]) for row in rows)])
-        table.add_column(name, justify=justify, overflow="fold",
-                         width=min(widest, max(_TEXT_WIDTH, *(len(word) for word in name.split()))))
+        words = max(len(word) for word in name.split())
+        if index == 0 or any(" " in row[index] for row in rows):
+            table.add_column(name, justify=justify, overflow="fold", min_width=words)
+        else:
+            table.add_column(name, justify=justify, width=max([words, *(len(row[index]) for row in rows)]))
     for row in rows:
         table.add_row(*row)
     return table
-
-
-_TEXT_WIDTH = 14
 
 
 def _size_cells(segment: SegmentReport) -> list[str]:
