@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from adapters.sources.http_api import Settings, create_app
 from adapters.storage.sql import SqlStore
 from journey_engine.compiler import load_workspace
+from journey_engine.ports import ConflictError, StoreUnavailable
 
 COMPILED = load_workspace(Path(__file__).parent / "workspaces" / "basic")
 NOW = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -372,34 +373,23 @@ def test_an_event_the_engine_raises_on_is_refused_alone_and_the_rest_committed(c
     assert post(client, {"batch": [track("u3")]}).json() == {"success": True}
 
 
-def test_an_unavailable_store_is_a_503_with_retry_after(client: TestClient) -> None:
-    """Only an unavailable store answers 503 with Retry-After: the SDKs retry and nothing is lost."""
-    from journey_engine.ports import StoreUnavailable
-
+@pytest.mark.parametrize(("error", "code", "retry_after"), [
+    (StoreUnavailable("database is locked"), "unavailable", "2"),
+    (ConflictError("profile u1"), "contention", "1"),
+], ids=["store-unavailable", "race-lost-every-time"])
+def test_a_transient_store_failure_is_a_503_with_retry_after(client: TestClient, error: Exception, code: str,
+                                                              retry_after: str) -> None:
+    """An unavailable store, or contention that outlasts the runtime's retries, answers 503 with
+    Retry-After (the SDKs retry and nothing is lost), never 500."""
     runtime = client.app.state.worker.runtime  # type: ignore[attr-defined]
 
     def process(events: list[Any], now: Any = None) -> Any:
-        raise StoreUnavailable("database is locked")
+        raise error
 
     runtime.process = process
     response = post(client, {"batch": [track("u1")]})
-    assert response.status_code == 503
-    assert response.headers["Retry-After"] == "2"
-
-
-def test_a_race_lost_every_time_is_a_503_not_a_bug(client: TestClient) -> None:
-    """Contention that outlasts the runtime's retries (ConflictError) is 503 with Retry-After, not 500."""
-    from journey_engine.ports import ConflictError
-
-    runtime = client.app.state.worker.runtime  # type: ignore[attr-defined]
-
-    def process(events: list[Any], now: Any = None) -> Any:
-        raise ConflictError("profile u1")
-
-    runtime.process = process
-    response = post(client, {"batch": [track("u1")]})
-    assert (response.status_code, response.json()["code"]) == (503, "contention")
-    assert response.headers["Retry-After"] == "1"
+    assert (response.status_code, response.json()["code"]) == (503, code)
+    assert response.headers["Retry-After"] == retry_after
 
 
 def test_refusals_are_counted_per_event_with_a_reason_on_ingestion_routes_only(client: TestClient) -> None:
