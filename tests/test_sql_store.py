@@ -253,9 +253,8 @@ def test_a_claim_skips_the_flush_and_every_commit_after_it_waits_for_the_disk(tm
         assert seen == [1]  # NORMAL inside the claim
         assert synchronous() == 2  # FULL again on the pooled connection
         store.engine.pool.dispose()
-        with pytest.raises(StoreUnavailable):
-            with store._tx(durable=False) as conn:
-                conn.exec_driver_sql("SELECT * FROM no_such_table")
+        with pytest.raises(StoreUnavailable), store._tx(durable=False) as conn:
+            conn.exec_driver_sql("SELECT * FROM no_such_table")
         assert synchronous() == 2
     finally:
         store.close()
