@@ -197,7 +197,20 @@ def run_bench(compiled: CompiledWorkspace, *, users: int, events: int, seed: int
     }
     if isinstance(target, MemoryStore):
         report["bytes_per_user"], report["bytes_per_user_strict"] = _bytes_per_user(target, random.Random(seed))
+    elif hasattr(target, "disk_bytes"):
+        report.update(_disk(target.disk_bytes(), users, events))
     return report
+
+
+def _disk(sizes: dict[str, int], users: int, events: int) -> dict[str, Any]:
+    """Disk use split as it grows: a user's state (the profile row: traits, metrics, segments, journey
+    instances with their timers, and its indexes) per user; history (trace, outbox, dedupe records,
+    segment history), which grows with activity until pruned, per event."""
+    state = sizes.get("profiles", 0)
+    history = sum(sizes.values()) - state
+    return {"disk_mb": round(sum(sizes.values()) / 2**20, 1), "disk_state_bytes_per_user": round(state / max(users, 1)),
+            "disk_history_bytes_per_event": round(history / max(events, 1)),
+            "disk_by_table_mb": {name: round(size / 2**20, 1) for name, size in sorted(sizes.items()) if size}}
 
 
 def run_timer_bench(compiled: CompiledWorkspace, store: Store, *, due: int, pending: int = 0,

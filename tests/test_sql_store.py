@@ -258,3 +258,24 @@ def test_a_claim_skips_the_flush_and_every_commit_after_it_waits_for_the_disk(tm
         assert synchronous() == 2
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_disk_use_is_reported_per_table_with_its_indexes(tmp_path: Path, kind: str) -> None:
+    from adapters.bench import _disk
+
+    url = f"sqlite:///{tmp_path / 'd.db'}" if kind == "sqlite" else postgres_or_skip()
+    store = SqlStore(url)
+    try:
+        store.commit(Batch(profiles={f"u{n}": Profile(f"u{n}") for n in range(300)},
+                           records=[{"kind": "transition", "at": "2026-01-05T09:00:00Z", "user": f"u{n}",
+                                     "journey": "j", "from": "a", "to": "b", "trigger": "after"} for n in range(300)]))
+        sizes = store.disk_bytes()
+        assert set(sizes) == {"profiles", "aliases", "processed", "trace", "outbox", "bandit", "segment_history",
+                              "erased", "enrolled", "state_counts"}
+        assert sizes["profiles"] > 300 * 20 and sizes["trace"] > 300 * 50  # rows and their indexes
+        split = _disk(sizes, users=300, events=600)
+        assert split["disk_state_bytes_per_user"] == round(sizes["profiles"] / 300)
+        assert split["disk_history_bytes_per_event"] == round((sum(sizes.values()) - sizes["profiles"]) / 600)
+    finally:
+        store.close()

@@ -87,6 +87,7 @@ history_t = SegmentHistoryRow.__table__
 erased_t = ErasedRow.__table__
 enrolled_t = EnrolledRow.__table__
 counts_t = StateCountRow.__table__
+_TABLES = (profiles_t, aliases_t, processed_t, trace_t, outbox_t, bandit_t, history_t, erased_t, enrolled_t, counts_t)
 
 
 def normalise_url(url: str) -> str:
@@ -616,6 +617,25 @@ class SqlStore:
     def count(self, table: sa.Table) -> int:
         with self._reading() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+    def disk_bytes(self) -> dict[str, int]:
+        """Bytes on disk per table, its indexes included (SQLite: dbstat pages; PostgreSQL: the relation
+        with its indexes and TOAST)."""
+        sizes: dict[str, int] = {}
+        tables = {t.name for t in _TABLES}
+        with self._reading() as conn:
+            if self.dialect == "postgresql":
+                for name in tables:
+                    sizes[name] = int(conn.exec_driver_sql(
+                        "SELECT pg_total_relation_size(to_regclass(%s))", (name,)).scalar_one() or 0)
+                return sizes
+            indexes: dict[str, str] = dict(
+                conn.exec_driver_sql("SELECT name, tbl_name FROM sqlite_master WHERE type = 'index'").all())
+            for name, size in conn.exec_driver_sql("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"):
+                owner = indexes.get(name, name)
+                if owner in tables:
+                    sizes[owner] = sizes.get(owner, 0) + int(size)
+        return sizes
 
     def all_profiles(self) -> Iterator[Profile]:
         with self._reading() as conn:
