@@ -47,24 +47,40 @@ class MemoryStore:
         return {m for m in message_ids if m in self.processed}
 
     def due(self, until: datetime, limit: int) -> list[tuple[datetime, str]]:
+        """The heap holds one live entry per user (`_woken`), never later than their wake-up: a wake-up
+        that moved later is pushed again only when its old entry comes up, so the heap stays as small
+        as the number of users however often their wake-ups move."""
         found: list[tuple[datetime, str]] = []
         limit_ts = until.timestamp()
-        heap = self.wakeups
+        heap, woken = self.wakeups, self._woken
         while heap and heap[0][0] <= limit_ts and len(found) < limit:
             at, user = heapq.heappop(heap)
+            if woken.get(user) != at:
+                continue  # superseded by an earlier entry
+            del woken[user]
             profile = self.profiles.get(user)
-            if profile is None or profile.wake_at != at:
-                continue  # stale: the user's wake-up moved since this entry was pushed
+            wake_at = None if profile is None else profile.wake_at
+            if wake_at is None:
+                continue
+            if wake_at > at:  # moved later since: wait in the heap again
+                woken[user] = wake_at
+                heapq.heappush(heap, (wake_at, user))
+                continue
             found.append((datetime.fromtimestamp(at, UTC), user))
         return found
+
+    def _watch(self, user: str, at: float | None) -> None:
+        """Keep the heap entry of `user` at or before their wake-up `at`."""
+        if at is not None:
+            held = self._woken.get(user)
+            if held is None or at < held:
+                self._woken[user] = at
+                heapq.heappush(self.wakeups, (at, user))
 
     def commit(self, batch: Batch) -> None:
         for user, profile in batch.profiles.items():
             self.profiles[user] = profile
-            at = profile.wake_at
-            if at is not None and self._woken.get(user) != at:
-                self._woken[user] = at
-                heapq.heappush(self.wakeups, (at, user))
+            self._watch(user, profile.wake_at)
         if batch.released or batch.deleted or batch.aliases or batch.enrolled:
             self._rest(batch)
         for message_id, _ in batch.message_ids:
@@ -81,11 +97,8 @@ class MemoryStore:
     def _rest(self, batch: Batch) -> None:
         """The rarer parts of a commit: released claims, merged-away users, aliases."""
         for user in batch.released:
-            self._woken.pop(user, None)
             kept = self.profiles.get(user)
-            if kept is not None and kept.wake_at is not None:
-                self._woken[user] = kept.wake_at
-                heapq.heappush(self.wakeups, (kept.wake_at, user))
+            self._watch(user, None if kept is None else kept.wake_at)
         for user in batch.deleted:
             self.profiles.pop(user, None)
             self._woken.pop(user, None)

@@ -80,6 +80,21 @@ def test_due_claims_earliest_first_and_leases_the_claim(store_factory: StoreFact
     assert store.due(T0 + timedelta(hours=5), 10) == []
 
 
+def test_a_wake_up_that_moves_is_claimed_once_at_its_last_time(store_factory: StoreFactory) -> None:
+    """Moved later, earlier, later again: claimed once, when the last one comes, never at an old one."""
+    store = _store(store_factory)
+    store.commit(Batch(profiles={"u1": Engine(COMPILED).new_profile("u1")}))
+    for hours in (2, 5, 1, 4):
+        profile = store.load(["u1"])["u1"]  # as a worker does: load, change, commit over what it loaded
+        profile.wake = T0 + timedelta(hours=hours)
+        store.commit(Batch(profiles={"u1": profile}))
+    assert store.due(T0 + timedelta(hours=3), 5) == []
+    assert store.due(T0 + timedelta(hours=6), 5) == [(T0 + timedelta(hours=4), "u1")]
+    assert store.due(T0 + timedelta(hours=9), 5) == []
+    if isinstance(store, MemoryStore):
+        assert len(store.wakeups) <= 3  # one live entry per user, not one per move
+
+
 def test_a_released_claim_comes_back(store_factory: StoreFactory) -> None:
     """A claim released without a change is claimable again."""
     store = _store(store_factory)
