@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from adapters.cli import app
@@ -21,3 +25,36 @@ def test_bench_on_an_unreachable_postgres_says_so_in_one_line() -> None:
     assert "cannot reach the database" in result.output and "secret" not in result.output
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+
+@pytest.fixture
+def collector() -> Iterator[None]:
+    """The garbage collector as it was, after a test that ran a long-running command in this process."""
+    before = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*before)
+
+
+def test_long_running_commands_keep_the_loaded_workspace_out_of_the_collector(collector: None) -> None:
+    """serve, bench, ingest and demo freeze what the workspace loaded and collect less often (the
+    defaults rescanned every cached profile again and again); one-shot commands leave the collector alone."""
+    from adapters.cli import _load
+
+    before = gc.get_threshold()
+    _load(EXAMPLES)
+    assert gc.get_threshold() == before
+    _load(EXAMPLES, long_running=True)
+    assert gc.get_threshold() == (100_000, 50, 100)
+    assert gc.get_freeze_count() > 0
+
+
+def test_the_timer_bench_times_claims_apart(tmp_path: Path, collector: None) -> None:
+    """A small spike through the SQLite store: every timer fired and committed, claim time reported."""
+    result = runner.invoke(app, ["bench", "--store", "sqlite", "--database", f"sqlite:///{tmp_path / 'b.db'}",
+                                 "--workspace", str(EXAMPLES), "--timers", "600", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["timers_due"] == report["timers_fired"] == 600
+    assert report["claim_ms_per_500"] > 0 and report["timers_fired_per_s"] > 0
