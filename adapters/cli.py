@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -189,6 +190,8 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
           events: Annotated[int, typer.Option(help="events to process")] = 1_000_000,
           store: Annotated[str, typer.Option(help="memory | sqlite | postgres")] = "memory",
           batch: Annotated[int | None, typer.Option(help="events per commit (1 in memory, 500 on disk)")] = None,
+          days: Annotated[float, typer.Option(help="virtual days the events are spread over (30: every journey "
+                                                   "runs to its end; 1: mostly the event path)")] = 30,
           workspace: WorkspaceOpt = None, seed: int = 1, database: DatabaseOpt = None,
           http: Annotated[str | None, typer.Option(help="drive a running `journey serve` at this URL instead")] = None,
           rate: Annotated[float | None, typer.Option(help="with --http: events/s to offer (default: flat out)")] = None,
@@ -211,6 +214,9 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
         sys.stdout.write(json.dumps(report) + "\n")
         return
 
+    if not days > 0:
+        err.print("[red]--days must be more than 0[/red]")
+        raise typer.Exit(2)
     compiled = _load(_workspace(workspace), long_running=True)
     target = None
     scratch = None
@@ -232,7 +238,8 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
                                      progress=None if as_json else err)
         else:
             report = run_bench(compiled, users=users, events=events, seed=seed, store=target,
-                               batch=batch or (1 if target is None else 500), progress=None if as_json else err)
+                               batch=batch or (1 if target is None else 500), span=timedelta(days=days),
+                               progress=None if as_json else err)
     finally:
         if target is not None:
             if store == "postgres":

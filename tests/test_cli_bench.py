@@ -58,3 +58,17 @@ def test_the_timer_bench_times_claims_apart(tmp_path: Path, collector: None) -> 
     report = json.loads(result.output.strip().splitlines()[-1])
     assert report["timers_due"] == report["timers_fired"] == 600
     assert report["claim_ms_per_500"] > 0 and report["timers_fired_per_s"] > 0
+
+
+def test_the_event_mix_can_be_spread_over_fewer_days(collector: None) -> None:
+    """--days sets the virtual span: fewer days, fewer timers fall due while the stream lasts."""
+    reports = {}
+    for days in ("30", "1"):
+        result = runner.invoke(app, ["bench", "--workspace", str(EXAMPLES), "--users", "200", "--events", "2000",
+                                     "--days", days, "--json"])
+        assert result.exit_code == 0, result.output
+        reports[days] = json.loads(result.output.strip().splitlines()[-1])
+    assert reports["1"]["days"] == 1 and reports["30"]["days"] == 30
+    assert reports["1"]["timers_fired"] < reports["30"]["timers_fired"]
+    refused = runner.invoke(app, ["bench", "--workspace", str(EXAMPLES), "--days", "0"])
+    assert refused.exit_code == 2 and "--days must be more than 0" in refused.output
