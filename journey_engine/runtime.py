@@ -48,8 +48,9 @@ class MemoryStore:
 
     def due(self, until: datetime, limit: int) -> list[tuple[datetime, str]]:
         """The heap holds one live entry per user (`_woken`), never later than their wake-up: a wake-up
-        that moved later is pushed again only when its old entry comes up, so the heap stays as small
-        as the number of users however often their wake-ups move."""
+        that moved later is pushed again only when its old entry comes up, so moving a wake-up later
+        (what most events and timers do) adds nothing to the heap; only a move earlier leaves a
+        superseded entry behind."""
         found: list[tuple[datetime, str]] = []
         limit_ts = until.timestamp()
         heap, woken = self.wakeups, self._woken
