@@ -46,7 +46,7 @@ def test_long_running_commands_keep_the_loaded_workspace_out_of_the_collector(co
     _load(EXAMPLES)
     assert gc.get_threshold() == before
     _load(EXAMPLES, long_running=True)
-    assert gc.get_threshold() == (100_000, 50, 100)
+    assert gc.get_threshold() == (10_000, 10, 10)
     assert gc.get_freeze_count() > 0
 
 
