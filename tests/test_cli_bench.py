@@ -27,7 +27,6 @@ def test_bench_on_an_unreachable_postgres_says_so_in_one_line() -> None:
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
-
 @pytest.fixture
 def collector() -> Iterator[None]:
     """The garbage collector as it was, after a test that ran a long-running command in this process."""
@@ -39,7 +38,7 @@ def collector() -> Iterator[None]:
 
 def test_long_running_commands_keep_the_loaded_workspace_out_of_the_collector(collector: None) -> None:
     """serve, bench, ingest and demo freeze what the workspace loaded and collect less often (the
-    defaults rescanned every cached profile again and again); one-shot commands leave the collector alone."""
+    defaults rescanned the older generations again and again); one-shot commands leave the collector alone."""
     from adapters.cli import _load
 
     before = gc.get_threshold()
