@@ -361,6 +361,8 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
         err.print("[yellow]no write keys configured (JOURNEY_WRITE_KEYS): any client may send events[/yellow]")
     if admin is None:
         err.print("[yellow]no admin key configured (JOURNEY_ADMIN_KEY): user and journey reads are open[/yellow]")
+    for advice in store.advice():
+        err.print(f"[yellow]{advice}[/yellow]", soft_wrap=True)
     settings = Settings(write_keys=keys, admin_key=admin, tick=float(os.environ.get("JOURNEY_TICK_SECONDS", "1")),
                         trigger_window=window, queue_limit=limit)
     err.print(f"journey-engine on http://{host}:{port}  workspace {folder}  database {_database(database)}")

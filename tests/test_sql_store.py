@@ -279,3 +279,24 @@ def test_disk_use_is_reported_per_table_with_its_indexes(tmp_path: Path, kind: s
         assert split["disk_history_bytes_per_event"] == round((sum(sizes.values()) - sizes["profiles"]) / 600)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_server_without_autovacuum_is_pointed_out(tmp_path: Path, kind: str) -> None:
+    """PostgreSQL without autovacuum keeps every replaced profile row: `journey serve` says so at start."""
+    url = f"sqlite:///{tmp_path / 'a.db'}" if kind == "sqlite" else postgres_or_skip()
+    store = SqlStore(url)
+    try:
+        advice = store.advice()
+        if kind == "sqlite":
+            assert advice == []
+        else:
+            with store.engine.connect() as conn:
+                on = conn.exec_driver_sql("SHOW autovacuum").scalar_one() == "on"
+            if on:
+                assert advice == []
+            else:
+                (said,) = advice
+                assert "autovacuum is off" in said and "turn it on" in said
+    finally:
+        store.close()

@@ -618,6 +618,17 @@ class SqlStore:
         with self._reading() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
+    def advice(self) -> list[str]:
+        """What an operator should change in the database's settings, said once at start."""
+        if self.dialect != "postgresql":
+            return []
+        with self._reading() as conn:
+            autovacuum = conn.exec_driver_sql("SHOW autovacuum").scalar_one()
+        if autovacuum == "on":
+            return []
+        return ["autovacuum is off on this PostgreSQL server: every profile update leaves a dead row behind, "
+                "so the profiles table grows several times its live size; turn it on (autovacuum = on)"]
+
     def disk_bytes(self) -> dict[str, int]:
         """Bytes on disk per table, its indexes included (SQLite: dbstat pages; PostgreSQL: the relation
         with its indexes and TOAST)."""
