@@ -106,17 +106,23 @@ def _bytes_per_user(store: MemoryStore, rng: random.Random, sample: int = 2000) 
     `shared` splits an object several profiles hold between them (metric and trait names, journey and
     state names, shared defaults and small numbers cost next to nothing per user; trait values and
     everything else a user has alone count in full). `strict` counts every object in full for every
-    profile that holds it, as this benchmark first did (all but three interned names).
+    profile that holds it, as this benchmark first did (all but three interned names). A cold profile
+    (kept encoded, see `MemoryStore`) counts its blob and its user id.
     """
-    users = list(store.profiles.values())
+    users = [*store.profiles, *store.cold]
     chosen = rng.sample(users, min(sample, len(users)))
     if not chosen:
         return 0, 0
     held = []
     holders: dict[int, int] = {}
-    for profile in chosen:
+    for user in chosen:
         seen: dict[int, Any] = {}
-        _reachable(profile, seen)
+        profile = store.profiles.get(user)
+        if profile is not None:
+            _reachable(profile, seen)
+        else:
+            blob = store.cold[user]
+            seen = {id(user): user, id(blob): blob}  # `user` is the dict's own key object
         held.append(seen)
         for key in seen:
             holders[key] = holders.get(key, 0) + 1
@@ -154,8 +160,8 @@ def run_bench(compiled: CompiledWorkspace, *, users: int, events: int, seed: int
     then, so it bounds each event's wait once the batch is formed.
     """
     counter = _Counter()
-    memory = store is None
     target: Store = MemoryStore() if store is None else store
+    memory = isinstance(target, MemoryStore)
     runtime = Runtime(Engine(compiled, seed=seed), target, sink=counter, claim=1 if memory else 500)
     gc.collect()
     rss_before = _rss_mb()

@@ -193,6 +193,8 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
           batch: Annotated[int | None, typer.Option(help="events per commit (1 in memory, 500 on disk)")] = None,
           days: Annotated[float, typer.Option(help="virtual days the events are spread over (30: every journey "
                                                    "runs to its end; 1: mostly the event path)")] = 30,
+          hot: Annotated[int | None, typer.Option(help="with --store memory: profiles kept as live objects; the "
+                                                       "others are kept encoded (less memory, slower)")] = None,
           workspace: WorkspaceOpt = None, seed: int = 1, database: DatabaseOpt = None,
           http: Annotated[str | None, typer.Option(help="drive a running `journey serve` at this URL instead")] = None,
           rate: Annotated[float | None, typer.Option(help="with --http: events/s to offer (default: flat out)")] = None,
@@ -218,6 +220,9 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
     if not days > 0:
         err.print("[red]--days must be more than 0[/red]")
         raise typer.Exit(2)
+    if hot is not None and (store != "memory" or hot < 1):
+        err.print("[red]--hot is a number of profiles (1 or more), with --store memory[/red]")
+        raise typer.Exit(2)
     compiled = _load(_workspace(workspace), long_running=True)
     target = None
     scratch = None
@@ -233,13 +238,15 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
     elif store != "memory":
         err.print(f"[red]unknown store `{store}`: memory, sqlite or postgres[/red]")
         raise typer.Exit(2)
+    if store == "memory":
+        target = MemoryStore(hot=hot)
     try:
         if timers:
-            report = run_timer_bench(compiled, target or MemoryStore(), due=timers, pending=pending, seed=seed,
+            report = run_timer_bench(compiled, target, due=timers, pending=pending, seed=seed,
                                      progress=None if as_json else err)
         else:
             report = run_bench(compiled, users=users, events=events, seed=seed, store=target,
-                               batch=batch or (1 if target is None else 500), span=timedelta(days=days),
+                               batch=batch or (1 if store == "memory" else 500), span=timedelta(days=days),
                                progress=None if as_json else err)
     finally:
         if target is not None:
@@ -249,6 +256,8 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
         if scratch is not None:
             scratch.cleanup()
     report["store"] = store
+    if store == "memory":
+        report["hot"] = hot
     if as_json:
         sys.stdout.write(json.dumps(report) + "\n")
     else:

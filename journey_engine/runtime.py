@@ -10,11 +10,12 @@ and the in-memory benchmark.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
-from . import trace
+from . import codec, trace
 from .engine import Engine, Outcome, SendMessage
 from .events import Event
 from .ports import DEDUPE_FOR, Batch, ConflictError, Store
@@ -22,10 +23,20 @@ from .profile import Profile
 
 
 class MemoryStore:
-    """The Store port in memory: live profile objects, a heap of wake-ups, no durability."""
+    """The Store port in memory: a heap of wake-ups, no durability.
 
-    def __init__(self) -> None:
-        self.profiles: dict[str, Profile] = {}
+    Profiles recently used stay live objects (`profiles`, at most `hot` of them, least recently
+    committed first out); the others are kept as codec blobs (`cold`), about a quarter of the memory
+    of the objects, and decoded when next loaded. `hot=None` keeps every profile live, as
+    simulations and tests want.
+    """
+
+    def __init__(self, *, hot: int | None = None) -> None:
+        if hot is not None and hot < 1:
+            raise ValueError("a MemoryStore keeps at least one profile live (hot >= 1)")
+        self.profiles: dict[str, Profile] = {}  # live, least recently committed first
+        self.cold: dict[str, bytes] = {}
+        self.hot = hot
         self.wakeups: list[tuple[float, str]] = []
         self.processed: dict[str, float | None] = {}  # messageId -> first prune that saw it (None: none yet)
         self.alias_map: dict[str, str] = {}
@@ -36,9 +47,42 @@ class MemoryStore:
         self._bandit: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
         self._woken: dict[str, float] = {}
         self._enrolled: set[str] = set()
+        self._defaults: Mapping[str, Any] | None = None  # the workspace's metric defaults, for decoding
 
     def load(self, users: Collection[str]) -> dict[str, Profile]:
-        return {u: self.profiles[u] for u in users if u in self.profiles}
+        found = {}
+        for user in users:
+            profile = self.profiles.get(user)
+            if profile is None:
+                blob = self.cold.get(user)
+                if blob is None:
+                    continue
+                profile = codec.decode(blob, self._defaults)
+            found[user] = profile
+        return found
+
+    def _get(self, user: str) -> Profile | None:
+        """A profile without loading it for a change: a cold one is decoded and made live."""
+        profile = self.profiles.get(user)
+        if profile is None and user in self.cold:
+            profile = codec.decode(self.cold.pop(user), self._defaults)
+            self._keep(user, profile)
+        return profile
+
+    def _keep(self, user: str, profile: Profile) -> None:
+        """`profile` live and most recent; the least recent beyond `hot` become blobs."""
+        profiles = self.profiles
+        if self.hot is None:
+            profiles[user] = profile
+            return
+        if profiles.pop(user, None) is None:
+            self.cold.pop(user, None)
+            if len(profiles) >= self.hot:
+                oldest = next(iter(profiles))
+                evicted = profiles.pop(oldest)
+                self._defaults = evicted.defaults
+                self.cold[oldest] = codec.encode(evicted)
+        profiles[user] = profile
 
     def aliases(self, users: Collection[str]) -> dict[str, str]:
         return {u: self.alias_map[u] for u in users if u in self.alias_map}
@@ -59,7 +103,7 @@ class MemoryStore:
             if woken.get(user) != at:
                 continue  # superseded by an earlier entry
             del woken[user]
-            profile = self.profiles.get(user)
+            profile = self._get(user)
             wake_at = None if profile is None else profile.wake_at
             if wake_at is None:
                 continue
@@ -80,7 +124,7 @@ class MemoryStore:
 
     def commit(self, batch: Batch) -> None:
         for user, profile in batch.profiles.items():
-            self.profiles[user] = profile
+            self._keep(user, profile)
             self._watch(user, profile.wake_at)
         if batch.released or batch.deleted or batch.aliases or batch.enrolled:
             self._rest(batch)
@@ -98,10 +142,11 @@ class MemoryStore:
     def _rest(self, batch: Batch) -> None:
         """The rarer parts of a commit: released claims, merged-away users, aliases."""
         for user in batch.released:
-            kept = self.profiles.get(user)
+            kept = self._get(user)
             self._watch(user, None if kept is None else kept.wake_at)
         for user in batch.deleted:
             self.profiles.pop(user, None)
+            self.cold.pop(user, None)
             self._woken.pop(user, None)
         self.alias_map.update(batch.aliases)
         self._enrolled |= batch.enrolled
@@ -110,8 +155,14 @@ class MemoryStore:
         return set(self._enrolled)
 
     def segment_members(self, segment: str, after: str | None, limit: int) -> list[str]:
-        members = sorted(u for u, p in self.profiles.items() if segment in p.segments and (after is None or u > after))
+        members = sorted(u for u, p in self.items() if segment in p.segments and (after is None or u > after))
         return members[:limit]
+
+    def items(self) -> Iterator[tuple[str, Profile]]:
+        """Every profile, live or decoded (a cold one decoded here is a copy: changes go through `commit`)."""
+        yield from list(self.profiles.items())
+        for user, blob in list(self.cold.items()):
+            yield user, codec.decode(blob, self._defaults)
 
     def bandit(self) -> dict[tuple[str, str], dict[str, tuple[int, int]]]:
         return {k: dict(v) for k, v in self._bandit.items()}

@@ -34,9 +34,10 @@ def postgres_or_skip() -> str:
 StoreFactory = Callable[..., Any]
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=["memory", "memory-cold", "sqlite", "postgres"])
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
-    """Makes a fresh store of each kind; the same database for every call within one test."""
+    """Makes a fresh store of each kind; the same database for every call within one test.
+    `memory-cold` keeps a single profile live and every other one encoded (`MemoryStore(hot=1)`)."""
     made: list[Any] = []
     url = None
     if request.param == "sqlite":
@@ -46,7 +47,7 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
 
     def make(**kwargs: Any) -> Any:
         if url is None:
-            store: Any = MemoryStore()
+            store: Any = MemoryStore(hot=1 if request.param == "memory-cold" else None)
         else:
             from adapters.storage.sql import SqlStore
 
@@ -54,7 +55,7 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
         made.append(store)
         return store
 
-    make.kind = request.param  # type: ignore[attr-defined]
+    make.kind = request.param.removesuffix("-cold")  # type: ignore[attr-defined]
     yield make
     for store in made:
         store.close()

@@ -71,3 +71,23 @@ def test_the_event_mix_can_be_spread_over_fewer_days(collector: None) -> None:
     assert reports["1"]["timers_fired"] < reports["30"]["timers_fired"]
     refused = runner.invoke(app, ["bench", "--workspace", str(EXAMPLES), "--days", "0"])
     assert refused.exit_code == 2 and "--days must be more than 0" in refused.output
+
+
+def test_a_memory_bench_with_few_live_profiles_decides_the_same_in_less_memory(collector: None) -> None:
+    """--hot keeps that many profiles live and the others encoded: the same timers, sends and trace,
+    fewer bytes per user. It is refused on disk stores and below one."""
+    reports = {}
+    for hot in (None, "20"):
+        result = runner.invoke(app, ["bench", "--workspace", str(EXAMPLES), "--users", "300", "--events", "3000",
+                                     "--days", "2", "--json", *(["--hot", hot] if hot else [])])
+        assert result.exit_code == 0, result.output
+        reports[hot] = json.loads(result.output.strip().splitlines()[-1])
+    live, cold = reports[None], reports["20"]
+    assert cold["hot"] == 20 and live["hot"] is None
+    for same in ("timers_fired", "sends", "trace_records"):
+        assert cold[same] == live[same] > 0
+    assert cold["bytes_per_user"] < live["bytes_per_user"] / 2
+    for args, says in ((["--hot", "0"], "--hot is a number of profiles"),
+                       (["--hot", "5", "--store", "sqlite"], "with --store memory")):
+        refused = runner.invoke(app, ["bench", "--workspace", str(EXAMPLES), *args])
+        assert refused.exit_code == 2 and says in refused.output
