@@ -7,14 +7,18 @@ timers, windows and time-driven segments fire as they would in production.
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import random
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from adapters.storage.sql import SqlStore
+from adapters.workers import partition
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Engine, Outcome
 from journey_engine.events import Event
@@ -149,7 +153,8 @@ def events_stream(users: int, events: int, seed: int, span: timedelta = SPAN) ->
 
 
 def run_bench(compiled: CompiledWorkspace, *, users: int, events: int, seed: int = 1, store: Store | None = None,
-              batch: int = 1, span: timedelta = SPAN, progress: Progress | None = None) -> dict[str, Any]:
+              batch: int = 1, span: timedelta = SPAN, workers: int = 1,
+              progress: Progress | None = None) -> dict[str, Any]:
     """Process the stream through `store` in batches of `batch` events (one commit each).
 
     The events are spread over `span` of virtual time: over the default 30 days every user's journeys
@@ -158,20 +163,67 @@ def run_bench(compiled: CompiledWorkspace, *, users: int, events: int, seed: int
 
     Latency is from the start of a batch to its commit: every event of the batch is acknowledged
     then, so it bounds each event's wait once the batch is formed.
+
+    `workers` > 1 (SQL stores): that many engine processes share the database, each applying the events
+    of its partition of the users (adapters/workers.py); the rate is then all events over the time from
+    the first batch to the last commit of any worker.
     """
-    counter = _Counter()
     target: Store = MemoryStore() if store is None else store
-    memory = isinstance(target, MemoryStore)
-    runtime = Runtime(Engine(compiled, seed=seed), target, sink=counter, claim=1 if memory else 500)
     gc.collect()
     rss_before = _rss_mb()
-    latencies: list[float] = []
-    busy = 0.0
+    if workers > 1:
+        if not isinstance(target, SqlStore):
+            raise ValueError("several workers share a database: use a SQL store")
+        run = _run_workers(compiled, target, workers, users=users, events=events, seed=seed, batch=batch,
+                           span=span)
+    else:
+        run = _drive(compiled, target, events_stream(users, events, seed, span), seed=seed, batch=batch,
+                     progress=progress)
+    latencies = sorted(run.latencies)
+    report: dict[str, Any] = {
+        "events": events, "users": users, "batch": batch, "days": round(span / timedelta(days=1), 3),
+        "workers": workers, "seconds": round(run.seconds, 3),
+        "events_per_s": round(events / run.busy) if run.busy else 0,
+        "p50_ms": round(latencies[len(latencies) // 2] * 1000, 3) if latencies else 0,
+        "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 3) if latencies else 0,
+        "timers_fired": run.timers,
+        "timers_fired_per_s": round(run.timers / run.seconds) if run.seconds else 0,
+        "sends": run.sends, "trace_records": run.records,
+        "rss_mb": round(_rss_mb(), 1),
+        "rss_growth_mb": round(_rss_mb() - rss_before, 1),
+    }
+    if isinstance(target, MemoryStore):
+        report["bytes_per_user"], report["bytes_per_user_strict"] = _bytes_per_user(target, random.Random(seed))
+    elif isinstance(target, SqlStore):
+        report.update(_disk(target.disk_bytes(), users, events))
+    return report
+
+
+@dataclass(slots=True)
+class _Run:
+    """What one engine process did: `busy` is the time of the event batches, `seconds` adds the final
+    drain of what fell due; `latencies` are per batch."""
+
+    busy: float = 0.0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    timers: int = 0
+    sends: int = 0
+    records: int = 0
+
+
+def _drive(compiled: CompiledWorkspace, store: Store, stream: Iterable[Event], *, seed: int, batch: int,
+           progress: Progress | None = None) -> _Run:
+    """Feed `stream` to an engine on `store` in batches, then fire what is due at its last event."""
+    counter = _Counter()
+    memory = isinstance(store, MemoryStore)
+    runtime = Runtime(Engine(compiled, seed=seed), store, sink=counter, claim=1 if memory else 500)
+    run = _Run()
     clock = time.perf_counter
     pending: list[Event] = []
     done = 0
     last = START
-    for event in events_stream(users, events, seed, span):
+    for event in stream:
         pending.append(event)
         if len(pending) < batch:
             continue
@@ -179,38 +231,63 @@ def run_bench(compiled: CompiledWorkspace, *, users: int, events: int, seed: int
         runtime.advance(pending[0].timestamp)
         runtime.process(pending)
         spent = clock() - began
-        busy += spent
-        latencies.append(spent)
+        run.busy += spent
+        run.latencies.append(spent)
         done += len(pending)
         last = pending[-1].timestamp
         pending = []
         if progress is not None and done % 100_000 < batch:
-            progress.print(f"{done:>9} events  {done / busy:,.0f}/s")
+            progress.print(f"{done:>9} events  {done / run.busy:,.0f}/s")
     if pending:
         began = clock()
         runtime.process(pending)
-        busy += clock() - began
+        run.busy += clock() - began
+        last = pending[-1].timestamp
     began = clock()
     runtime.advance(last)
-    drain = clock() - began
-    latencies.sort()
-    report: dict[str, Any] = {
-        "events": events, "users": users, "batch": batch, "days": round(span / timedelta(days=1), 3),
-        "seconds": round(busy + drain, 3),
-        "events_per_s": round(events / busy) if busy else 0,
-        "p50_ms": round(latencies[len(latencies) // 2] * 1000, 3) if latencies else 0,
-        "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 3) if latencies else 0,
-        "timers_fired": counter.timers,
-        "timers_fired_per_s": round(counter.timers / (busy + drain)) if busy + drain else 0,
-        "sends": counter.sends, "trace_records": counter.records,
-        "rss_mb": round(_rss_mb(), 1),
-        "rss_growth_mb": round(_rss_mb() - rss_before, 1),
-    }
-    if isinstance(target, MemoryStore):
-        report["bytes_per_user"], report["bytes_per_user_strict"] = _bytes_per_user(target, random.Random(seed))
-    elif hasattr(target, "disk_bytes"):
-        report.update(_disk(target.disk_bytes(), users, events))
-    return report
+    run.seconds = run.busy + clock() - began
+    run.timers, run.sends, run.records = counter.timers, counter.sends, counter.records
+    return run
+
+
+def _run_workers(compiled: CompiledWorkspace, store: SqlStore, workers: int, *, users: int, events: int, seed: int,
+                 batch: int, span: timedelta) -> _Run:
+    """The stream split by partition before the clock starts (as the one-process run does not time
+    making events), then one forked process per partition, each on its own connections."""
+    parts: list[list[Event]] = [[] for _ in range(workers)]
+    for event in events_stream(users, events, seed, span):
+        parts[partition(event.user_id, workers)].append(event)
+    context = multiprocessing.get_context("fork")  # the compiled workspace and the events are inherited
+    pipes = []
+    began = time.monotonic()
+    for part in parts:
+        receive, send = context.Pipe(duplex=False)
+        context.Process(target=_worker, args=(compiled, store, part, seed, batch, send, began), daemon=True).start()
+        send.close()
+        pipes.append(receive)
+    del parts
+    total = _Run()
+    for pipe in pipes:
+        run, busy_until, done_at = pipe.recv()
+        total.busy = max(total.busy, busy_until)
+        total.seconds = max(total.seconds, done_at)
+        total.latencies.extend(run.latencies)
+        total.timers += run.timers
+        total.sends += run.sends
+        total.records += run.records
+    return total
+
+
+def _worker(compiled: CompiledWorkspace, store: SqlStore, part: list[Event], seed: int, batch: int,
+            send: Any, began: float) -> None:
+    """One engine process: its own store on the same database (connections never cross a fork)."""
+    own = store.twin()
+    try:
+        run = _drive(compiled, own, part, seed=seed, batch=batch)
+        finished = time.monotonic() - began
+        send.send((run, finished - (run.seconds - run.busy), finished))
+    finally:
+        own.close()
 
 
 def _disk(sizes: dict[str, int], users: int, events: int) -> dict[str, Any]:

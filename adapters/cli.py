@@ -193,6 +193,8 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
           batch: Annotated[int | None, typer.Option(help="events per commit (1 in memory, 500 on disk)")] = None,
           days: Annotated[float, typer.Option(help="virtual days the events are spread over (30: every journey "
                                                    "runs to its end; 1: mostly the event path)")] = 30,
+          workers: Annotated[int, typer.Option(help="with --store sqlite|postgres: engine processes sharing the "
+                                                    "database, each owning a partition of the users")] = 1,
           hot: Annotated[int | None, typer.Option(help="with --store memory: profiles kept as live objects; the "
                                                        "others are kept encoded (less memory, slower)")] = None,
           workspace: WorkspaceOpt = None, seed: int = 1, database: DatabaseOpt = None,
@@ -219,6 +221,10 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
 
     if not days > 0:
         err.print("[red]--days must be more than 0[/red]")
+        raise typer.Exit(2)
+    if workers < 1 or (workers > 1 and store == "memory"):
+        err.print("[red]--workers is 1 or more, and more than 1 only with --store sqlite or postgres (processes "
+                  "share a database, not memory)[/red]")
         raise typer.Exit(2)
     if hot is not None and (store != "memory" or hot < 1):
         err.print("[red]--hot is a number of profiles (1 or more), with --store memory[/red]")
@@ -247,7 +253,7 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
         else:
             report = run_bench(compiled, users=users, events=events, seed=seed, store=target,
                                batch=batch or (1 if store == "memory" else 500), span=timedelta(days=days),
-                               progress=None if as_json else err)
+                               workers=workers, progress=None if as_json else err)
     finally:
         if target is not None:
             if store == "postgres":

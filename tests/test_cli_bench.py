@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gc
 import json
+import zlib
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,38 @@ def test_a_memory_bench_with_few_live_profiles_decides_the_same_in_less_memory(c
                        (["--hot", "5", "--store", "sqlite"], "with --store memory")):
         refused = runner.invoke(app, ["bench", "--workspace", str(EXAMPLES), *args])
         assert refused.exit_code == 2 and says in refused.output
+
+
+def test_several_worker_processes_share_one_sqlite_database(tmp_path: Path, collector: None) -> None:
+    """--workers 2: two engine processes, each with its partition of the users, commit every event once
+    into the same database. --workers is refused with the memory store."""
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    result = runner.invoke(app, ["bench", "--store", "sqlite", "--database", url, "--workspace", str(EXAMPLES),
+                                 "--users", "300", "--events", "4000", "--days", "1", "--workers", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["workers"] == 2 and report["events_per_s"] > 0 and report["sends"] > 0
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        processed = conn.execute(sa.text("SELECT count(*) FROM processed")).scalar_one()
+        profiles = conn.execute(sa.text("SELECT count(*) FROM profiles")).scalar_one()
+    engine.dispose()
+    from adapters.bench import events_stream
+
+    stream = list(events_stream(300, 4000, 1, timedelta(days=1)))
+    assert processed == len({e.message_id for e in stream if e.message_id})  # each once (identifies have none)
+    assert profiles == 300
+    refused = runner.invoke(app, ["bench", "--workspace", str(EXAMPLES), "--workers", "2"])
+    assert refused.exit_code == 2 and "share a database" in refused.output
+
+
+def test_a_user_belongs_to_the_same_partition_in_every_process() -> None:
+    """Partitions come from CRC-32 of the user id, not Python's per-process salted hash."""
+    from adapters.workers import partition
+
+    users = ("u1", "u2", "alice")
+    assert [partition(u, 4) for u in users] == [zlib.crc32(u.encode()) % 4 for u in users]
+    assert partition("anyone", 1) == 0
+    assert {partition(f"u{i}", 3) for i in range(100)} == {0, 1, 2}

@@ -232,6 +232,11 @@ class SqlStore:
         except OperationalError as exc:
             raise StoreUnavailable(f"cannot read from the database at {_redact(self.url)}: {_reason(exc)}") from exc
 
+    def twin(self) -> SqlStore:
+        """Another store on the same database, with connections of its own: what a forked worker process
+        uses (a connection must never be shared across a fork)."""
+        return SqlStore(self.url, defaults=self.defaults, upgrade=False, wall=self.wall, schema=self.schema)
+
     def close(self) -> None:
         self.engine.dispose()
 
