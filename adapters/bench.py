@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from adapters.partitions import partition
 from adapters.storage.sql import SqlStore
-from adapters.workers import partition
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Engine, Outcome
 from journey_engine.events import Event
@@ -165,7 +165,7 @@ def run_bench(compiled: CompiledWorkspace, *, users: int, events: int, seed: int
     then, so it bounds each event's wait once the batch is formed.
 
     `workers` > 1 (SQL stores): that many engine processes share the database, each applying the events
-    of its partition of the users (adapters/workers.py); the rate is then all events over the time from
+    of its partition of the users (adapters/partitions.py); the rate is then all events over the time from
     the first batch to the last commit of any worker.
     """
     target: Store = MemoryStore() if store is None else store

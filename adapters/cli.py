@@ -60,11 +60,11 @@ def _load(path: Path, *, long_running: bool = False):  # type: ignore[no-untyped
         _problems(exc)
         raise typer.Exit(2) from None
     if long_running:
-        _tune_gc()
+        tune_gc()
     return compiled
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """For commands that go on processing events: the loaded workspace (compiled rules, machines,
     templates) is moved out of the collector's sight, and the collector runs less often.
 
@@ -348,7 +348,10 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
               help="events waiting for the engine before 429 (default $JOURNEY_QUEUE_LIMIT or 50000)")] = None,
           reload: Annotated[bool, typer.Option(
               "--reload", help="reload the journeys when workspace files change (a workspace that does not "
-                               "load is reported and the running one kept)")] = False) -> None:
+                               "load is reported and the running one kept)")] = False,
+          workers: Annotated[int, typer.Option(
+              help="engine processes, each owning a partition of the users (use the cores: one engine "
+                   "process runs on one)")] = 1) -> None:
     """The HTTP API, the engine worker and its timers on the configured store (embedded SQLite by default)."""
     import logging
 
@@ -367,6 +370,9 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
     except (ChannelConfigError, ValueError) as exc:
         err.print(f"[red]{exc}[/red]", soft_wrap=True)
         raise typer.Exit(1) from None
+    if workers < 1:
+        err.print("[red]--workers is 1 or more[/red]")
+        raise typer.Exit(2)
     folder = _workspace(workspace)
     compiled = _load(folder, long_running=True)
     store = _open_store(database, compiled.metrics.defaults)
@@ -380,12 +386,13 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
         err.print(f"[yellow]{advice}[/yellow]", soft_wrap=True)
     settings = Settings(write_keys=keys, admin_key=admin, tick=float(os.environ.get("JOURNEY_TICK_SECONDS", "1")),
                         trigger_window=window, queue_limit=limit)
-    err.print(f"journey-engine on http://{host}:{port}  workspace {folder}  database {_database(database)}")
+    engines = f"  {workers} engine processes" if workers > 1 else ""
+    err.print(f"journey-engine on http://{host}:{port}  workspace {folder}  database {_database(database)}{engines}")
     try:
         while compiled is not None:
             store.defaults = dict(compiled.metrics.defaults)  # a reloaded workspace may add metrics
-            server = uvicorn.Server(uvicorn.Config(create_app(compiled, store, settings, channels=channels),
-                                                   host=host, port=port, log_level="warning"))
+            served = create_app(compiled, store, settings, channels=channels, workers=workers, folder=folder)
+            server = uvicorn.Server(uvicorn.Config(served, host=host, port=port, log_level="warning"))
             changed = _watch(folder, server) if reload else None
             server.run()
             compiled = changed() if changed is not None else None

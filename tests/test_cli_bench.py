@@ -122,7 +122,7 @@ def test_several_worker_processes_share_one_sqlite_database(tmp_path: Path, coll
 
 def test_a_user_belongs_to_the_same_partition_in_every_process() -> None:
     """Partitions come from CRC-32 of the user id, not Python's per-process salted hash."""
-    from adapters.workers import partition
+    from adapters.partitions import partition
 
     users = ("u1", "u2", "alice")
     assert [partition(u, 4) for u in users] == [zlib.crc32(u.encode()) % 4 for u in users]

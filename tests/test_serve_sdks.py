@@ -25,14 +25,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(params=[1, 2], ids=["one-engine", "two-engine-processes"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """`journey serve` on SQLite, with the engine in the server process or in two processes of its own."""
     port = free_port()
     env = {**os.environ, "JOURNEY_WRITE_KEYS": KEY, "JOURNEY_ADMIN_KEY": ADMIN,
            "JOURNEY_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}"}
     proc = subprocess.Popen([sys.executable, "-m", "adapters.cli", "serve", "--port", str(port),
-                             "--workspace", str(ROOT / "journeys")], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--workspace", str(ROOT / "journeys"), "--workers", str(request.param)], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -27,7 +27,8 @@ from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -56,6 +57,9 @@ from journey_engine.events import Event
 from journey_engine.graph import to_mermaid
 from journey_engine.ports import Channel, ConflictError, StoreUnavailable
 from journey_engine.runtime import Runtime
+
+if TYPE_CHECKING:
+    from adapters.sources.processes import ProcessWorkers
 
 log = logging.getLogger("journey.serve")
 
@@ -86,6 +90,10 @@ class Refused(Exception):
 
 class Overloaded(Exception):
     pass
+
+
+class WorkerLost(StoreUnavailable):
+    """An engine process stopped while it held these events (`--workers`): some may be committed, so retry."""
 
 
 class EngineWorker:
@@ -128,6 +136,17 @@ class EngineWorker:
         future: Future[Any] = Future()
         self.work.put((job, future))
         return future
+
+    def timers(self) -> None:
+        """Fire what is due (the timer job's turn)."""
+        drain_timers(self, self.runtime, self.metrics, self.clock)
+
+    def enroll(self) -> Future[Any]:
+        """New segment-entry journeys take their segment's members (SPEC §3 item 5)."""
+        return self.call(lambda: self.runtime.enroll(self.clock()))
+
+    def erase(self, user: str) -> Future[Any]:
+        return self.call(lambda: self.store.erase(user, self.clock()))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -217,6 +236,14 @@ class EngineWorker:
         self.metrics.queue_depth.set(self.waiting)
 
 
+def drain_timers(worker: EngineWorker, runtime: Runtime, metrics: Any, clock: Callable[[], datetime]) -> None:
+    """Fire everything due, a few claims per turn of the engine thread: events queued meanwhile go in between."""
+    more = True
+    while more:
+        outcome, more = worker.call(lambda: runtime.advance_some(clock(), rounds=4)).result()
+        metrics.observe(outcome, 0, 0.0)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -234,15 +261,39 @@ class Metrics:
                                 registry=r)
 
     def observe(self, outcome: Outcome, events: int, seconds: float) -> None:
-        if events:
-            self.accepted.inc(events)
-            self.batch_seconds.observe(seconds)
+        self.add(Observed.of(outcome, events, seconds))
+
+    def add(self, seen: Observed) -> None:
+        if seen.events:
+            self.accepted.inc(seen.events)
+            self.batch_seconds.observe(seen.seconds)
+        for (channel, result), n in seen.sends.items():
+            self.sends.labels(channel, result).inc(n)
+        if seen.timers:
+            self.timers.inc(seen.timers)
+
+
+@dataclass(slots=True)
+class Observed:
+    """What the metrics take from one batch or timer round: small enough to cross from an engine process."""
+
+    events: int
+    seconds: float
+    sends: dict[tuple[str, str], int]  # (channel, outcome) -> count
+    timers: int
+
+    @classmethod
+    def of(cls, outcome: Outcome, events: int, seconds: float) -> Observed:
+        sends: dict[tuple[str, str], int] = {}
+        timers = 0
         for record in outcome.records:
             kind = record["kind"]
             if kind.startswith("message_"):
-                self.sends.labels(record.get("channel", "?"), kind.removeprefix("message_")).inc()
+                key = (record.get("channel", "?"), kind.removeprefix("message_"))
+                sends[key] = sends.get(key, 0) + 1
             elif kind == "transition" and record.get("trigger") in ("after", "at"):
-                self.timers.inc()
+                timers += 1
+        return cls(events, seconds, sends, timers)
 
 
 # --- request parsing ------------------------------------------------------------------------------
@@ -345,21 +396,26 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
 
 def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings | None = None, *,
                clock: Callable[[], datetime] = lambda: datetime.now(UTC), start_worker: bool = True,
-               channels: Mapping[str, Channel] | None = None, scheduler: bool = True) -> FastAPI:
-    """The app; with `scheduler`, APScheduler jobs fire timers and dispatch the outbox to `channels`."""
+               channels: Mapping[str, Channel] | None = None, scheduler: bool = True,
+               workers: int = 1, folder: Path | None = None) -> FastAPI:
+    """The app; with `scheduler`, APScheduler jobs fire timers and dispatch the outbox to `channels`.
+
+    `workers` > 1: the engine runs in that many processes, each owning a partition of the users; they
+    load the workspace from `folder` and use the wall clock (adapters/sources/processes.py)."""
     settings = settings or Settings()
     metrics = Metrics()
     engine = Engine(compiled)
-    runtime = Runtime(engine, store, claim=500)
-    worker = EngineWorker(runtime, store, settings, metrics, clock)
-    dispatcher = Dispatcher(store, engine, channels or {}, clock=clock, feedback=worker.submit)
+    worker: EngineWorker | ProcessWorkers
+    if workers > 1:
+        from adapters.sources.processes import ProcessWorkers
 
-    def timers() -> None:
-        # a few claims per turn of the engine thread: events queued meanwhile go in between
-        more = True
-        while more:
-            outcome, more = worker.call(lambda: runtime.advance_some(clock(), rounds=4)).result()
-            metrics.observe(outcome, 0, 0.0)
+        if folder is None:
+            raise ValueError("engine processes load the workspace from its folder: pass `folder`")
+        worker = ProcessWorkers(folder, store.url, workers, settings, metrics, store)
+    else:
+        worker = EngineWorker(Runtime(engine, store, claim=500), store, settings, metrics, clock)
+    dispatcher = Dispatcher(store, engine, channels or {}, clock=clock, feedback=worker.submit)
+    timers = worker.timers
 
     def dispatch() -> int:
         counts = dispatcher.run_once()
@@ -375,7 +431,7 @@ def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings 
         if start_worker:
             worker.start()
             # new segment-entry journeys take their segment's members first (SPEC §3 item 5)
-            await asyncio.wrap_future(worker.call(lambda: runtime.enroll(clock())))
+            await asyncio.wrap_future(worker.enroll())
             if scheduler:
                 jobs.start()
         yield
@@ -466,7 +522,7 @@ def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings 
     @app.delete("/v1/users/{user_id}")
     async def delete_user(user_id: str, request: Request) -> JSONResponse:
         check_admin(request, settings)
-        erased = await _await(worker.call(lambda: store.erase(user_id, clock())))
+        erased = await _await(worker.erase(user_id))
         return JSONResponse({"success": True, "erased": erased})
 
     @app.get("/v1/users/{user_id}/inbox")
@@ -531,7 +587,7 @@ async def authorized_body(request: Request, limit: int, settings: Settings) -> A
     return body
 
 
-async def _wait(worker: EngineWorker, events: list[Event]) -> list[int]:
+async def _wait(worker: EngineWorker | ProcessWorkers, events: list[Event]) -> list[int]:
     """Wait for the events' commit; return the positions of any the engine could not apply."""
     try:
         future = worker.submit(events)
@@ -541,6 +597,10 @@ async def _wait(worker: EngineWorker, events: list[Event]) -> list[int]:
     try:
         failed: list[int] = await _await(future)
         return failed
+    except WorkerLost:
+        raise Refused(503, "worker_lost", "an engine process stopped while applying these events; retry (the "
+                                          "ones already committed are recognised by messageId)",
+                      headers={"Retry-After": "2"}, events=len(events)) from None
     except StoreUnavailable:
         raise Refused(503, "unavailable", "the store is unavailable, nothing was committed; retry",
                       headers={"Retry-After": "2"}, events=len(events)) from None

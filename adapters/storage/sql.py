@@ -56,6 +56,9 @@ LEASE_SECONDS = 60.0
 SQLITE_SYNCHRONOUS = "FULL"  # durable commits: an acknowledged batch survives a power cut, not just a crash
 CONNECT_TIMEOUT = 5  # seconds: an unreachable PostgreSQL is an error, not a hang
 MIGRATION_LOCK = 0x6A6F75726E6579  # pg_advisory_xact_lock key: one process upgrades the schema at a time
+# PostgreSQL's deadlock and serialization failures: two workers' transactions crossed, nothing was committed,
+# and trying again succeeds. Batches write their rows in key order, so crossing is rare, not impossible.
+RACES = frozenset({"40P01", "40001"})
 _CHUNK = 900  # bound parameters per IN (SQLite allows 32766; keep statements small)
 # The hot path's statements, written once as plain SQL and run with the driver's own executemany inside
 # the batch's transaction: SQLAlchemy's per-statement compile and per-row parameter processing cost more
@@ -191,7 +194,10 @@ class SqlStore:
     def _tx(self, *, durable: bool = True) -> Iterator[Connection]:
         """One transaction. `durable=False` for what may be lost in a power cut without harm (a claim's
         lease: lost, the users are claimed again): its commit does not wait for the disk, which saves one
-        flush per timer round. Ordering stays safe: the next durable commit flushes it too."""
+        flush per timer round. Ordering stays safe: the next durable commit flushes it too.
+
+        Rows shared by workers (state counts, bandit arms, profiles) are written in key order, so two
+        batches lock them in the same order; a deadlock that still happens is a ConflictError, retried."""
         try:
             if durable:
                 with self.engine.begin() as conn:
@@ -204,6 +210,8 @@ class SqlStore:
                 with self.engine.connect() as conn:
                     yield from self._relaxed_sqlite(conn)
         except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) in RACES:
+                raise ConflictError(f"another worker's transaction got in the way: {_reason(exc)}") from exc
             raise StoreUnavailable(f"database error, nothing of this batch was committed: {_reason(exc)}") from exc
 
     @staticmethod
@@ -384,7 +392,7 @@ class SqlStore:
         encode, defaults = codec.encode, self.defaults
         updates: list[tuple[Any, ...]] = []
         inserts: list[tuple[Any, ...]] = []
-        for user, p in profiles.items():
+        for user, p in sorted(profiles.items()):  # one lock order (see _tx)
             seen = versions.get(user)
             if seen is None:
                 inserts.append((user, encode(p, defaults), p.wake_at, wall))
@@ -435,10 +443,10 @@ class SqlStore:
             set_={"sends": bandit_t.c.sends + stmt.excluded.sends,
                   "conversions": bandit_t.c.conversions + stmt.excluded.conversions})
         conn.execute(stmt, [{"journey": j, "state": s, "arm": a, "sends": n, "conversions": c}
-                            for (j, s, a), (n, c) in batch.bandit.items()])
+                            for (j, s, a), (n, c) in sorted(batch.bandit.items())])  # one lock order (see _tx)
 
     def _counts(self, conn: Connection, deltas: dict[tuple[str, str], int]) -> None:
-        rows = [{"journey": j, "state": st, "users": n} for (j, st), n in deltas.items() if n]
+        rows = [{"journey": j, "state": st, "users": n} for (j, st), n in sorted(deltas.items()) if n]  # see _tx
         if not rows:
             return
         stmt = self._insert(counts_t)

@@ -1,4 +1,5 @@
-"""Several engine processes on one database: users are split into partitions, one per process.
+"""Several engine processes on one database: users are split into partitions, one per process
+(`journey serve --workers`, adapters/sources/processes.py; `journey bench --workers`).
 
 One Python process runs the engine on one core (the GIL), and a store's own work (SQLite's pages, the
 PostgreSQL server) takes part of that core too. Processes that own disjoint users share a database
