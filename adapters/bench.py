@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from adapters.partitions import partition
 from adapters.storage.sql import SqlStore
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Engine, Outcome
 from journey_engine.events import Event
-from journey_engine.ports import Store
+from journey_engine.ports import Part, Store, partition
 from journey_engine.runtime import MemoryStore, Runtime
 
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -165,8 +164,8 @@ def run_bench(compiled: CompiledWorkspace, *, users: int, events: int, seed: int
     then, so it bounds each event's wait once the batch is formed.
 
     `workers` > 1 (SQL stores): that many engine processes share the database, each applying the events
-    of its partition of the users (adapters/partitions.py); the rate is then all events over the time from
-    the first batch to the last commit of any worker.
+    of its partition of the users and claiming only their wake-ups (`Store.due(part=...)`); the rate is
+    then all events over the time from the first batch to the last commit of any worker.
     """
     target: Store = MemoryStore() if store is None else store
     gc.collect()
@@ -213,11 +212,11 @@ class _Run:
 
 
 def _drive(compiled: CompiledWorkspace, store: Store, stream: Iterable[Event], *, seed: int, batch: int,
-           progress: Progress | None = None) -> _Run:
+           part: Part | None = None, progress: Progress | None = None) -> _Run:
     """Feed `stream` to an engine on `store` in batches, then fire what is due at its last event."""
     counter = _Counter()
     memory = isinstance(store, MemoryStore)
-    runtime = Runtime(Engine(compiled, seed=seed), store, sink=counter, claim=1 if memory else 500)
+    runtime = Runtime(Engine(compiled, seed=seed), store, sink=counter, claim=1 if memory else 500, part=part)
     run = _Run()
     clock = time.perf_counter
     pending: list[Event] = []
@@ -260,9 +259,10 @@ def _run_workers(compiled: CompiledWorkspace, store: SqlStore, workers: int, *, 
     context = multiprocessing.get_context("fork")  # the compiled workspace and the events are inherited
     pipes = []
     began = time.monotonic()
-    for part in parts:
+    for index, part in enumerate(parts):
         receive, send = context.Pipe(duplex=False)
-        context.Process(target=_worker, args=(compiled, store, part, seed, batch, send, began), daemon=True).start()
+        context.Process(target=_worker, args=(compiled, store, part, (index, workers), seed, batch, send, began),
+                        daemon=True).start()
         send.close()
         pipes.append(receive)
     del parts
@@ -278,12 +278,12 @@ def _run_workers(compiled: CompiledWorkspace, store: SqlStore, workers: int, *, 
     return total
 
 
-def _worker(compiled: CompiledWorkspace, store: SqlStore, part: list[Event], seed: int, batch: int,
+def _worker(compiled: CompiledWorkspace, store: SqlStore, events: list[Event], part: Part, seed: int, batch: int,
             send: Any, began: float) -> None:
     """One engine process: its own store on the same database (connections never cross a fork)."""
     own = store.twin()
     try:
-        run = _drive(compiled, own, part, seed=seed, batch=batch)
+        run = _drive(compiled, own, events, seed=seed, batch=batch, part=part)
         finished = time.monotonic() - began
         send.send((run, finished - (run.seconds - run.busy), finished))
     finally:

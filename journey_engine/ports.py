@@ -10,9 +10,11 @@ Store contract (every adapter passes tests/test_store_contract.py):
   caller may mutate and then `commit`. Disk stores return fresh copies; MemoryStore returns the live
   objects (there is nothing to copy from), so with it a mutation is visible before the commit and a
   failed batch is not rolled back.
-- `due(until, limit)` claims up to `limit` users whose next wake-up is at or before `until`, earliest
+- `due(until, limit, part)` claims up to `limit` users whose next wake-up is at or before `until`, earliest
   first, as (wake-up, user). A claim is a lease: a claimed user is not returned again until the
-  claim is committed or the lease runs out (a crashed worker's claims come back).
+  claim is committed or the lease runs out (a crashed worker's claims come back). With `part=(i, n)`
+  only users with `partition(user, n) == i` are claimed: workers that split the users between them
+  (each applying the events of its own partition) then never claim each other's users.
 - Ordering: a user's events are committed in the order they were given to `Runtime.process`.
 - Concurrency: several workers may share one database. A commit writes a profile only over the
   version its `load` returned (on the same thread), creates a profile only if none exists, and
@@ -26,6 +28,7 @@ it was written by a newer version. Both are JourneyErrors with a message for the
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -37,6 +40,20 @@ from .profile import Profile
 from .trace import Record
 
 DEDUPE_FOR = timedelta(days=7)
+SHARDS = 4096  # a user's shard is stored with the profile; partitions are shards modulo the worker count
+
+Part = tuple[int, int]  # (this worker's partition, number of partitions)
+
+
+def shard(user_id: str) -> int:
+    """The user's shard: stable across processes, restarts and Python versions (CRC-32, not `hash`,
+    which is salted per process)."""
+    return zlib.crc32(user_id.encode()) % SHARDS
+
+
+def partition(user_id: str, parts: int) -> int:
+    """The partition that owns `user_id` among `parts` workers."""
+    return shard(user_id) % parts if parts > 1 else 0
 
 
 class StoreUnavailable(JourneyError, ConnectionError):
@@ -97,8 +114,9 @@ class Store(Protocol):
         """The messageIds among these that were committed within at least `DEDUPE_FOR` of arrival."""
         ...
 
-    def due(self, until: datetime, limit: int) -> list[tuple[datetime, str]]:
-        """Claim up to `limit` users whose wake-up is at or before `until`, earliest first (see above)."""
+    def due(self, until: datetime, limit: int, part: Part | None = None) -> list[tuple[datetime, str]]:
+        """Claim up to `limit` users whose wake-up is at or before `until`, earliest first, of partition
+        `part` when given (see above)."""
         ...
 
     def commit(self, batch: Batch) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from . import codec, trace
 from .engine import Engine, Outcome, SendMessage
 from .events import Event
-from .ports import DEDUPE_FOR, Batch, ConflictError, Store
+from .ports import DEDUPE_FOR, Batch, ConflictError, Part, Store, partition
 from .profile import Profile
 
 
@@ -90,18 +90,22 @@ class MemoryStore:
     def seen(self, message_ids: Collection[str]) -> set[str]:
         return {m for m in message_ids if m in self.processed}
 
-    def due(self, until: datetime, limit: int) -> list[tuple[datetime, str]]:
+    def due(self, until: datetime, limit: int, part: Part | None = None) -> list[tuple[datetime, str]]:
         """The heap holds one live entry per user (`_woken`), never later than their wake-up: a wake-up
         that moved later is pushed again only when its old entry comes up, so moving a wake-up later
         (what most events and timers do) adds nothing to the heap; only a move earlier leaves a
-        superseded entry behind."""
+        superseded entry behind. Entries of other partitions than `part` are put back."""
         found: list[tuple[datetime, str]] = []
+        others: list[tuple[float, str]] = []
         limit_ts = until.timestamp()
         heap, woken = self.wakeups, self._woken
         while heap and heap[0][0] <= limit_ts and len(found) < limit:
             at, user = heapq.heappop(heap)
             if woken.get(user) != at:
                 continue  # superseded by an earlier entry
+            if part is not None and partition(user, part[1]) != part[0]:
+                others.append((at, user))
+                continue
             del woken[user]
             profile = self._get(user)
             wake_at = None if profile is None else profile.wake_at
@@ -112,6 +116,8 @@ class MemoryStore:
                 heapq.heappush(heap, (wake_at, user))
                 continue
             found.append((datetime.fromtimestamp(at, UTC), user))
+        for entry in others:
+            heapq.heappush(heap, entry)
         return found
 
     def _watch(self, user: str, at: float | None) -> None:
@@ -188,11 +194,12 @@ class Runtime:
     """Feeds events and the passing of time to an engine through a store, one commit per batch."""
 
     def __init__(self, engine: Engine, store: Store | None = None,
-                 sink: Callable[[Outcome], None] | None = None, *, claim: int = 1) -> None:
+                 sink: Callable[[Outcome], None] | None = None, *, claim: int = 1, part: Part | None = None) -> None:
         self.engine = engine
         self.store: Store = store if store is not None else MemoryStore()
         self.sink = sink
         self.claim = claim  # users claimed per round in `advance`; 1 keeps strict time order
+        self.part = part  # (i, n): this runtime applies the events of partition i of n, and claims only its users
         engine.bandits = self.store.bandit()
 
     def profile(self, user_id: str) -> Profile | None:
@@ -316,7 +323,7 @@ class Runtime:
         total = Outcome()
         until_s = until.timestamp()
         for _ in range(rounds):
-            due = self.store.due(until, self.claim)
+            due = self.store.due(until, self.claim, self.part)
             if not due:
                 return total, False
             profiles = self.store.load([user for _, user in due])

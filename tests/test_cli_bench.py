@@ -121,10 +121,11 @@ def test_several_worker_processes_share_one_sqlite_database(tmp_path: Path, coll
 
 
 def test_a_user_belongs_to_the_same_partition_in_every_process() -> None:
-    """Partitions come from CRC-32 of the user id, not Python's per-process salted hash."""
-    from adapters.partitions import partition
+    """Partitions come from the stored shard (CRC-32 of the user id), not Python's per-process salted hash."""
+    from journey_engine.ports import SHARDS, partition, shard
 
     users = ("u1", "u2", "alice")
-    assert [partition(u, 4) for u in users] == [zlib.crc32(u.encode()) % 4 for u in users]
+    assert [shard(u) for u in users] == [zlib.crc32(u.encode()) % SHARDS for u in users]
+    assert [partition(u, 3) for u in users] == [shard(u) % 3 for u in users]
     assert partition("anyone", 1) == 0
     assert {partition(f"u{i}", 3) for i in range(100)} == {0, 1, 2}

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from adapters.partitions import partition
+from journey_engine.ports import partition
 from tests.conftest import postgres_or_skip
 from tests.test_serve_sdks import free_port
 

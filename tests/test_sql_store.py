@@ -20,7 +20,7 @@ from journey_engine import codec
 from journey_engine.compiler import load_workspace
 from journey_engine.engine import Engine
 from journey_engine.events import Event
-from journey_engine.ports import Batch, StoreUnavailable, StoreVersionError
+from journey_engine.ports import Batch, StoreUnavailable, StoreVersionError, partition
 from journey_engine.profile import Profile
 from journey_engine.runtime import MemoryStore, Runtime
 
@@ -84,7 +84,9 @@ def test_an_older_database_is_upgraded_in_place_and_keeps_its_data(kind: str, tm
         assert store.revision() == ScriptDirectory.from_config(_alembic(None)).get_current_head()  # type: ignore[arg-type]
         profile = store.load(["u1"])["u1"]
         assert profile.traits == {"email": "a@example.com"}
-        assert [u for _, u in store.due(T0 + timedelta(days=30), 5)] == ["u1"]
+        mine = partition("u1", 2)  # the shard was computed for the profile the old schema held
+        assert store.due(T0 + timedelta(days=30), 5, (1 - mine, 2)) == []
+        assert [u for _, u in store.due(T0 + timedelta(days=30), 5, (mine, 2))] == ["u1"]
         assert store.aliases(["anon-1"]) == {"anon-1": "u1"} and store.seen(["m1"]) == {"m1"}
         assert [r["segment"] for r in store.trace("u1")] == ["vip", "vip", "vip"]
         assert [r["key"] for r in store.outbox()] == ["k1"]

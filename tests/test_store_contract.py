@@ -11,7 +11,7 @@ import pytest
 from journey_engine.compiler import load_workspace
 from journey_engine.engine import Engine
 from journey_engine.events import Event
-from journey_engine.ports import Batch, ConflictError
+from journey_engine.ports import Batch, ConflictError, partition
 from journey_engine.runtime import MemoryStore, Runtime
 from journey_engine.testing import Harness
 
@@ -78,6 +78,26 @@ def test_due_claims_earliest_first_and_leases_the_claim(store_factory: StoreFact
     second = store.due(T0 + timedelta(hours=5), 10)
     assert [u for _, u in second] == ["u0"]
     assert store.due(T0 + timedelta(hours=5), 10) == []
+
+
+def test_a_worker_of_a_partition_claims_only_its_own_users(store_factory: StoreFactory) -> None:
+    """due(part=(i, n)) claims the due users with partition(user, n) == i, earliest first; the others stay
+    due for their own worker."""
+    store = _store(store_factory)
+    engine = Engine(COMPILED)
+    batch = Batch()
+    for n in range(12):
+        profile = engine.new_profile(f"u{n}")
+        profile.wake = T0 + timedelta(minutes=n)
+        batch.profiles[profile.user_id] = profile
+    store.commit(batch)
+    until = T0 + timedelta(hours=1)
+    mine = store.due(until, 100, (0, 2))
+    assert [u for _, u in mine] == [f"u{n}" for n in range(12) if partition(f"u{n}", 2) == 0]
+    assert 0 < len(mine) < 12
+    theirs = store.due(until, 100, (1, 2))
+    assert [u for _, u in theirs] == [f"u{n}" for n in range(12) if partition(f"u{n}", 2) == 1]
+    assert store.due(until, 100) == []
 
 
 def test_a_wake_up_that_moves_is_claimed_once_at_its_last_time(store_factory: StoreFactory) -> None:

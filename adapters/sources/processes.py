@@ -1,12 +1,16 @@
 """`journey serve --workers N`: the HTTP front in this process, the engine in N processes.
 
-Each engine process owns a partition of the users (adapters/partitions.py) and runs the same
+Each engine process owns a partition of the users (`journey_engine.ports.partition`) and runs the same
 `EngineWorker` as the one-process server: group commit, isolation of an event the engine raises on,
 timer rounds and erasure between batches. A request's events are split by partition, in order, and
 the request is answered once every partition it touched has committed its part. When one part fails,
 the request is refused (503) and the SDK's retry finds the parts already committed deduplicated by
-messageId. Dispatching the outbox, pruning and every read stay in this process: they go through the
-store, whose claims and tokens already keep concurrent workers apart.
+messageId. Each process claims only its own users' timers (`Store.due(part=...)`), so a timer round
+never races the other process's events. Dispatching the outbox, pruning and every read stay in this
+process: they go through the store, whose claims and tokens already keep concurrent workers apart.
+
+Why processes: one Python process runs the engine on one core (the GIL), and with the HTTP front and
+the store's own work in the same process the engine gets less than that.
 
 Engine processes are started with `spawn` (this process runs threads: forking them is unsafe) and
 load the workspace from its folder. One that dies fails the requests it held (503, retry) and is
@@ -28,7 +32,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from adapters.partitions import partition
 from adapters.sources.http_api import (
     EngineWorker,
     Metrics,
@@ -41,7 +44,7 @@ from adapters.sources.http_api import (
 from adapters.storage.sql import SqlStore
 from journey_engine.engine import Outcome
 from journey_engine.events import Event
-from journey_engine.ports import ConflictError, StoreUnavailable
+from journey_engine.ports import ConflictError, StoreUnavailable, partition
 
 log = logging.getLogger("journey.serve")
 
@@ -94,8 +97,8 @@ class ProcessWorkers:
     def _spawn(self, index: int) -> None:
         inbox = self._context.Queue()
         process = self._context.Process(target=_engine_process, name=f"journey-engine-{index}", daemon=True,
-                                        args=(str(self.folder), self.url, index, self.settings, inbox,
-                                              self._replies))
+                                        args=(str(self.folder), self.url, index, self.count, self.settings,
+                                              inbox, self._replies))
         process.start()
         self._inboxes[index], self._processes[index] = inbox, process
 
@@ -113,9 +116,10 @@ class ProcessWorkers:
             self._reader.join(timeout=10)
             self._reader = None
         self._fail(lambda _: True, WorkerLost("the server stopped before these events were committed; retry"))
-        for channel in (*self._inboxes, self._replies):
-            channel.close()
-            channel.join_thread()
+        for inbox in self._inboxes:
+            inbox.cancel_join_thread()  # what a dead process never read was failed above: do not wait on it
+            inbox.close()
+        self._replies.close()
 
     # --- work -----------------------------------------------------------------------------------
 
@@ -207,7 +211,7 @@ class ProcessWorkers:
         """An engine process that died fails the requests it held and is started again (one that dies while
         the server starts fails the start)."""
         for index, process in enumerate(self._processes):
-            if self._stopping or process.is_alive():
+            if self._stopping or process.is_alive() or (not self._started and self._ready[index].done()):
                 continue
             log.error("engine process %d stopped (exit code %s)", index, process.exitcode)
             lost = WorkerLost(f"engine process {index} stopped while applying these events; retry")
@@ -258,7 +262,8 @@ class _NoGauge:
         pass
 
 
-def _engine_process(folder: str, url: str, index: int, settings: Settings, inbox: Any, replies: Any) -> None:
+def _engine_process(folder: str, url: str, index: int, count: int, settings: Settings, inbox: Any,
+                    replies: Any) -> None:
     """Load the workspace, open the store, then apply what the HTTP process sends until told to stop."""
     from adapters.cli import tune_gc
     from journey_engine.compiler import load_workspace
@@ -268,7 +273,7 @@ def _engine_process(folder: str, url: str, index: int, settings: Settings, inbox
     compiled = load_workspace(folder)
     tune_gc()
     store = SqlStore(url, defaults=dict(compiled.metrics.defaults), upgrade=False)
-    runtime = Runtime(Engine(compiled), store, claim=500)
+    runtime = Runtime(Engine(compiled), store, claim=500, part=(index, count))
     tally = _Tally(replies)
     clock = lambda: datetime.now(UTC)  # noqa: E731
     # the HTTP process enforces the queue limit; this one takes whatever it was given

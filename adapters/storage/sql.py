@@ -35,7 +35,15 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from journey_engine import codec
 from journey_engine.engine import Engine as JourneyEngine
 from journey_engine.engine import SendMessage
-from journey_engine.ports import DEDUPE_FOR, Batch, ConflictError, StoreUnavailable, StoreVersionError
+from journey_engine.ports import (
+    DEDUPE_FOR,
+    Batch,
+    ConflictError,
+    Part,
+    StoreUnavailable,
+    StoreVersionError,
+    shard,
+)
 from journey_engine.profile import Profile
 
 from .tables import (
@@ -68,8 +76,8 @@ _SQL = {
     "load_pg": "SELECT user_id, body, version FROM profiles WHERE user_id = ANY(?)",
     "update_profile": "UPDATE profiles SET body = ?, wake_at = ?, lease_until = NULL, updated_at = ?, version = ? "
                       "WHERE user_id = ? AND version = ?",
-    "insert_profile": "INSERT INTO profiles (user_id, body, wake_at, lease_until, updated_at, version) "
-                      "VALUES (?, ?, ?, NULL, ?, 1)",
+    "insert_profile": "INSERT INTO profiles (user_id, body, wake_at, lease_until, updated_at, version, shard) "
+                      "VALUES (?, ?, ?, NULL, ?, 1, ?)",
     "insert_trace": "INSERT INTO trace (user_id, at, kind, journey, body) VALUES (?, ?, ?, ?, ?)",
     "insert_processed": "INSERT INTO processed (message_id, at, user_id) VALUES (?, ?, ?)",
     "insert_outbox": "INSERT INTO outbox (key, user_id, at, channel, message, journey, payload, status, attempts, "
@@ -328,12 +336,15 @@ class SqlStore:
                 stats.setdefault((journey, state), {})[arm] = (sends, conversions)
         return stats
 
-    def due(self, until: datetime, limit: int) -> list[tuple[datetime, str]]:
+    def due(self, until: datetime, limit: int, part: Part | None = None) -> list[tuple[datetime, str]]:
         """Claim users whose wake-up is due, with a lease, earliest first. When nothing is due, one indexed
-        read answers and no write transaction is opened (timer workers poll this often)."""
+        read answers and no write transaction is opened (timer workers poll this often). A partition is
+        the stored shard modulo the number of partitions (see `partition`)."""
         wall = self.wall()
         free = sa.or_(profiles_t.c.lease_until.is_(None), profiles_t.c.lease_until < wall)
         due = sa.select(profiles_t.c.user_id).where(profiles_t.c.wake_at <= until.timestamp(), free)
+        if part is not None and part[1] > 1:
+            due = due.where(profiles_t.c.shard % part[1] == part[0])
         with self._reading() as conn:
             if conn.execute(due.limit(1)).first() is None:
                 return []
@@ -395,7 +406,7 @@ class SqlStore:
         for user, p in sorted(profiles.items()):  # one lock order (see _tx)
             seen = versions.get(user)
             if seen is None:
-                inserts.append((user, encode(p, defaults), p.wake_at, wall))
+                inserts.append((user, encode(p, defaults), p.wake_at, wall, shard(user)))
             else:
                 updates.append((encode(p, defaults), p.wake_at, wall, seen + 1, user, seen))
         if updates and conn.exec_driver_sql(self._sql["update_profile"], updates).rowcount != len(updates):

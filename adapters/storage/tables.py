@@ -20,6 +20,7 @@ class ProfileRow(SQLModel, table=True):
     lease_until: float | None = None  # epoch seconds, wall clock: a claim by a timer worker
     updated_at: float
     version: int = 1  # bumped by every write: a commit writes only over the version it loaded
+    shard: int = 0  # journey_engine.ports.shard(user_id): workers that split the users claim by it
 
 
 class AliasRow(SQLModel, table=True):
