@@ -288,7 +288,9 @@ def ingest(source: Annotated[str, typer.Argument(help="a .jsonl file of Segment 
            database: DatabaseOpt = None, workspace: WorkspaceOpt = None,
            clock: Annotated[str, typer.Option(help="wall: apply at ingestion time; event: replay each event "
                                                    "at its own timestamp (backfills, tests)")] = "wall",
-           batch: Annotated[int, typer.Option(help="events per commit")] = 500) -> None:
+           batch: Annotated[int, typer.Option(help="events per commit (per engine process)")] = 500,
+           workers: Annotated[int, typer.Option(help="engine processes, each applying its partition of the "
+                                                     "users' events (SQL stores)")] = 1) -> None:
     """Feed Segment-format events from a file or stdin, validated like the HTTP API, with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -301,14 +303,24 @@ def ingest(source: Annotated[str, typer.Argument(help="a .jsonl file of Segment 
     if clock not in ("wall", "event"):
         err.print("[red]--clock is wall or event[/red]")
         raise typer.Exit(2)
+    if workers < 1:
+        err.print("[red]--workers is 1 or more[/red]")
+        raise typer.Exit(2)
     try:
         handle, total = open_source(source)
     except OSError as exc:
         err.print(f"[red]{source}: {exc.strerror or exc}[/red]", soft_wrap=True)
         raise typer.Exit(2) from None
-    compiled = _load(_workspace(workspace), long_running=True)
+    folder = _workspace(workspace)
+    compiled = _load(folder, long_running=True)
     store = _open_store(database, compiled.metrics.defaults)
-    runtime = Runtime(Engine(compiled), store, claim=500)
+    runtime: Any = Runtime(Engine(compiled), store, claim=500)
+    if workers > 1:  # the same calls, each split by the users' partitions over engine processes
+        from adapters.sources.http_api import Metrics, Settings
+        from adapters.sources.processes import ProcessWorkers
+
+        runtime = ProcessWorkers(folder, store.url, workers, Settings(), Metrics(), store)
+        runtime.start()
     report = IngestReport()
 
     def bad(item: BadLine) -> None:
@@ -319,7 +331,7 @@ def ingest(source: Annotated[str, typer.Argument(help="a .jsonl file of Segment 
         with handle, Progress(*columns, console=err, disable=not err.is_terminal) as bar:
             task = bar.add_task("ingest", total=total)
             ingest_lines(handle, runtime, erased=store.erased, clock="event" if clock == "event" else "wall",
-                         batch=batch, on_bad=bad, report=report,
+                         batch=batch * workers, on_bad=bad, report=report, read_ahead=workers > 1,
                          on_progress=lambda r: bar.update(task, completed=r.lines))
             bar.update(task, completed=report.lines)
     except StoreUnavailable as exc:
@@ -328,6 +340,8 @@ def ingest(source: Annotated[str, typer.Argument(help="a .jsonl file of Segment 
                   "(duplicates are ignored)")
         raise typer.Exit(1) from None
     finally:
+        if workers > 1:
+            runtime.stop()
         store.close()
     dropped = f", {report.erased} of erased users dropped" if report.erased else ""
     out.print(f"{report.accepted} events committed, {report.refused} refused{dropped}")

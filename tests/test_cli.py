@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,37 @@ def test_ingest_reports_bad_lines_keeps_good_ones_and_refuses_a_missing_file(tmp
                                   "--workspace", str(EXAMPLES)])
     assert missing.exit_code == 2
     assert "nope.jsonl" in missing.output
+
+
+def test_ingest_with_two_engine_processes_ends_where_one_process_does(tmp_path: Path) -> None:
+    """--workers 2 splits the users between two engine processes: every event is committed once and each
+    user's traits, metrics and segments are those a one-process ingest of the same file gives."""
+    import sqlalchemy as sa
+
+    from adapters.bench import events_stream
+    from journey_engine import codec
+
+    lines = []
+    for n, e in enumerate(events_stream(150, 2500, 3, timedelta(days=2))):
+        lines.append(json.dumps({"type": e.type, "userId": e.user_id, "event": e.name, "properties": e.properties,
+                                 "traits": {k: v.isoformat() if isinstance(v, datetime) else v
+                                            for k, v in e.traits.items()},
+                                 "timestamp": e.timestamp.isoformat(), "messageId": e.message_id or f"i{n}"}))
+    source = tmp_path / "events.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    states = []
+    for workers in ("1", "2"):
+        db = f"sqlite:///{tmp_path / f'w{workers}.db'}"
+        result = runner.invoke(app, ["ingest", str(source), "--database", db, "--workspace", str(EXAMPLES),
+                                     "--clock", "event", "--workers", workers])
+        assert result.exit_code == 0, result.output
+        assert "2500 events committed, 0 refused" in result.stdout
+        engine = sa.create_engine(db)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM processed")).scalar_one() == 2500
+            profiles = {user: codec.decode(body) for user, body in conn.execute(
+                sa.text("SELECT user_id, body FROM profiles"))}
+        engine.dispose()
+        states.append({u: (p.traits, p.metric_values, sorted(p.segments)) for u, p in profiles.items()})
+    assert len(states[0]) == 150
+    assert states[1] == states[0]

@@ -7,16 +7,22 @@ with its number and field and skipped; the good ones are kept; erased users stay
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, TypeVar
 
 from adapters.sources.segment import MAX_BATCH, BodyError, parse_json, sent_at_problem, to_events
 from journey_engine.events import Event
 from journey_engine.ports import StoreUnavailable
 from journey_engine.runtime import Runtime
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +83,52 @@ def _numbered(lines: Iterable[bytes | str], *, received_at: Callable[[], datetim
             yield number, event
 
 
+AHEAD = 4  # calls (advance, process) engine processes may still be running while the next batch is read
+_AHEAD_CHUNK = 500  # items handed over at once (one queue operation each, not one per line)
+
+
+def _ahead(items: Iterator[_T], depth: int = 8) -> Iterator[_T]:
+    """`items`, produced by a thread up to `depth` chunks ahead of the consumer. An exception raised while
+    producing is raised here, after the items before it; a consumer that stops early stops the thread."""
+    chunks: queue.Queue[tuple[list[_T], BaseException | None, bool]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        chunk: list[_T] = []
+        try:
+            for item in items:
+                chunk.append(item)
+                if len(chunk) >= _AHEAD_CHUNK:
+                    if not _put(chunks, (chunk, None, False), stop):
+                        return
+                    chunk = []
+            _put(chunks, (chunk, None, True), stop)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            _put(chunks, (chunk, exc, True), stop)
+
+    threading.Thread(target=produce, name="journey-read-ahead", daemon=True).start()
+    try:
+        while True:
+            chunk, error, last = chunks.get()
+            yield from chunk
+            if error is not None:
+                raise error
+            if last:
+                return
+    finally:
+        stop.set()
+
+
+def _put(chunks: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            chunks.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def open_source(source: str) -> tuple[BinaryIO, int | None]:
     """A file (or `-` for stdin) to read lines from as bytes, and its line count when known.
     Raises OSError (FileNotFoundError, IsADirectoryError, ...) for the caller to report."""
@@ -93,7 +145,7 @@ def ingest(lines: Iterable[bytes | str], runtime: Runtime, *, erased: Callable[[
            now: Callable[[], datetime] = lambda: datetime.now(UTC),
            on_bad: Callable[[BadLine], None] = lambda _: None,
            on_progress: Callable[[IngestReport], None] = lambda _: None,
-           report: IngestReport | None = None) -> IngestReport:
+           report: IngestReport | None = None, read_ahead: bool = False) -> IngestReport:
     """Validate `lines` and commit their events through `runtime`, `batch` events per commit.
 
     `clock="wall"` applies events at `now()`, with the trigger window (old events are backfills);
@@ -101,10 +153,14 @@ def ingest(lines: Iterable[bytes | str], runtime: Runtime, *, erased: Callable[[
     `erased` is the store's lookup of erased user ids. Bad lines go to `on_bad`; nothing read is lost
     when reading fails (the pending events are committed first). StoreUnavailable propagates; the
     `report` given (filled in place) then counts what was committed, and running again is safe
-    (duplicates are ignored)."""
+    (duplicates are ignored).
+
+    `read_ahead`: a thread reads and validates the next lines while a batch commits (for a `runtime` whose
+    work runs in other processes; beside an engine in this process it would only compete for the GIL)."""
     report = report if report is not None else IngestReport()
     pending: list[Event] = []
     last: datetime | None = None
+    committing: deque[tuple[Future[Any], int, int]] = deque()  # (its commit, events kept, events dropped)
 
     def flush() -> None:
         nonlocal last
@@ -112,23 +168,51 @@ def ingest(lines: Iterable[bytes | str], runtime: Runtime, *, erased: Callable[[
             return
         gone = erased({e.user_id for e in pending})
         keep = [e for e in pending if e.user_id not in gone]
+        done: Any = None
         if keep:
             last = max(last or keep[0].timestamp, *(e.timestamp for e in keep))
             if clock == "event":
-                runtime.advance(min(e.timestamp for e in keep))
-                runtime.process(keep)
+                later(runtime.advance(min(e.timestamp for e in keep)))
+                done = runtime.process(keep)
             else:
                 wall = now()
-                runtime.advance(wall)
-                runtime.process(keep, wall)
-        report.accepted += len(keep)
-        report.erased += len(pending) - len(keep)
+                later(runtime.advance(wall))
+                done = runtime.process(keep, wall)
+        dropped = len(pending) - len(keep)
         pending.clear()
+        if isinstance(done, Future):  # committed later (engine processes): counted when it is
+            later(done, len(keep), dropped)
+            settle(AHEAD)
+        else:
+            count(len(keep), dropped)
+
+    def later(done: Any, kept: int = 0, dropped: int = 0) -> None:
+        if isinstance(done, Future):
+            committing.append((done, kept, dropped))
+
+    def count(kept: int, dropped: int) -> None:
+        report.accepted += kept
+        report.erased += dropped
         on_progress(report)
 
+    def settle(ahead: int, quiet: bool = False) -> None:
+        """Wait until at most `ahead` calls are still running; raise the first that failed (unless `quiet`)
+        once every call sent is settled, so the report counts exactly what was committed."""
+        failed: BaseException | None = None
+        while len(committing) > ahead or (failed is not None and committing):
+            future, kept, dropped = committing.popleft()
+            error = future.exception()
+            if error is None:
+                count(kept, dropped)
+            elif failed is None:
+                failed = error
+        if failed is not None and not quiet:
+            raise failed
+
     window = trigger_window if clock == "wall" else None
+    items = _numbered(lines, received_at=now, trigger_window=window)
     try:
-        for number, item in _numbered(lines, received_at=now, trigger_window=window):
+        for number, item in _ahead(items) if read_ahead else items:
             report.lines = number
             if isinstance(item, BadLine):
                 report.refused += 1
@@ -140,8 +224,10 @@ def ingest(lines: Iterable[bytes | str], runtime: Runtime, *, erased: Callable[[
     except BaseException as exc:  # reading failed or was interrupted: keep what was read
         if not isinstance(exc, StoreUnavailable):
             flush()
+        settle(0, quiet=True)  # count what the engine processes committed; the error raised is this one
         raise
     flush()
     if clock == "event" and last is not None:
-        runtime.advance(last)
+        later(runtime.advance(last))
+    settle(0)
     return report

@@ -131,11 +131,8 @@ class ProcessWorkers:
                 raise Overloaded
             self.waiting += len(events)
         self.metrics.queue_depth.set(self.waiting)
-        parts: dict[int, list[int]] = {}
-        for position, event in enumerate(events):
-            parts.setdefault(partition(event.user_id, self.count), []).append(position)
         sent = [(positions, self._send(part, "events", [events[p] for p in positions]))
-                for part, positions in parts.items()]
+                for part, positions in self._split(events).items()]
         combined: Future[list[int]] = Future()
         left = [len(sent)]
 
@@ -162,6 +159,48 @@ class ProcessWorkers:
         """Fire what is due, every process its own claims (claims are leased: none is fired twice)."""
         for future in [self._send(index, "timers", None) for index in range(self.count)]:
             future.result()
+
+    # `journey ingest --workers`: a `Runtime`'s two calls, answered with a Future of every process's part
+    # (each process takes its messages in order, so a caller may go on before they are done)
+
+    def advance(self, until: datetime) -> Future[None]:
+        """Every process fires what is due for its own users up to `until`."""
+        return self._all([self._send(index, "advance", until) for index in range(self.count)])
+
+    def process(self, events: list[Event], now: datetime | None = None) -> Future[None]:
+        """Apply and commit the events, each process its own users' part; the Future fails with the first
+        part's error once every part is done (the other parts are committed: a rerun finds them
+        deduplicated)."""
+        return self._all([self._send(part, "process", ([events[p] for p in positions], now))
+                          for part, positions in self._split(events).items()])
+
+    def _all(self, parts: list[Future[Any]]) -> Future[None]:
+        done: Future[None] = Future()
+        left = [len(parts)]
+
+        def settle(_: Future[Any]) -> None:
+            with self._lock:
+                left[0] -= 1
+                if left[0]:
+                    return
+            errors = [f.exception() for f in parts if f.exception() is not None]
+            if errors:
+                done.set_exception(errors[0])  # type: ignore[arg-type]
+            else:
+                done.set_result(None)
+
+        if not parts:
+            done.set_result(None)
+        for part in parts:
+            part.add_done_callback(settle)
+        return done
+
+    def _split(self, events: list[Event]) -> dict[int, list[int]]:
+        """Positions of the events by the partition of their user, in order."""
+        parts: dict[int, list[int]] = {}
+        for position, event in enumerate(events):
+            parts.setdefault(partition(event.user_id, self.count), []).append(position)
+        return parts
 
     def enroll(self) -> Future[Any]:
         return self._send(0, "enroll", None)
@@ -286,6 +325,8 @@ def _engine_process(folder: str, url: str, index: int, count: int, settings: Set
         "timers": lambda _: side.submit(drain_timers, worker, runtime, tally, clock),  # type: ignore[arg-type]
         "enroll": lambda _: worker.call(lambda: _observed(tally, runtime.enroll(clock()))),
         "erase": lambda user: worker.call(lambda: store.erase(user, clock())),
+        "advance": lambda until: worker.call(lambda: _observed(tally, runtime.advance(until))),
+        "process": lambda job: worker.call(lambda: _observed(tally, runtime.process(*job))),
     }
     try:
         while (item := inbox.get()) is not None:
