@@ -267,8 +267,11 @@ def _run_workers(compiled: CompiledWorkspace, store: SqlStore, workers: int, *, 
         pipes.append(receive)
     del parts
     total = _Run()
-    for pipe in pipes:
-        run, busy_until, done_at = pipe.recv()
+    for index, pipe in enumerate(pipes):
+        try:
+            run, busy_until, done_at = pipe.recv()
+        except EOFError:
+            raise RuntimeError(f"bench worker {index} failed; its error is printed above") from None
         total.busy = max(total.busy, busy_until)
         total.seconds = max(total.seconds, done_at)
         total.latencies.extend(run.latencies)
@@ -281,6 +284,7 @@ def _run_workers(compiled: CompiledWorkspace, store: SqlStore, workers: int, *, 
 def _worker(compiled: CompiledWorkspace, store: SqlStore, events: list[Event], part: Part, seed: int, batch: int,
             send: Any, began: float) -> None:
     """One engine process: its own store on the same database (connections never cross a fork)."""
+    store.engine.dispose(close=False)  # the parent's pooled connections stay the parent's
     own = store.twin()
     try:
         run = _drive(compiled, own, events, seed=seed, batch=batch, part=part)

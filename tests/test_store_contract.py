@@ -202,6 +202,25 @@ def test_two_workers_never_claim_the_same_user(store_factory: StoreFactory) -> N
     assert len(a) + len(b) == 400
 
 
+def test_a_worker_that_missed_an_alias_or_an_erasure_cannot_create_that_id_again(store_factory: StoreFactory) -> None:
+    """Another worker merged `anon` into `u1`, or erased `gone`, after this one found neither: its new
+    profile for that id is refused (ConflictError, nothing written), so the rerun finds the merge or the
+    erasure instead of leaving a profile no one would ever merge or erase again."""
+    if store_factory.kind == "memory":  # type: ignore[attr-defined]
+        pytest.skip("one process: aliases and erasures are applied between batches")
+    first, second = _store(store_factory), _store(store_factory)
+    engine = Engine(COMPILED)
+    assert second.load(["anon", "gone"]) == {}  # this worker looks first
+    first.commit(Batch(profiles={"u1": engine.new_profile("u1")}, aliases={"anon": "u1"}))
+    first.erase("gone", T0)
+    for user in ("anon", "gone"):
+        with pytest.raises(ConflictError, match="merged into another user or erased"):
+            second.commit(Batch(profiles={user: engine.new_profile(user)}, message_ids=[(f"m-{user}", T0)]))
+        assert second.load([user]) == {} and second.seen([f"m-{user}"]) == set()
+    second.commit(Batch(profiles={"u2": engine.new_profile("u2")}))
+    assert set(second.load(["u1", "u2"])) == {"u1", "u2"}
+
+
 def _sql_only(store_factory: StoreFactory) -> None:
     if store_factory.kind == "memory":  # type: ignore[attr-defined]
         pytest.skip("one process, one store: nothing to race")

@@ -96,6 +96,11 @@ class WorkerLost(StoreUnavailable):
     """An engine process stopped while it held these events (`--workers`): some may be committed, so retry."""
 
 
+class PartlyCommitted(StoreUnavailable):
+    """A request spread over engine processes (`--workers`) of which some committed their part and one
+    failed: the retry is safe for events with a messageId (deduplicated), as for any retry."""
+
+
 class EngineWorker:
     """The one thread that runs the engine: batches of events, timer rounds, erasures, in order."""
 
@@ -597,6 +602,10 @@ async def _wait(worker: EngineWorker | ProcessWorkers, events: list[Event]) -> l
     try:
         failed: list[int] = await _await(future)
         return failed
+    except PartlyCommitted as exc:
+        raise Refused(503, "partly_committed", f"some of these events were committed and others not ({exc}); "
+                                               "retry: the committed ones are recognised by messageId",
+                      headers={"Retry-After": "2"}, events=len(events)) from None
     except WorkerLost:
         raise Refused(503, "worker_lost", "an engine process stopped while applying these events; retry (the "
                                           "ones already committed are recognised by messageId)",

@@ -22,13 +22,16 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing
+import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
+from multiprocessing import connection
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,7 @@ from adapters.sources.http_api import (
     Metrics,
     Observed,
     Overloaded,
+    PartlyCommitted,
     Settings,
     WorkerLost,
     drain_timers,
@@ -49,7 +53,8 @@ from journey_engine.ports import ConflictError, StoreUnavailable, partition
 log = logging.getLogger("journey.serve")
 
 START_TIMEOUT = 120.0  # seconds for an engine process to load the workspace and open the store
-ALIVE_EVERY = 0.5  # seconds between checks that every engine process still runs
+ALIVE_EVERY = 0.5  # seconds the reply reader waits before looking again at which processes run
+STOP_TIMEOUT = 15.0  # seconds for all engine processes together to finish at shutdown
 
 
 class ProcessWorkers:
@@ -64,13 +69,16 @@ class ProcessWorkers:
         self._pending: dict[int, tuple[Future[Any], int]] = {}  # request -> (future, partition)
         self._ids = itertools.count()
         self._context = multiprocessing.get_context("spawn")
-        self._replies: Any = None
+        # per process: its inbox, its reply pipe (one writer each: a process killed while writing garbles
+        # only its own), the process, and whether it has said it is ready
         self._inboxes: list[Any] = []
+        self._pipes: list[Any] = []
         self._processes: list[Any] = []
         self._ready: list[Future[None]] = []
         self._reader: threading.Thread | None = None
         self._stopping = False
         self._started = False  # every process has started once: from then on, a lost one is started again
+        self._gone: set[Any] = set()  # processes whose end was handled
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -78,9 +86,7 @@ class ProcessWorkers:
         if self._reader is not None:
             return
         self._stopping = False
-        self._replies = self._context.Queue()
-        self._inboxes = [None] * self.count
-        self._processes = [None] * self.count
+        self._inboxes, self._pipes, self._processes = [None] * self.count, [None] * self.count, [None] * self.count
         self._ready = [Future() for _ in range(self.count)]
         for index in range(self.count):
             self._spawn(index)
@@ -96,30 +102,37 @@ class ProcessWorkers:
 
     def _spawn(self, index: int) -> None:
         inbox = self._context.Queue()
+        replies, reply_end = self._context.Pipe(duplex=False)
         process = self._context.Process(target=_engine_process, name=f"journey-engine-{index}", daemon=True,
                                         args=(str(self.folder), self.url, index, self.count, self.settings,
-                                              inbox, self._replies))
+                                              inbox, reply_end))
         process.start()
-        self._inboxes[index], self._processes[index] = inbox, process
+        reply_end.close()  # the child holds the only write end: its death is this pipe's end of file
+        self._inboxes[index], self._pipes[index], self._processes[index] = inbox, replies, process
 
     def stop(self) -> None:
+        """Tell every process to finish, wait for them together (then kill what is left), read their last
+        replies, and fail whatever was not answered."""
         self._stopping = True
         self._started = False
         for inbox in self._inboxes:
             inbox.put(None)
+        deadline = time.monotonic() + STOP_TIMEOUT
         for process in self._processes:
-            process.join(timeout=10)
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 process.kill()
+                process.join(timeout=5)
         if self._reader is not None:
-            self._replies.put(("stopped", -1, None))
             self._reader.join(timeout=10)
             self._reader = None
         self._fail(lambda _: True, WorkerLost("the server stopped before these events were committed; retry"))
         for inbox in self._inboxes:
             inbox.cancel_join_thread()  # what a dead process never read was failed above: do not wait on it
             inbox.close()
-        self._replies.close()
+        for pipe in self._pipes:
+            pipe.close()
+        self._inboxes, self._pipes = [], []  # let their semaphores go now, not at interpreter exit
 
     # --- work -----------------------------------------------------------------------------------
 
@@ -144,7 +157,9 @@ class ProcessWorkers:
                 self.waiting -= len(events)
             self.metrics.queue_depth.set(self.waiting)
             errors = [f.exception() for _, f in sent if f.exception() is not None]
-            if errors:
+            if errors and len(errors) < len(sent):
+                combined.set_exception(PartlyCommitted(str(errors[0])))
+            elif errors:
                 combined.set_exception(errors[0])  # type: ignore[arg-type]
             else:
                 combined.set_result(sorted(positions[i] for positions, f in sent for i in f.result()))
@@ -196,10 +211,22 @@ class ProcessWorkers:
         return done
 
     def _split(self, events: list[Event]) -> dict[int, list[int]]:
-        """Positions of the events by the partition of their user, in order."""
+        """Positions of the events by the partition of their user, in order. An alias in the request takes
+        the events of both its ids, before and after it, to the new id's process: merged there in order.
+        (An id merged by an earlier request may still come here under its old id: that process applies it
+        to the user it was merged into, and the store refuses to create the old id again.)"""
+        merged: dict[str, str] = {}
+        for event in events:
+            if event.type == "alias" and event.previous_id and event.previous_id != event.user_id:
+                merged[event.previous_id] = event.user_id
         parts: dict[int, list[int]] = {}
         for position, event in enumerate(events):
-            parts.setdefault(partition(event.user_id, self.count), []).append(position)
+            user = event.user_id
+            for _ in range(len(merged)):  # follow a -> b -> c within the request, never round a loop
+                if user not in merged:
+                    break
+                user = merged[user]
+            parts.setdefault(partition(user, self.count), []).append(position)
         return parts
 
     def enroll(self) -> Future[Any]:
@@ -222,49 +249,77 @@ class ProcessWorkers:
     # --- replies --------------------------------------------------------------------------------
 
     def _read(self) -> None:
-        checked = time.monotonic()
+        """Settle futures from every process's replies; notice a process's death as soon as it happens
+        (its sentinel), after reading what it answered before. Returns once stopping and all are gone."""
         while True:
-            try:
-                kind, request, body = self._replies.get(timeout=ALIVE_EVERY)
-            except queue.Empty:
-                kind = ""
-            if kind == "stopped":
+            with self._lock:
+                pipes, processes = list(self._pipes), list(self._processes)
+            if self._stopping and all(p in self._gone for p in processes):
                 return
-            if kind == "metrics":
-                self.metrics.add(body)
-            elif kind == "ready":
-                self._ready[request].set_result(None)
-            elif kind in ("done", "failed"):
-                with self._lock:
-                    future, _ = self._pending.pop(request, (None, 0))
-                if future is not None:
-                    if kind == "done":
-                        future.set_result(body)
+            sentinels = {p.sentinel: i for i, p in enumerate(processes) if p not in self._gone}
+            live = [pipe for i, pipe in enumerate(pipes) if processes[i] not in self._gone]
+            for ready in connection.wait([*live, *sentinels], timeout=ALIVE_EVERY):
+                try:
+                    if ready in sentinels:
+                        index = sentinels[ready]  # type: ignore[index]
                     else:
-                        future.set_exception(_error(*body))
-            if time.monotonic() - checked >= ALIVE_EVERY:
-                checked = time.monotonic()
-                self._restart_lost()
+                        index = pipes.index(ready)
+                        if self._receive(ready):
+                            continue
+                    self._drain(pipes[index])
+                    self._lost(index, processes[index])
+                except Exception:  # never let one bad reply stop the thread every request waits on
+                    log.exception("engine replies: could not handle a reply")
 
-    def _restart_lost(self) -> None:
-        """An engine process that died fails the requests it held and is started again (one that dies while
-        the server starts fails the start)."""
-        for index, process in enumerate(self._processes):
-            if self._stopping or process.is_alive() or (not self._started and self._ready[index].done()):
-                continue
+    def _drain(self, pipe: Any) -> None:
+        """What a process that ended answered before it did (its pipe then reads as finished)."""
+        while pipe.poll() and self._receive(pipe):
+            pass
+
+    def _receive(self, pipe: Any) -> bool:
+        """Handle one reply; False when the pipe is finished (the process is gone)."""
+        try:
+            kind, request, body = pipe.recv()
+        except (EOFError, OSError):
+            return False
+        if kind == "metrics":
+            self.metrics.add(body)
+        elif kind == "ready":
+            if not self._ready[request].done():
+                self._ready[request].set_result(None)
+        else:
+            with self._lock:
+                future, _ = self._pending.pop(request, (None, 0))
+            if future is not None:
+                if kind == "done":
+                    future.set_result(body)
+                else:
+                    future.set_exception(_error(*body))
+        return True
+
+    def _lost(self, index: int, process: Any) -> None:
+        """A process that ended fails the requests it held and is started again (one that ends while the
+        server starts fails the start; while stopping, nothing is started)."""
+        with self._lock:
+            if self._processes[index] is not process or process in self._gone:
+                return  # replaced already, or seen through its pipe and its sentinel both
+            self._gone.add(process)
+        process.join(timeout=5)
+        lost = WorkerLost(f"engine process {index} stopped while applying these events; retry")
+        if not self._stopping:
             log.error("engine process %d stopped (exit code %s)", index, process.exitcode)
-            lost = WorkerLost(f"engine process {index} stopped while applying these events; retry")
-            if not self._started:
+        if not self._started:
+            if not self._ready[index].done():
                 self._ready[index].set_exception(RuntimeError(f"it exited with code {process.exitcode}"))
-                self._fail(lambda part, i=index: part == i, lost)  # type: ignore[misc]
-                continue
-            with self._lock:  # no request goes to the old inbox once its own are failed
-                self._ready[index] = Future()
-                self._spawn(index)
-                held = [r for r, (_, part) in self._pending.items() if part == index]
-                futures = [self._pending.pop(r)[0] for r in held]
-            for future in futures:
-                future.set_exception(lost)
+            self._fail(lambda part, i=index: part == i, lost)  # type: ignore[misc]
+            return
+        with self._lock:  # no request goes to the old inbox once its own are failed
+            self._ready[index] = Future()
+            self._spawn(index)
+            held = [r for r, (_, part) in self._pending.items() if part == index]
+            futures = [self._pending.pop(r)[0] for r in held]
+        for future in futures:
+            future.set_exception(lost)
 
     def _fail(self, which: Callable[[int], bool], exc: Exception) -> None:
         with self._lock:
@@ -283,10 +338,22 @@ def _error(kind: str, message: str) -> Exception:
 
 # --- the engine process ---------------------------------------------------------------------------
 
+class _Replies:
+    """The write end of this process's reply pipe, shared by its threads (one message at a time)."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self.lock = threading.Lock()
+
+    def put(self, message: tuple[str, int, Any]) -> None:
+        with self.lock:
+            self.pipe.send(message)
+
+
 class _Tally:
     """An engine process's metrics: each batch's observations go to the HTTP process, which keeps them."""
 
-    def __init__(self, replies: Any) -> None:
+    def __init__(self, replies: _Replies) -> None:
         self.replies = replies
         self.queue_depth = _NoGauge()  # the HTTP process counts what waits
 
@@ -302,17 +369,23 @@ class _NoGauge:
 
 
 def _engine_process(folder: str, url: str, index: int, count: int, settings: Settings, inbox: Any,
-                    replies: Any) -> None:
-    """Load the workspace, open the store, then apply what the HTTP process sends until told to stop."""
+                    pipe: Any) -> None:
+    """Load the workspace, open the store, then apply what the HTTP process sends until told to stop (or
+    until that process is gone). Ctrl-C and SIGTERM are the HTTP process's to handle: it stops this one
+    after its last requests."""
     from adapters.cli import tune_gc
     from journey_engine.compiler import load_workspace
     from journey_engine.engine import Engine
     from journey_engine.runtime import Runtime
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = os.getppid()
     compiled = load_workspace(folder)
     tune_gc()
     store = SqlStore(url, defaults=dict(compiled.metrics.defaults), upgrade=False)
     runtime = Runtime(Engine(compiled), store, claim=500, part=(index, count))
+    replies = _Replies(pipe)
     tally = _Tally(replies)
     clock = lambda: datetime.now(UTC)  # noqa: E731
     # the HTTP process enforces the queue limit; this one takes whatever it was given
@@ -329,7 +402,15 @@ def _engine_process(folder: str, url: str, index: int, count: int, settings: Set
         "process": lambda job: worker.call(lambda: _observed(tally, runtime.process(*job))),
     }
     try:
-        while (item := inbox.get()) is not None:
+        while True:
+            try:
+                item = inbox.get(timeout=1.0)
+            except queue.Empty:
+                if os.getppid() != parent:  # the HTTP process died without telling us: nobody is waiting
+                    break
+                continue
+            if item is None:
+                break
             request, kind, payload = item
             jobs[kind](payload).add_done_callback(lambda f, r=request: _reply(replies, r, f))
     finally:
@@ -342,7 +423,7 @@ def _observed(tally: _Tally, outcome: Outcome) -> None:
     tally.observe(outcome, 0, 0.0)
 
 
-def _reply(replies: Any, request: int, future: Future[Any]) -> None:
+def _reply(replies: _Replies, request: int, future: Future[Any]) -> None:
     exc = future.exception()
     if exc is None:
         replies.put(("done", request, future.result()))

@@ -76,8 +76,11 @@ _SQL = {
     "load_pg": "SELECT user_id, body, version FROM profiles WHERE user_id = ANY(?)",
     "update_profile": "UPDATE profiles SET body = ?, wake_at = ?, lease_until = NULL, updated_at = ?, version = ? "
                       "WHERE user_id = ? AND version = ?",
+    # a new profile only for an id that was neither merged into another user nor erased meanwhile (by another
+    # worker: an id whose events this worker routed before it learnt of the alias or the erasure)
     "insert_profile": "INSERT INTO profiles (user_id, body, wake_at, lease_until, updated_at, version, shard) "
-                      "VALUES (?, ?, ?, NULL, ?, 1, ?)",
+                      "SELECT ?, ?, ?, NULL, ?, 1, ? WHERE NOT EXISTS (SELECT 1 FROM aliases WHERE previous_id = ?) "
+                      "AND NOT EXISTS (SELECT 1 FROM erased WHERE user_id = ?)",
     "insert_trace": "INSERT INTO trace (user_id, at, kind, journey, body) VALUES (?, ?, ?, ?, ?)",
     "insert_processed": "INSERT INTO processed (message_id, at, user_id) VALUES (?, ?, ?)",
     "insert_outbox": "INSERT INTO outbox (key, user_id, at, channel, message, journey, payload, status, attempts, "
@@ -406,12 +409,13 @@ class SqlStore:
         for user, p in sorted(profiles.items()):  # one lock order (see _tx)
             seen = versions.get(user)
             if seen is None:
-                inserts.append((user, encode(p, defaults), p.wake_at, wall, shard(user)))
+                inserts.append((user, encode(p, defaults), p.wake_at, wall, shard(user), user, user))
             else:
                 updates.append((encode(p, defaults), p.wake_at, wall, seen + 1, user, seen))
         if updates and conn.exec_driver_sql(self._sql["update_profile"], updates).rowcount != len(updates):
             raise ConflictError("a profile of the batch changed since it was loaded")
-        self._insert_new(conn, self._sql["insert_profile"], inserts, "a new profile of the batch")
+        if self._insert_new(conn, self._sql["insert_profile"], inserts, "a new profile of the batch") != len(inserts):
+            raise ConflictError("a new profile's id was merged into another user or erased meanwhile")
 
     def _delete_profiles(self, conn: Connection, users: Collection[str]) -> None:
         versions = self._versions
@@ -426,12 +430,13 @@ class SqlStore:
             conn.execute(sa.delete(profiles_t).where(profiles_t.c.user_id.in_(chunk)))
 
     @staticmethod
-    def _insert_new(conn: Connection, sql: str, rows: list[tuple[Any, ...]], what: str) -> None:
-        """Plain inserts: a row that exists already means another worker committed it first."""
+    def _insert_new(conn: Connection, sql: str, rows: list[tuple[Any, ...]], what: str) -> int:
+        """Plain inserts: a row that exists already means another worker committed it first. Returns the
+        rows inserted."""
         if not rows:
-            return
+            return 0
         try:
-            conn.exec_driver_sql(sql, rows)
+            return int(conn.exec_driver_sql(sql, rows).rowcount)
         except IntegrityError:
             raise ConflictError(f"{what} was committed by another worker") from None
 
