@@ -100,11 +100,19 @@ def test_every_user_s_events_are_committed_once_by_the_process_that_owns_them(se
             assert found["metrics"]["feature_uses_7d"] == 5
         assert client.delete("/v1/users/w7", headers=admin).json()["success"] is True
         assert client.get("/v1/users/w7", headers=admin).status_code == 404
+        # an anonymous id and the user it becomes, owned by different processes, in one request
+        anon = next(f"anon{n}" for n in range(100) if partition(f"anon{n}", 2) != partition("known", 2))
+        merge = [{"type": "track", "anonymousId": anon, "event": "Feature Used", "messageId": "a1"},
+                 {"type": "alias", "userId": "known", "previousId": anon, "messageId": "a2"},
+                 {"type": "track", "userId": "known", "event": "Feature Used", "messageId": "a3"}]
+        assert client.post("/v1/batch", json={"batch": [{**m, "timestamp": now} for m in merge]}).status_code == 200
+        assert client.get(f"/v1/users/{anon}", headers=admin).json()["user_id"] == "known"
+        assert client.get("/v1/users/known", headers=admin).json()["metrics"]["feature_uses_7d"] == 2
         metrics = client.get("/metrics").text
-    assert served.count("SELECT count(*) FROM processed") == 5 * 60 - 5  # w7's ids went with w7
-    assert served.count("SELECT count(*) FROM profiles") == 59
+    assert served.count("SELECT count(*) FROM processed") == 5 * 60 - 5 + 3  # w7's ids went with w7
+    assert served.count("SELECT count(*) FROM profiles") == 59 + 1  # `known`, with the anonymous id merged in
     accepted = next(line for line in metrics.splitlines() if line.startswith("journey_events_accepted_total"))
-    assert float(accepted.split()[1]) == 6 * 60  # counted in the engine processes, reported here
+    assert float(accepted.split()[1]) == 6 * 60 + 3  # counted in the engine processes, reported here
 
 
 def test_a_killed_engine_process_loses_no_acknowledged_event_and_is_replaced(tmp_path: Path) -> None:
