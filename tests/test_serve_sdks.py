@@ -35,19 +35,23 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
                              "--workspace", str(ROOT / "journeys"), "--workers", str(request.param)], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "server did not start")
+    wait_until_up(url, proc)
     yield url
     proc.terminate()
     proc.communicate(timeout=15)
+
+
+def wait_until_up(url: str, proc: subprocess.Popen[bytes], seconds: float = 60) -> None:
+    """Until `journey serve` at `url` answers /healthz; its stderr in the error if it never does."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "server did not start")
 
 
 def user(url: str, user_id: str) -> dict[str, object]:

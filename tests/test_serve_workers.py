@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from journey_engine.ports import partition
 from tests.conftest import postgres_or_skip
-from tests.test_serve_sdks import free_port
+from tests.test_serve_sdks import free_port, wait_until_up
 
 ROOT = Path(__file__).parent.parent
 ADMIN = "admin-secret"
@@ -56,16 +56,7 @@ def _serve(database: str, cwd: Path) -> Iterator[Served]:
                              str(ROOT / "journeys"), "--workers", "2"], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "server did not start")
+    wait_until_up(url, proc)
     yield Served(url, database, proc)
     proc.terminate()
     _, stderr = proc.communicate(timeout=30)

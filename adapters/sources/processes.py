@@ -146,29 +146,23 @@ class ProcessWorkers:
         self.metrics.queue_depth.set(self.waiting)
         sent = [(positions, self._send(part, "events", [events[p] for p in positions]))
                 for part, positions in self._split(events).items()]
-        combined: Future[list[int]] = Future()
-        left = [len(sent)]
+        done = self._all([future for _, future in sent])
+        result: Future[list[int]] = Future()
 
         def settle(_: Future[Any]) -> None:
             with self._lock:
-                left[0] -= 1
-                if left[0]:
-                    return
                 self.waiting -= len(events)
             self.metrics.queue_depth.set(self.waiting)
-            errors = [f.exception() for _, f in sent if f.exception() is not None]
-            if errors and len(errors) < len(sent):
-                combined.set_exception(PartlyCommitted(str(errors[0])))
-            elif errors:
-                combined.set_exception(errors[0])  # type: ignore[arg-type]
-            else:
-                combined.set_result(sorted(positions[i] for positions, f in sent for i in f.result()))
+            error = done.exception()
+            if error is not None:
+                result.set_exception(error)
+            else:  # each part's failed positions are positions in its part: back to the request's
+                result.set_result(sorted(positions[i] for (positions, _), failed in zip(sent, done.result(),
+                                                                                         strict=True)
+                                         for i in failed))
 
-        if not sent:
-            combined.set_result([])
-        for _, future in sent:
-            future.add_done_callback(settle)
-        return combined
+        done.add_done_callback(settle)
+        return result
 
     def timers(self) -> None:
         """Fire what is due, every process its own claims (claims are leased: none is fired twice)."""
@@ -178,19 +172,21 @@ class ProcessWorkers:
     # `journey ingest --workers`: a `Runtime`'s two calls, answered with a Future of every process's part
     # (each process takes its messages in order, so a caller may go on before they are done)
 
-    def advance(self, until: datetime) -> Future[None]:
+    def advance(self, until: datetime) -> Future[list[Any]]:
         """Every process fires what is due for its own users up to `until`."""
         return self._all([self._send(index, "advance", until) for index in range(self.count)])
 
-    def process(self, events: list[Event], now: datetime | None = None) -> Future[None]:
+    def process(self, events: list[Event], now: datetime | None = None) -> Future[list[Any]]:
         """Apply and commit the events, each process its own users' part; the Future fails with the first
         part's error once every part is done (the other parts are committed: a rerun finds them
         deduplicated)."""
         return self._all([self._send(part, "process", ([events[p] for p in positions], now))
                           for part, positions in self._split(events).items()])
 
-    def _all(self, parts: list[Future[Any]]) -> Future[None]:
-        done: Future[None] = Future()
+    def _all(self, parts: list[Future[Any]]) -> Future[list[Any]]:
+        """The parts' results, in order, once every part is done; if one failed, its error (PartlyCommitted
+        when another part committed)."""
+        done: Future[list[Any]] = Future()
         left = [len(parts)]
 
         def settle(_: Future[Any]) -> None:
@@ -199,13 +195,15 @@ class ProcessWorkers:
                 if left[0]:
                     return
             errors = [f.exception() for f in parts if f.exception() is not None]
-            if errors:
+            if errors and len(errors) < len(parts):
+                done.set_exception(PartlyCommitted(str(errors[0])))
+            elif errors:
                 done.set_exception(errors[0])  # type: ignore[arg-type]
             else:
-                done.set_result(None)
+                done.set_result([f.result() for f in parts])
 
         if not parts:
-            done.set_result(None)
+            done.set_result([])
         for part in parts:
             part.add_done_callback(settle)
         return done
