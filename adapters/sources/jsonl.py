@@ -139,7 +139,7 @@ def open_source(source: str) -> tuple[BinaryIO, int | None]:
     return open(source, "rb"), total  # the caller closes it
 
 
-def ingest(lines: Iterable[bytes | str], runtime: Runtime, *, erased: Callable[[Collection[str]], set[str]],
+def ingest(lines: Iterable[bytes | str], runtime: Runtime | Any, *, erased: Callable[[Collection[str]], set[str]],
            clock: Literal["wall", "event"] = "wall", batch: int = 500,
            trigger_window: timedelta | None = timedelta(hours=24),
            now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -155,8 +155,10 @@ def ingest(lines: Iterable[bytes | str], runtime: Runtime, *, erased: Callable[[
     `report` given (filled in place) then counts what was committed, and running again is safe
     (duplicates are ignored).
 
-    `read_ahead`: a thread reads and validates the next lines while a batch commits (for a `runtime` whose
-    work runs in other processes; beside an engine in this process it would only compete for the GIL)."""
+    `runtime` is a Runtime, or engine processes (adapters/sources/processes.py) whose `advance` and
+    `process` answer with a Future: up to AHEAD of those run while the next lines are read, and a batch
+    is counted once its Future says it is committed. `read_ahead`: a thread reads and validates the next
+    lines meanwhile (beside an engine in this process it would only compete for the GIL)."""
     report = report if report is not None else IngestReport()
     pending: list[Event] = []
     last: datetime | None = None
