@@ -138,7 +138,7 @@ class ProcessWorkers:
 
     def submit(self, events: list[Event]) -> Future[list[int]]:
         """The events split by partition, in order; the result (positions the engine could not apply)
-        once every part is committed, or the first part's error."""
+        once every part is committed, or the error of a part that failed (see `_all`)."""
         with self._lock:
             if self.waiting + len(events) > self.settings.queue_limit:
                 raise Overloaded
@@ -166,8 +166,7 @@ class ProcessWorkers:
 
     def timers(self) -> None:
         """Fire what is due, every process its own claims (claims are leased: none is fired twice)."""
-        for future in [self._send(index, "timers", None) for index in range(self.count)]:
-            future.result()
+        self._all([self._send(index, "timers", None) for index in range(self.count)]).result()
 
     # `journey ingest --workers`: a `Runtime`'s two calls, answered with a Future of every process's part
     # (each process takes its messages in order, so a caller may go on before they are done)
