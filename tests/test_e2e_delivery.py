@@ -8,38 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from email import message_from_bytes
 from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
-from aiosmtpd.controller import Controller
 
-from .test_serve_sdks import free_port
+from .conftest import Inbox, free_port
 
 ROOT = Path(__file__).parent.parent
 KEY = "k1"
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-
-    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:  # aiosmtpd names it
-        self.messages.append(message_from_bytes(envelope.content))
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, int]]:
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield inbox, port
-    controller.stop()
 
 
 def start(db: Path, smtp_port: int, port: int) -> subprocess.Popen[bytes]:

@@ -18,8 +18,8 @@ import pytest
 import sqlalchemy as sa
 
 from journey_engine.ports import partition
-from tests.conftest import postgres_or_skip
-from tests.test_serve_sdks import free_port, wait_until_up
+from tests.conftest import Inbox, free_port, postgres_or_skip
+from tests.test_serve_sdks import wait_until_up
 
 ROOT = Path(__file__).parent.parent
 ADMIN = "admin-secret"
@@ -49,11 +49,12 @@ class Served:
             engine.dispose()
 
 
-def _serve(database: str, cwd: Path) -> Iterator[Served]:
+def _serve(database: str, cwd: Path, workspace: Path = ROOT / "journeys",
+           **env: str) -> Iterator[Served]:
     port = free_port()
-    env = {**os.environ, "JOURNEY_ADMIN_KEY": ADMIN, "JOURNEY_DATABASE_URL": database}
+    env = {**os.environ, "JOURNEY_ADMIN_KEY": ADMIN, "JOURNEY_DATABASE_URL": database, **env}
     proc = subprocess.Popen([sys.executable, "-m", "adapters.cli", "serve", "--port", str(port), "--workspace",
-                             str(ROOT / "journeys"), "--workers", "2"], cwd=cwd, env=env,
+                             str(workspace), "--workers", "2"], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     wait_until_up(url, proc)
@@ -129,5 +130,29 @@ def test_a_killed_engine_process_loses_no_acknowledged_event_and_is_replaced(tmp
     assert statuses[200] == 40
     replaced = server.engines()
     assert len(replaced) == 2 and first[0] not in replaced
+    server.proc.terminate()
+    server.proc.communicate(timeout=30)
+
+
+def test_each_engine_process_fires_its_own_users_timers_and_every_mail_arrives_once(
+        tmp_path: Path, smtp: tuple[Inbox, int]) -> None:
+    """A 3-second timer for users of both processes: each process claims its own users' wake-ups, the
+    server process dispatches the sends to a real SMTP server, and every user gets the mail once."""
+    inbox, smtp_port = smtp
+    served = _serve(f"sqlite:///{tmp_path / 'serve.db'}", ROOT, ROOT / "tests" / "workspaces" / "e2e",
+                    JOURNEY_SMTP_URL=f"smtp://127.0.0.1:{smtp_port}", JOURNEY_EMAIL_FROM="hello@example.com",
+                    JOURNEY_TICK_SECONDS="0.5")
+    server = next(served)
+    users = [f"t{n}" for n in range(8)]
+    assert {partition(u, 2) for u in users} == {0, 1}
+    batch = [m for u in users for m in (
+        {"type": "identify", "userId": u, "messageId": f"i-{u}", "traits": {"email": f"{u}@example.com"}},
+        {"type": "track", "userId": u, "event": "Signed Up", "messageId": f"s-{u}"})]
+    assert httpx.post(f"{server.url}/v1/batch", json={"batch": batch}, timeout=30).status_code == 200
+    deadline = time.monotonic() + 30
+    while len(inbox.messages) < len(users) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.5)  # three more ticks: nothing is sent twice
+    assert sorted(m["To"] for m in inbox.messages) == sorted(f"{u}@example.com" for u in users)
     server.proc.terminate()
     server.proc.communicate(timeout=30)
