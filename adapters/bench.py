@@ -257,14 +257,16 @@ def _run_workers(compiled: CompiledWorkspace, store: SqlStore, workers: int, *, 
     for event in events_stream(users, events, seed, span):
         parts[partition(event.user_id, workers)].append(event)
     context = multiprocessing.get_context("fork")  # the compiled workspace and the events are inherited
-    pipes = []
+    pipes, processes = [], []
     began = time.monotonic()
     for index, part in enumerate(parts):
         receive, send = context.Pipe(duplex=False)
-        context.Process(target=_worker, args=(compiled, store, part, (index, workers), seed, batch, send, began),
-                        daemon=True).start()
+        process = context.Process(target=_worker, daemon=True,
+                                  args=(compiled, store, part, (index, workers), seed, batch, send, began))
+        process.start()
         send.close()
         pipes.append(receive)
+        processes.append(process)
     del parts
     total = _Run()
     for index, pipe in enumerate(pipes):
@@ -278,6 +280,8 @@ def _run_workers(compiled: CompiledWorkspace, store: SqlStore, workers: int, *, 
         total.timers += run.timers
         total.sends += run.sends
         total.records += run.records
+    for process in processes:
+        process.join()
     return total
 
 

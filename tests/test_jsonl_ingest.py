@@ -4,6 +4,7 @@ with their number and field, good ones kept, erased users kept erased, backfills
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -184,3 +185,30 @@ def test_each_line_arrives_when_it_is_read() -> None:
     lines = [line(userId="u1", messageId="a", timestamp=None), line(userId="u2", messageId="b", timestamp=None)]
     ingest(lines, recording, erased=lambda users: set(), now=now, batch=1)  # type: ignore[arg-type]
     assert [e.timestamp for e in recording.events] == [NOW, NOW + timedelta(hours=5)]
+
+
+def test_reading_ahead_keeps_order_and_raises_a_reading_error_after_what_was_read() -> None:
+    """The read-ahead thread hands over every item in order; an error while reading comes after the items
+    read before it; a consumer that stops early stops the thread."""
+    import threading
+
+    from adapters.sources.jsonl import _ahead
+
+    assert list(_ahead(iter(range(1234)))) == list(range(1234))
+
+    def broken() -> Iterator[int]:
+        yield from range(700)
+        raise OSError("disk gone")
+
+    got: list[int] = []
+    with pytest.raises(OSError, match="disk gone"):
+        for item in _ahead(broken()):
+            got.append(item)
+    assert got == list(range(700))
+    early = _ahead(iter(range(100_000)))
+    assert next(early) == 0
+    early.close()
+    deadline = time.monotonic() + 5
+    while any(t.name == "journey-read-ahead" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "journey-read-ahead" for t in threading.enumerate())

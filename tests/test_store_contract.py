@@ -62,16 +62,21 @@ def test_committed_message_ids_are_seen(store_factory: StoreFactory) -> None:
     assert store.seen(["m1", "m3", "m2"]) == {"m1", "m2"}
 
 
+def _waking(store: Any, after: dict[str, timedelta]) -> None:
+    """New users whose wake-up is T0 plus their delay, committed in one batch."""
+    engine = Engine(COMPILED)
+    batch = Batch()
+    for user, delay in after.items():
+        profile = engine.new_profile(user)
+        profile.wake = T0 + delay
+        batch.profiles[user] = profile
+    store.commit(batch)
+
+
 def test_due_claims_earliest_first_and_leases_the_claim(store_factory: StoreFactory) -> None:
     """due() returns users whose wake-up has come, earliest first, and not twice while claimed."""
     store = _store(store_factory)
-    engine = Engine(COMPILED)
-    batch = Batch()
-    for n, hours in enumerate([3, 1, 2, 30]):
-        profile = engine.new_profile(f"u{n}")
-        profile.wake = T0 + timedelta(hours=hours)
-        batch.profiles[profile.user_id] = profile
-    store.commit(batch)
+    _waking(store, {f"u{n}": timedelta(hours=h) for n, h in enumerate([3, 1, 2, 30])})
     first = store.due(T0 + timedelta(hours=5), 2)
     assert [u for _, u in first] == ["u1", "u2"]
     assert first[0][0] == T0 + timedelta(hours=1)
@@ -84,13 +89,7 @@ def test_a_worker_of_a_partition_claims_only_its_own_users(store_factory: StoreF
     """due(part=(i, n)) claims the due users with partition(user, n) == i, earliest first; the others stay
     due for their own worker."""
     store = _store(store_factory)
-    engine = Engine(COMPILED)
-    batch = Batch()
-    for n in range(12):
-        profile = engine.new_profile(f"u{n}")
-        profile.wake = T0 + timedelta(minutes=n)
-        batch.profiles[profile.user_id] = profile
-    store.commit(batch)
+    _waking(store, {f"u{n}": timedelta(minutes=n) for n in range(12)})
     until = T0 + timedelta(hours=1)
     mine = store.due(until, 100, (0, 2))
     assert [u for _, u in mine] == [f"u{n}" for n in range(12) if partition(f"u{n}", 2) == 0]
@@ -182,13 +181,7 @@ def test_two_workers_never_claim_the_same_user(store_factory: StoreFactory) -> N
     from concurrent.futures import ThreadPoolExecutor
 
     first, second = _store(store_factory), _store(store_factory)
-    engine = Engine(COMPILED)
-    batch = Batch()
-    for n in range(400):
-        profile = engine.new_profile(f"u{n:03}")
-        profile.wake = T0 + timedelta(seconds=n)
-        batch.profiles[profile.user_id] = profile
-    first.commit(batch)
+    _waking(first, {f"u{n:03}": timedelta(seconds=n) for n in range(400)})
 
     def drain(store: Any) -> list[str]:
         claimed: list[str] = []
