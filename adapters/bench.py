@@ -99,8 +99,9 @@ def _reachable(obj: Any, seen: dict[int, Any]) -> None:
             stack.extend(item.values())
         elif isinstance(item, list | tuple | set | frozenset):
             stack.extend(item)
-        elif hasattr(item, "__slots__"):
-            stack.extend(getattr(item, name, None) for name in item.__slots__)
+        else:  # a compiled class lists its fields in __mypyc_attrs__ (journey_engine.native)
+            names = getattr(item, "__mypyc_attrs__", None) or getattr(item, "__slots__", ())
+            stack.extend(getattr(item, name, None) for name in names)
 
 
 def _bytes_per_user(store: MemoryStore, rng: random.Random, sample: int = 2000) -> tuple[int, int]:

@@ -4,6 +4,10 @@ The public surface: load a workspace, run it with an `Engine` (or a `Harness` in
 trace. Everything not re-exported here is internal.
 """
 
+from . import native
+
+native.use(__path__)  # the compiled hot modules when they are built and match these sources (native.py)
+
 from .compiler import CompiledWorkspace, load_workspace
 from .engine import Engine, Outcome, RenderedMessage, SendMessage
 from .errors import (

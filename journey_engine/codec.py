@@ -90,24 +90,16 @@ def _instance(i: Instance) -> list[Any]:
 
 
 def _read_instance(raw: list[Any]) -> Instance:
-    """The instance as `_instance` wrote it, its fields assigned straight from the list (the hot half of
-    decoding a profile: keyword calls and per-field statements cost more than the unpacking)."""
-    inst = _new_instance(Instance)
-    timers: list[Any] | None
-    sent: list[Any] | None
-    (inst.journey, inst.version, inst.key, inst.state, inst.entered_at, inst.state_entered_at, inst.data,
-     inst.holdout, inst.visit, timers, sent) = raw
+    """The instance as `_instance` wrote it (a compiled Instance can only be made through its __init__)."""
+    journey, version, key, state, entered_at, state_entered_at, data, holdout, visit, timers, sent = raw
+    inst = Instance(journey=journey, version=version, key=key, state=state, entered_at=entered_at, data=data,
+                    holdout=holdout)
+    inst.state_entered_at = state_entered_at
+    inst.visit = visit
     if timers:
         it = iter(timers)
         inst.timers = tuple(zip(it, it, strict=True))
-    else:
-        inst.timers = ()
     if sent:
         it = iter(sent)
         inst.sent = list(zip(it, it, it, strict=True))
-    else:
-        inst.sent = None
     return inst
-
-
-_new_instance = object.__new__

@@ -11,6 +11,7 @@ the version it loaded, and a messageId only if no one committed it first; otherw
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import threading
@@ -726,7 +727,7 @@ def _trace_row(record: dict[str, Any]) -> tuple[Any, ...]:
     return record.get("user", ""), record["at"], record["kind"], record.get("journey"), _dumps(record)
 
 
-_SEND_FIELDS = SendMessage.__slots__
+_SEND_FIELDS = tuple(f.name for f in dataclasses.fields(SendMessage))  # compiled classes have no __slots__
 
 
 def _outbox_row(send: SendMessage) -> tuple[Any, ...]:
