@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from adapters.storage.sql import SqlStore
+from journey_engine import native
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Engine, Outcome
 from journey_engine.events import Event
@@ -99,9 +100,8 @@ def _reachable(obj: Any, seen: dict[int, Any]) -> None:
             stack.extend(item.values())
         elif isinstance(item, list | tuple | set | frozenset):
             stack.extend(item)
-        else:  # a compiled class lists its fields in __mypyc_attrs__ (journey_engine.native)
-            names = getattr(item, "__mypyc_attrs__", None) or getattr(item, "__slots__", ())
-            stack.extend(getattr(item, name, None) for name in names)
+        else:
+            stack.extend(getattr(item, name, None) for name in native.fields(item))
 
 
 def _bytes_per_user(store: MemoryStore, rng: random.Random, sample: int = 2000) -> tuple[int, int]:

@@ -6,9 +6,10 @@ ISO-8601 strings in traits and properties become aware datetimes so rules can do
 
 from __future__ import annotations
 
+import copyreg
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -32,6 +33,22 @@ class Event:
     message_id: str | None = None
     previous_id: str | None = None
     backfill: bool = False  # older than the trigger window: updates metrics, moves no journey
+
+
+# Events cross process pipes (adapters/sources/processes.py) pickled: rebuilt through `Event(...)`, the one
+# way a compiled frozen class can be made (journey_engine/native.py), and the same way in pure Python.
+_FIELDS = tuple(f.name for f in fields(Event))
+
+
+def _rebuild(*values: Any) -> Event:
+    return Event(**dict(zip(_FIELDS, values, strict=True)))
+
+
+def _reduce(event: Event) -> tuple[Callable[..., Event], tuple[Any, ...]]:
+    return _rebuild, tuple(getattr(event, name) for name in _FIELDS)
+
+
+copyreg.pickle(Event, _reduce)
 
 
 def parse_datetime(value: str) -> datetime | None:

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 # what the event and timer paths run through; the rest (loading, validation, graphs) runs once
 MODULES = ("codec", "engine", "events", "metrics", "policies", "profile", "rulecompile", "rules", "runtime",
@@ -49,6 +50,13 @@ def use(package_path: list[str]) -> bool:
         sys.path.append(str(root))  # the shared library is a top-level module
     package_path.insert(0, str(root / "journey_engine"))
     return True
+
+
+def fields(kind: Any) -> tuple[str, ...]:
+    """The attribute names of a plain-data class or its instance (`__slots__` in Python, compiled: the
+    names mypyc keeps in `__mypyc_attrs__`), in declaration order."""
+    names: tuple[str, ...] = tuple(getattr(kind, "__mypyc_attrs__", None) or getattr(kind, "__slots__", ()))
+    return names
 
 
 def active() -> bool:

@@ -347,18 +347,34 @@ def test_framework_errors_are_code_and_message(client: TestClient, method: str, 
     assert path in response.json()["message"]
 
 
-def test_an_event_the_engine_raises_on_is_refused_alone_and_the_rest_committed(client: TestClient) -> None:
+class _Process:
+    """The worker's runtime with `process` replaced (a compiled Runtime's methods cannot be patched)."""
+
+    def __init__(self, runtime: Any, process: Any) -> None:
+        self.runtime = runtime
+        self.process = process
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.runtime, name)
+
+
+def _replace_process(client: TestClient, monkeypatch: pytest.MonkeyPatch, process: Any) -> None:
+    worker = client.app.state.worker  # type: ignore[attr-defined]
+    monkeypatch.setattr(worker, "runtime", _Process(worker.runtime, process))
+
+
+def test_an_event_the_engine_raises_on_is_refused_alone_and_the_rest_committed(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     """If the engine raises on an event (our bug, logged), that message is refused by index with a 400 the
     SDKs do not retry, and the other messages of the request are committed."""
-    runtime = client.app.state.worker.runtime  # type: ignore[attr-defined]
-    real = runtime.process
+    real = client.app.state.worker.runtime.process  # type: ignore[attr-defined]
 
     def process(events: list[Any], now: Any = None) -> Any:
         if any(e.user_id == "poison" for e in events):
             raise RuntimeError("engine bug")
         return real(events, now)
 
-    runtime.process = process
+    _replace_process(client, monkeypatch, process)
     batch = [identify("u1"), {"type": "track", "userId": "u2"}, track("poison"), track("u1")]
     response = post(client, {"batch": batch})
     assert response.status_code == 400
@@ -377,16 +393,15 @@ def test_an_event_the_engine_raises_on_is_refused_alone_and_the_rest_committed(c
     (StoreUnavailable("database is locked"), "unavailable", "2"),
     (ConflictError("profile u1"), "contention", "1"),
 ], ids=["store-unavailable", "race-lost-every-time"])
-def test_a_transient_store_failure_is_a_503_with_retry_after(client: TestClient, error: Exception, code: str,
-                                                              retry_after: str) -> None:
+def test_a_transient_store_failure_is_a_503_with_retry_after(client: TestClient, monkeypatch: pytest.MonkeyPatch,
+                                                              error: Exception, code: str, retry_after: str) -> None:
     """An unavailable store, or contention that outlasts the runtime's retries, answers 503 with
     Retry-After (the SDKs retry and nothing is lost), never 500."""
-    runtime = client.app.state.worker.runtime  # type: ignore[attr-defined]
 
     def process(events: list[Any], now: Any = None) -> Any:
         raise error
 
-    runtime.process = process
+    _replace_process(client, monkeypatch, process)
     response = post(client, {"batch": [track("u1")]})
     assert (response.status_code, response.json()["code"]) == (503, code)
     assert response.headers["Retry-After"] == retry_after

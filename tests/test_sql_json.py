@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from adapters.storage.sql import SqlStore, _dumps, _json_default, send_from_payload
+from journey_engine import native
 from journey_engine.engine import SendMessage
 from journey_engine.ports import Batch
 
@@ -61,7 +62,7 @@ def test_trace_and_outbox_round_trip_through_the_store(tmp_path: Path) -> None:
     store.commit(Batch(records=[record], sends=[send]))
     assert store.trace("u1") == [json.loads(_old(record))]
     (row,) = store.outbox_of("u1")
-    assert json.loads(row["payload"]) == json.loads(_old({n: getattr(send, n) for n in SendMessage.__slots__}))
+    assert json.loads(row["payload"]) == json.loads(_old({n: getattr(send, n) for n in native.fields(SendMessage)}))
     assert send_from_payload(row["payload"]).at == T0
     assert (row["status"], row["attempts"], row["next_attempt_at"], row["token"]) == ("pending", 0, T0.timestamp(),
                                                                                       None)

@@ -11,7 +11,6 @@ the version it loaded, and a messageId only if no one committed it first; otherw
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import secrets
 import threading
@@ -33,7 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from journey_engine import codec
+from journey_engine import codec, native
 from journey_engine.engine import Engine as JourneyEngine
 from journey_engine.engine import SendMessage
 from journey_engine.ports import (
@@ -727,7 +726,7 @@ def _trace_row(record: dict[str, Any]) -> tuple[Any, ...]:
     return record.get("user", ""), record["at"], record["kind"], record.get("journey"), _dumps(record)
 
 
-_SEND_FIELDS = tuple(f.name for f in dataclasses.fields(SendMessage))  # compiled classes have no __slots__
+_SEND_FIELDS = native.fields(SendMessage)
 
 
 def _outbox_row(send: SendMessage) -> tuple[Any, ...]:
