@@ -55,8 +55,8 @@ def use(package_path: list[str]) -> bool:
 def fields(kind: Any) -> tuple[str, ...]:
     """The attribute names of a plain-data class or its instance (`__slots__` in Python, compiled: the
     names mypyc keeps in `__mypyc_attrs__`), in declaration order."""
-    names: tuple[str, ...] = tuple(getattr(kind, "__mypyc_attrs__", None) or getattr(kind, "__slots__", ()))
-    return names
+    names: Any = getattr(kind, "__mypyc_attrs__", None) or getattr(kind, "__slots__", ())
+    return tuple(names)
 
 
 def active() -> bool:
