@@ -190,7 +190,7 @@ def run_bench(compiled: CompiledWorkspace, *, users: int, events: int, seed: int
         "timers_fired_per_s": round(run.timers / run.seconds) if run.seconds else 0,
         "sends": run.sends, "trace_records": run.records,
         "rss_mb": round(_rss_mb(), 1),
-        "rss_growth_mb": round(_rss_mb() - rss_before, 1),
+        "rss_growth_mb": round(_rss_mb() - rss_before, 1), "native": native.active(),
     }
     if isinstance(target, MemoryStore):
         report["bytes_per_user"], report["bytes_per_user_strict"] = _bytes_per_user(target, random.Random(seed))
@@ -348,7 +348,8 @@ def run_timer_bench(compiled: CompiledWorkspace, store: Store, *, due: int, pend
     return {"timers_due": due, "timers_pending": pending, "timers_fired": counter.timers,
             "seconds": round(seconds, 3), "timers_fired_per_s": round(counter.timers / seconds) if seconds else 0,
             "claim_ms_per_500": round(claims.seconds / max(claims.calls, 1) * 1000, 2),
-            "sends": counter.sends, "rss_mb": round(peak, 1), "rss_growth_mb": round(peak - rss_before, 1)}
+            "sends": counter.sends, "rss_mb": round(peak, 1), "rss_growth_mb": round(peak - rss_before, 1),
+            "native": native.active()}
 
 
 class _Timed:
