@@ -10,10 +10,11 @@ and the in-memory benchmark.
 from __future__ import annotations
 
 import heapq
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from . import codec, trace
 from .engine import Engine, Outcome, SendMessage
@@ -36,7 +37,9 @@ class MemoryStore:
     def __init__(self, *, hot: int | None = None) -> None:
         if hot is not None and hot < 1:
             raise ValueError("a MemoryStore keeps at least one profile live (hot >= 1)")
-        self.profiles: dict[str, Profile] = {}  # live, least recently committed first
+        # live, least recently committed first; ordered when bounded, as taking the oldest from the front
+        # of a plain dict scans the slots its earlier evictions left (~1 µs an eviction at hot=5000)
+        self.profiles: dict[str, Profile] = {} if hot is None else OrderedDict()
         self.cold: dict[str, bytes] = {}
         self.hot = hot
         self.wakeups: list[tuple[float, str]] = []
@@ -80,8 +83,7 @@ class MemoryStore:
         if profiles.pop(user, None) is None:
             self.cold.pop(user, None)
             if len(profiles) >= self.hot:
-                oldest = next(iter(profiles))
-                evicted = profiles.pop(oldest)
+                oldest, evicted = cast("OrderedDict[str, Profile]", profiles).popitem(last=False)
                 self._defaults = evicted.defaults
                 self.cold[oldest] = codec.encode(evicted)
         profiles[user] = profile
