@@ -50,4 +50,3 @@ bench: $(NATIVE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
-
