@@ -13,7 +13,7 @@ import random
 import sys
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
@@ -73,13 +73,21 @@ class RenderedMessage:
     url: str | None
 
 
-@dataclass(slots=True)
 class Outcome:
-    """What one call did: trace records, sends to hand to channels, and bandit learning to persist."""
+    """What one call did: trace records, sends to hand to channels, and bandit learning to persist.
 
-    records: list[Record] = field(default_factory=list)
-    sends: list[SendMessage] = field(default_factory=list)
-    bandit: dict[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)
+    A plain class, not a dataclass: compiled (native.py), a dataclass keeps a generated Python __init__,
+    and one Outcome is made per event and per wake-up."""
+
+    __slots__ = ("bandit", "records", "sends")
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.sends: list[SendMessage] = []
+        self.bandit: dict[tuple[str, str, str], tuple[int, int]] = {}
+
+    def __repr__(self) -> str:
+        return f"Outcome(records={self.records!r}, sends={self.sends!r}, bandit={self.bandit!r})"
 
     def extend(self, other: Outcome) -> None:
         self.records.extend(other.records)
@@ -730,13 +738,13 @@ class Engine:
             return
         if not eligible:
             return
-        rng = self._rng(run, inst, "choose")
         if plan.choose == "first":
             chosen = choose_first([(m, self.messages[m].priority) for m in eligible])
         elif plan.choose == "random":
-            chosen = choose_random(eligible, rng)
+            chosen = choose_random(eligible, self._rng(run, inst, "choose"))
         else:
-            chosen = choose_best(eligible, self.bandits.setdefault((cj.name, inst.state), {}), rng)
+            chosen = choose_best(eligible, self.bandits.setdefault((cj.name, inst.state), {}),
+                                 self._rng(run, inst, "choose"))
             if self._deliver(run, cj, inst, chosen, inst.state):  # a suppressed send teaches nothing
                 self._learn(run, cj.name, inst.state, chosen, 1, 0)
                 _attribute(inst, chosen, run.now)
