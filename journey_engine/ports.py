@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from .engine import SendMessage
+from .batch import BanditDelta as BanditDelta  # re-exported: adapters and tests take them from here
+from .batch import Batch as Batch
 from .errors import JourneyError
 from .profile import Profile
-from .trace import Record
 
 DEDUPE_FOR = timedelta(days=7)
 SHARDS = 4096  # a user's shard is stored with the profile; partitions are shards modulo the worker count
@@ -72,29 +72,6 @@ class ConflictError(JourneyError, RuntimeError):
     def __init__(self, what: str) -> None:
         super().__init__(f"another worker committed first ({what}); nothing of this batch was written, "
                          "run the batch again")
-
-
-BanditDelta = dict[tuple[str, str, str], tuple[int, int]]  # (journey, state, arm) -> (sends, conversions)
-
-
-@dataclass(slots=True)
-class Batch:
-    """Everything one commit writes."""
-
-    profiles: dict[str, Profile] = field(default_factory=dict)
-    deleted: set[str] = field(default_factory=set)
-    aliases: dict[str, str] = field(default_factory=dict)
-    message_ids: list[tuple[str, datetime]] = field(default_factory=list)
-    senders: dict[str, str] = field(default_factory=dict)  # messageId -> the user it was applied to (erasure)
-    records: list[Record] = field(default_factory=list)
-    sends: list[SendMessage] = field(default_factory=list)
-    bandit: BanditDelta = field(default_factory=dict)
-    released: set[str] = field(default_factory=set)  # claimed users to release without a change
-    enrolled: set[str] = field(default_factory=set)  # journeys whose segment's members were enrolled
-
-    def __bool__(self) -> bool:
-        return bool(self.profiles or self.deleted or self.aliases or self.message_ids or self.records
-                    or self.sends or self.bandit or self.released or self.enrolled)
 
 
 class Store(Protocol):
