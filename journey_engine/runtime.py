@@ -30,9 +30,9 @@ class MemoryStore:
     committed first out); the others are kept as codec blobs (`cold`), a fifth to a quarter of the
     memory of the objects, decoded when next loaded and encoded again when they leave the live set
     (~17 µs a round trip). `hot=None` keeps every profile live, as simulations and tests want; a
-    bound lets a population of millions fit (100k users, one-day bench mix, compiled core: 3,216 bytes
-    per user all live at 35.6k events/s, 875 with `hot=5000` at 25.2k; as Python: 2,937 at 19.2k and
-    873 at 14.1k).
+    bound lets a population of millions fit (`journey bench`, 100k users, one-day mix, compiled core:
+    3,216 bytes per user all live at 45.1k events/s, 875 with `hot=5000` at 26.8k; as Python: 2,937 at
+    24.0k and 873 at 15.9k).
     """
 
     def __init__(self, *, hot: int | None = None) -> None:
