@@ -182,7 +182,7 @@ class RuleCompiler:
     def _builtin_message(self, text: str, name: str) -> str:
         if name == "$random":
             return f"rule `{text}`: `$random` is not available: a rule gives the same answer in every run"
-        close = did_you_mean(name, (f"${b}" for b in self.builtins))
+        close = did_you_mean(name, [f"${b}" for b in self.builtins])
         hint = close if "did you mean" in close else "; write `$now` for the engine clock"
         return f"rule `{text}`: unknown built-in `{name}`{hint}"
 

@@ -51,7 +51,7 @@ class SegmentBook:
         self.timed = any(s.timed for s in self.segments)
         timed = [s for s in self.segments if s.timed]
         # what `schedule` looks at, flattened once: anchors of `$now` rules, and `for:` holds
-        anchors = dict.fromkeys(a for s in timed if s.rule.now for a in s.rule.anchors)
+        anchors = dict.fromkeys([a for s in timed if s.rule.now for a in s.rule.anchors])
         self._anchors = tuple((path_reader(path), offset) for path, offset in anchors)
         self._holds = tuple((s.name, s.hold) for s in timed if s.hold is not None)
 
