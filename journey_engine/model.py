@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
@@ -218,7 +219,7 @@ class SendWindow(Frozen):
             parse_clock(part.strip())
         return self
 
-    @property
+    @cached_property  # read by every send decision
     def bounds(self) -> tuple[int, int]:
         start, end = (clock_minutes(p.strip()) for p in self.window.split("-"))
         return start, end
