@@ -1,6 +1,6 @@
-"""The engine's hot modules compiled to C with mypyc: the same typed sources, 1.6x to 1.9x as fast
+"""The engine's hot modules compiled to C with mypyc: the same typed sources, 1.7x to 1.9x as fast
 (`journey bench --store memory`, 100k users, 1M events: 45.1k against 24.0k events/s over one day,
-16.9k against 10.3k over 30 days).
+18.7k against 10.8k over 30 days).
 
 `build(DIR)` compiles `MODULES` into DIR (`make native`: `<venv>/native`) and
 writes a manifest of the sources' hashes. `use()`, called first thing when the package is imported, puts
