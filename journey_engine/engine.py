@@ -49,20 +49,38 @@ WORKSPACE_HOURS = ("*", "best_hour")  # the engagement-hour histogram of all use
 MIN_WORKSPACE_ENGAGEMENTS = 20  # fewer than this and the workspace's hour is noise: use the default
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
 class SendMessage:
-    """An effect: hand this rendered message to its channel, once (the key makes retries safe)."""
+    """An effect: hand this rendered message to its channel, once (the key makes retries safe).
 
-    idempotency_key: str
-    at: datetime
-    user: str
-    journey: str
-    key: str | None
-    state: str
-    message: str
-    channel: str
-    locale: str | None
-    context: dict[str, Any]  # what the templates see, as it was when the send was decided
+    Treat it as a value. A plain class rather than a frozen dataclass, like `Outcome`: compiled, a
+    dataclass keeps a generated Python __init__, and one is made per send."""
+
+    __slots__ = ("at", "channel", "context", "idempotency_key", "journey", "key", "locale", "message", "state", "user")
+
+    def __init__(self, *, idempotency_key: str, at: datetime, user: str, journey: str, key: str | None, state: str,
+                 message: str, channel: str, locale: str | None, context: dict[str, Any]) -> None:
+        self.idempotency_key = idempotency_key
+        self.at = at
+        self.user = user
+        self.journey = journey
+        self.key = key
+        self.state = state
+        self.message = message
+        self.channel = channel
+        self.locale = locale
+        self.context = context  # what the templates see, as it was when the send was decided
+
+    def _values(self) -> tuple[Any, ...]:
+        return (self.idempotency_key, self.at, self.user, self.journey, self.key, self.state, self.message,
+                self.channel, self.locale, self.context)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SendMessage) and self._values() == other._values()
+
+    def __repr__(self) -> str:
+        return (f"SendMessage(idempotency_key={self.idempotency_key!r}, at={self.at!r}, user={self.user!r}, "
+                f"journey={self.journey!r}, key={self.key!r}, state={self.state!r}, message={self.message!r}, "
+                f"channel={self.channel!r}, locale={self.locale!r}, context={self.context!r})")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
