@@ -15,18 +15,9 @@ Record = dict[str, Any]
 
 @lru_cache(maxsize=512)  # the records of one input mostly share its instant
 def iso(at: datetime) -> str:
-    """ISO-8601 UTC with a Z, seconds precision unless there is a fraction.
-
-    The records of one call share its clock: the last answer is kept (`_last`) and given again."""
-    last = _last[0]
-    if at is last[0]:
-        return last[1]
-    text = at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    _last[0] = (at, text)
-    return text
-
-
-_last: list[tuple[datetime | None, str]] = [(None, "")]  # one cell: a module-level name compiled is final
+    """ISO-8601 UTC with a Z, seconds precision unless there is a fraction."""
+    text = at.astimezone(UTC).isoformat()
+    return text.replace("+00:00", "Z")
 
 
 def segment(kind: str, at: datetime, user: str, name: str) -> Record:
