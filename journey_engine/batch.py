@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from . import native
+
 if TYPE_CHECKING:
     from .engine import SendMessage
     from .profile import Profile
@@ -45,7 +47,5 @@ class Batch:
                     or self.sends or self.bandit or self.released or self.enrolled)
 
     def __repr__(self) -> str:
-        parts = {"profiles": self.profiles, "deleted": self.deleted, "aliases": self.aliases,
-                 "message_ids": self.message_ids, "senders": self.senders, "records": self.records,
-                 "sends": self.sends, "bandit": self.bandit, "released": self.released, "enrolled": self.enrolled}
-        return "Batch(" + ", ".join(f"{name}={value!r}" for name, value in parts.items() if value) + ")"
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in native.fields(self) if getattr(self, name))
+        return f"Batch({shown})"

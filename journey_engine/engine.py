@@ -71,16 +71,17 @@ class SendMessage:
         self.context = context  # what the templates see, as it was when the send was decided
 
     def _values(self) -> tuple[Any, ...]:
-        return (self.idempotency_key, self.at, self.user, self.journey, self.key, self.state, self.message,
-                self.channel, self.locale, self.context)
+        return tuple(getattr(self, name) for name in SEND_FIELDS)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SendMessage) and self._values() == other._values()
 
     def __repr__(self) -> str:
-        return (f"SendMessage(idempotency_key={self.idempotency_key!r}, at={self.at!r}, user={self.user!r}, "
-                f"journey={self.journey!r}, key={self.key!r}, state={self.state!r}, message={self.message!r}, "
-                f"channel={self.channel!r}, locale={self.locale!r}, context={self.context!r})")
+        return "SendMessage(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in SEND_FIELDS) + ")"
+
+
+# in the order of the constructor: the repr, equality, and the SQL outbox's payload
+SEND_FIELDS = ("idempotency_key", "at", "user", "journey", "key", "state", "message", "channel", "locale", "context")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

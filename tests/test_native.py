@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -67,6 +68,9 @@ def test_fields_lists_a_plain_data_class_compiled_or_not() -> None:
 
 
 def test_the_core_runs_compiled_exactly_when_a_fresh_build_is_there(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`make test` builds first and runs the suite compiled, then again with JOURNEY_NATIVE=0 as Python."""
+    """`make test` builds first and runs the suite compiled, then again with JOURNEY_NATIVE=0 as Python. In CI
+    a build that failed (make only prints a note) must not pass the first run off as the compiled one."""
     monkeypatch.setattr(sys, "path", list(sys.path))
     assert native.active() == native.use([])
+    if os.environ.get("CI") and os.environ.get("JOURNEY_NATIVE") != "0":
+        assert native.active(), f"CI: the compiled core is not in use; `make native` says why ({native.directory()})"

@@ -32,9 +32,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from journey_engine import codec, native
+from journey_engine import codec
+from journey_engine.engine import SEND_FIELDS, SendMessage
 from journey_engine.engine import Engine as JourneyEngine
-from journey_engine.engine import SendMessage
 from journey_engine.ports import (
     DEDUPE_FOR,
     Batch,
@@ -726,12 +726,9 @@ def _trace_row(record: dict[str, Any]) -> tuple[Any, ...]:
     return record.get("user", ""), record["at"], record["kind"], record.get("journey"), _dumps(record)
 
 
-_SEND_FIELDS = native.fields(SendMessage)
-
-
 def _outbox_row(send: SendMessage) -> tuple[Any, ...]:
     """(key, user_id, at, channel, message, journey, payload, next_attempt_at) for `insert_outbox`."""
-    payload = {name: getattr(send, name) for name in _SEND_FIELDS}  # asdict() deep-copies: 30x slower
+    payload = {name: getattr(send, name) for name in SEND_FIELDS}  # asdict() deep-copies: 30x slower
     at = send.at.timestamp()
     return send.idempotency_key, send.user, at, send.channel, send.message, send.journey, _dumps(payload), at
 
