@@ -32,7 +32,7 @@ def encode(profile: Profile, defaults: Mapping[str, Any] | None = None) -> bytes
         profile.windows or None,
         profile.segments, profile.for_since,
         [_instance(i) for i in profile.instances.values()],
-        [x for (j, k), at in profile.entries.items() for x in (j, k, at)] if profile.entries else None,
+        profile.entries,
         [x for pair in profile.ledger for x in pair] if profile.ledger else None,
         profile.choices or None,
         [[d.due, d.journey, d.key, d.state, d.message, d.visit] for d in profile.deferred] if profile.deferred
@@ -67,8 +67,9 @@ def decode(blob: bytes, defaults: Mapping[str, Any] | None = None) -> Profile:
     if instances:
         profile.instances = {(i.journey, i.key): i for i in map(_read_instance, instances)}
     if entries:
-        it = iter(entries)
-        profile.entries = {(journey, key): at for journey, key, at in zip(it, it, it, strict=True)}
+        if len(entries) % 3:
+            raise CodecError("a stored profile could not be read: its journey entries are not triples")
+        profile.entries = tuple(entries)
     if ledger:
         it = iter(ledger)
         profile.ledger = tuple(zip(it, it, strict=True))

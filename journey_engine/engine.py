@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
-from . import trace
+from . import clock, trace
 from .compiler import CompiledJourney, CompiledTransition, CompiledTrigger, CompiledWorkspace
 from .events import Event
 from .model import AttributeTime, Choose, Message, State, Transition, clock_minutes
@@ -311,11 +311,11 @@ class Engine:
                 into.add_instance(key, inst)
                 moved = [d for d in other.deferred or () if (d.journey, d.key) == key]
                 into.deferred = (into.deferred or []) + moved or None
-        if other.entries:
-            entries = into.entries if into.entries is not None else {}
-            for key, at in other.entries.items():
-                entries[key] = max(entries.get(key, at), at)
-            into.entries = entries
+        entries = other.entries or ()
+        for i in range(0, len(entries), 3):
+            key, at = (entries[i], entries[i + 1]), entries[i + 2]
+            prior = into.last_entry(key)
+            into.note_entry(key, at if prior is None else max(prior, at))
         into.ledger = tuple(sorted((*(into.ledger or ()), *(other.ledger or ())))) or None
         for name, choice in (other.choices or {}).items():
             into.subscriptions.setdefault(name, choice)
@@ -333,7 +333,7 @@ class Engine:
         have been through it already (a store that ran it before it learned to record enrollment)."""
         run = _Run(profile, now)
         run.changed = True  # the journey is what changed: its entry is checked as on a change
-        been = {journey for journey, _ in profile.entries or ()}
+        been = set((profile.entries or ())[::3])
         for name in journeys:
             cj = self.cw.journeys[name]
             if cj.entry.segment in profile.segments and name not in been:
@@ -548,9 +548,7 @@ class Engine:
         inst = Instance(journey=cj.name, version=cj.version, key=key, state=cj.journey.initial,
                         entered_at=run.now, data=data, holdout=self._held_out(cj, run.profile.user_id))
         run.profile.add_instance(ikey, inst)
-        if run.profile.entries is None:
-            run.profile.entries = {}
-        run.profile.entries[ikey] = run.now.timestamp()
+        run.profile.note_entry(ikey, clock.epoch(run.now))
         extra = {"holdout": True} if inst.holdout else {}
         run.out.records.append(trace.journey_entered(run.now, run.profile.user_id, cj.name, key or None,
                                                      inst.state, **extra))
@@ -596,7 +594,7 @@ class Engine:
         return holds
 
     def _may_reenter(self, run: _Run, cj: CompiledJourney, ikey: InstanceKey) -> bool:
-        last = run.profile.entries.get(ikey) if run.profile.entries else None
+        last = run.profile.last_entry(ikey)
         if last is None:
             return True
         policy = cj.journey.entry.reentry
@@ -673,9 +671,7 @@ class Engine:
         profile = run.profile
         ikey = self._plan[cj.name].ikey if not inst.key else (cj.name, inst.key)  # the shared tuple if unkeyed
         profile.remove_instance(ikey)
-        if profile.entries is None:
-            profile.entries = {}
-        profile.entries[ikey] = inst.entered_at.timestamp()
+        profile.note_entry(ikey, inst.entered_at.timestamp())
         inst.timers = ()
         kept = []
         for d in profile.deferred or ():
@@ -722,10 +718,10 @@ class Engine:
                 timers.append((due, index))
         return timers
 
-    def _next_local(self, run: _Run, clock: str) -> datetime:
+    def _next_local(self, run: _Run, time_of_day: str) -> datetime:
         zone = resolve_zone(_str(run.profile.traits.get("timezone")), self.policies.timezone)
         local = run.now.astimezone(zone)
-        minutes = clock_minutes(clock)
+        minutes = clock_minutes(time_of_day)
         candidate = local.replace(hour=minutes // 60, minute=minutes % 60, second=0, microsecond=0)
         if candidate <= local:
             candidate = (local + timedelta(days=1)).replace(hour=minutes // 60, minute=minutes % 60, second=0,
@@ -849,7 +845,7 @@ class Engine:
         """Record the send; rendering happens at delivery, with the context captured here."""
         profile = run.profile
         locale = self._locale(profile, msg)
-        profile.ledger = (*(profile.ledger or ()), (run.now.timestamp(), msg.channel))
+        profile.ledger = (*(profile.ledger or ()), (clock.epoch(run.now), msg.channel))
         self._prune_ledger(profile, run.now)
         extra = {"why": why} if why else {}
         run.out.records.append(trace.message("message_sent", run.now, profile.user_id, cj.name, inst.key or None,
@@ -916,7 +912,7 @@ class Engine:
 
     def _settle(self, run: _Run) -> None:
         """Fire whatever is already due (timers at `now`), then compute the user's next wake-up."""
-        now = run.now.timestamp()
+        now = clock.epoch(run.now)
         for _ in range(MAX_CHAIN):
             self._schedule(run)
             if run.profile.wake_at is None or run.profile.wake_at > now:
@@ -936,7 +932,7 @@ class Engine:
                     state=inst.state, error=f"timers fell due at once more than {MAX_CHAIN} times in a row: a "
                                             "loop of timers whose times have passed; this state's timers dropped"))
         self._schedule(run)
-        now = run.now.timestamp()
+        now = clock.epoch(run.now)
         if run.profile.wake_at is not None and run.profile.wake_at <= now:
             run.profile.wake_at = now + 60  # whatever else keeps falling due waits a minute, not a spin
 

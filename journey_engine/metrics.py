@@ -12,6 +12,7 @@ from collections.abc import Mapping, Set
 from datetime import UTC, datetime
 from typing import Any
 
+from . import clock
 from .events import Event
 from .model import Metric
 from .profile import Profile
@@ -97,12 +98,12 @@ class MetricBook:
             self._set(profile, name, self.value(profile, name) + amount)
             return True
         epoch = ts.timestamp()
-        if epoch <= now.timestamp() - self.spans[name]:
+        if epoch <= clock.epoch(now) - self.spans[name]:
             return False  # already outside the window
         if profile.windows is None:
             profile.windows = {}
         profile.windows[name] = _insort(profile.windows.get(name, ()), epoch, amount)
-        self._window_value(profile, name, now.timestamp())
+        self._window_value(profile, name, clock.epoch(now))
         return True
 
     def refresh(self, profile: Profile, now: datetime) -> Set[str]:
@@ -110,7 +111,7 @@ class MetricBook:
         if not profile.windows:
             return _NOTHING
         changed = set()
-        now_s = now.timestamp()
+        now_s = clock.epoch(now)
         for name, entries in list(profile.windows.items()):
             if entries[0] > now_s - self.spans[name]:
                 continue  # nothing has left this window: its value stands

@@ -12,6 +12,7 @@ from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from journey_engine import clock
 from journey_engine.graph import format_duration
 from journey_engine.model import FrequencyCap, Message, Policies, SendWindow, clock_minutes
 
@@ -139,7 +140,7 @@ def _aware(now: datetime) -> datetime:
 def _reached_cap(
     now: datetime, channel: str, caps: Sequence[FrequencyCap], ledger: Sequence[tuple[float, str]]
 ) -> FrequencyCap | None:
-    now_s = now.timestamp()
+    now_s = clock.epoch(now)
     for cap in caps:
         if not _capped_by(cap, channel):
             continue

@@ -86,7 +86,9 @@ class Profile:
         self.segments: tuple[str, ...] = ()
         self.for_since: dict[str, datetime] | None = None  # `for:` segments whose rule holds, since when
         self.instances: Mapping[InstanceKey, Instance] = NO_INSTANCES  # change through add/remove_instance
-        self.entries: dict[InstanceKey, float] | None = None  # epoch of the last entry, for re-entry rules
+        # (journey, key, epoch of the last entry) after one another, for re-entry rules: flat, four entries
+        # take 232 bytes where a dict of key tuples took 490 (read and written through last_entry/note_entry)
+        self.entries: tuple[Any, ...] | None = None
         self.ledger: tuple[tuple[float, str], ...] | None = None  # (epoch, channel) of sends, for frequency caps
         self.choices: dict[str, bool] | None = None  # subscription -> subscribed?
         self.deferred: list[Deferred] | None = None
@@ -116,6 +118,25 @@ class Profile:
         if self.choices is None:
             self.choices = {}
         return self.choices
+
+    def last_entry(self, key: InstanceKey) -> float | None:
+        """Epoch of the user's last entry into this journey (and key), if they ever entered."""
+        entries = self.entries
+        if entries:
+            journey, ikey = key
+            for i in range(0, len(entries), 3):
+                if entries[i] == journey and entries[i + 1] == ikey:
+                    return float(entries[i + 2])
+        return None
+
+    def note_entry(self, key: InstanceKey, at: float) -> None:
+        entries = self.entries or ()
+        journey, ikey = key
+        for i in range(0, len(entries), 3):
+            if entries[i] == journey and entries[i + 1] == ikey:
+                self.entries = (*entries[:i + 2], at, *entries[i + 3:])
+                return
+        self.entries = (*entries, journey, ikey, at)
 
     def add_instance(self, key: InstanceKey, inst: Instance) -> None:
         instances = self.instances if isinstance(self.instances, dict) else {}

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, cast
 
-from . import codec, trace
+from . import clock, codec, trace
 from .engine import Engine, Outcome, SendMessage
 from .events import Event
 from .ports import DEDUPE_FOR, Batch, ConflictError, Part, Store, partition
@@ -102,7 +102,7 @@ class MemoryStore:
         superseded entry behind. Entries of other partitions than `part` are put back."""
         found: list[tuple[datetime, str]] = []
         others: list[tuple[float, str]] = []
-        limit_ts = until.timestamp()
+        limit_ts = clock.epoch(until)
         heap, woken = self.wakeups, self._woken
         while heap and heap[0][0] <= limit_ts and len(found) < limit:
             at, user = heapq.heappop(heap)
@@ -182,7 +182,7 @@ class MemoryStore:
         """Forget messageIds that arrived longer than DEDUPE_FOR ago. Arrival is measured by the prune
         clock (this store has no wall clock): an id is stamped by the first prune after it arrived, so
         the event time of a replayed backfill never shortens its window."""
-        at = now.timestamp()
+        at = clock.epoch(now)
         horizon = at - DEDUPE_FOR.total_seconds()
         before = len(self.processed)
         self.processed = {k: at if v is None else v for k, v in self.processed.items() if v is None or v >= horizon}
@@ -283,7 +283,7 @@ class Runtime:
 
     def _catch_up(self, profile: Profile, now: datetime, out: Outcome) -> None:
         """Whatever fell due for this user before `now`, at its own time."""
-        now_s = now.timestamp()
+        now_s = clock.epoch(now)
         while profile.wake_at is not None and profile.wake_at <= now_s:
             out.extend(self.engine.wake(profile, datetime.fromtimestamp(profile.wake_at, UTC)))
 
@@ -326,7 +326,7 @@ class Runtime:
         calls this between batches of events, so a spike of timers neither stalls ingestion nor
         gathers every outcome in memory."""
         total = Outcome()
-        until_s = until.timestamp()
+        until_s = clock.epoch(until)
         for _ in range(rounds):
             due = self.store.due(until, self.claim, self.part)
             if not due:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from . import clock
 from .model import SegmentDef
 from .profile import SETTLED, UNSETTLED, Profile
 from .rules import CompiledRule, path_reader
@@ -66,7 +67,7 @@ class SegmentBook:
         touched: set[str] = set()
         # no anchor of any `clocked` segment pending since it last ran is earlier than `since`
         since = None
-        if timed and profile.segments_due_at <= now.timestamp():
+        if timed and profile.segments_due_at <= clock.epoch(now):
             due_at = profile.segments_due_at
             since = _NEVER if due_at == UNSETTLED else datetime.fromtimestamp(due_at, UTC)
         for seg in self.segments:
@@ -149,8 +150,10 @@ class SegmentBook:
                     wake = deadline
                 if deadline >= now and (due is None or deadline < due):
                     due = deadline
-        if due is not None and due.timestamp() < profile.segments_due_at:
-            profile.segments_due_at = due.timestamp()
+        if due is not None:
+            due_s = due.timestamp()
+            if due_s < profile.segments_due_at:
+                profile.segments_due_at = due_s
         return wake
 
 

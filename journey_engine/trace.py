@@ -6,18 +6,16 @@ functions here are the one place that names their kinds and fields.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from functools import lru_cache
+from datetime import datetime
 from typing import Any
+
+from .clock import iso
 
 Record = dict[str, Any]
 
 
-@lru_cache(maxsize=512)  # the records of one input mostly share its instant
-def iso(at: datetime) -> str:
-    """ISO-8601 UTC with a Z, seconds precision unless there is a fraction."""
-    text = at.astimezone(UTC).isoformat()
-    return text.replace("+00:00", "Z")
+__all__ = ["Record", "goal_reached", "iso", "journey_entered", "journey_exited", "message", "other", "segment",
+           "transition"]
 
 
 def segment(kind: str, at: datetime, user: str, name: str) -> Record:

@@ -245,7 +245,7 @@ def test_a_profile_with_every_field_set_survives_the_codec() -> None:
     inst.sent = [("m", at, "s")]
     inst.visit = 3
     profile.add_instance(("j", "k"), inst)
-    profile.entries = {("j", "k"): 1.5, ("i", ""): 2.5}
+    profile.entries = ("j", "k", 1.5, "i", "", 2.5)
     profile.ledger = ((1.5, "email"),)
     profile.choices = {"news": False}
     profile.deferred = [Deferred(due=at, journey="j", key="k", state="s", message="m", visit=3)]

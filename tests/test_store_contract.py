@@ -405,7 +405,7 @@ def test_a_journey_loaded_for_the_first_time_enrolls_its_segments_members(store_
                     for u in ("u1", "u2", "u3", "u4") for _ in range(1 if u == "u2" else 5)], T0)
     assert before.enroll(T0).records == []  # every journey of this workspace is now known
     been = store.load(["u3"])["u3"]  # u3 went through `vip` on a store that did not record enrollment
-    been.entries = {("vip", ""): T0.timestamp()}
+    been.note_entry(("vip", ""), T0.timestamp())
     store.commit(Batch(profiles={"u3": been}))
     (workspace / "vip.yaml").write_text("""version: 1
 journey: vip
