@@ -31,14 +31,33 @@ _SEARCH_DAYS = 3
 ADDRESS = {"email": "email", "sms": "phone", "push": "push_token"}
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
 class Decision:
-    """What to do with one send: `send` now, `defer` until a UTC instant, or `suppress` it."""
+    """What to do with one send: `send` now, `defer` until a UTC instant, or `suppress` it.
 
-    action: Action
-    until: datetime | None = None
-    reason: str | None = None
-    explanation: str = ""
+    A value, treated as immutable. A plain class, not a dataclass: compiled (native.py), a dataclass keeps
+    a generated Python __init__, and one is made for most sends that do not go at once."""
+
+    __slots__ = ("action", "explanation", "reason", "until")
+
+    def __init__(self, *, action: Action, until: datetime | None = None, reason: str | None = None,
+                 explanation: str = "") -> None:
+        self.action = action
+        self.until = until
+        self.reason = reason
+        self.explanation = explanation
+
+    def _fields(self) -> tuple[str, datetime | None, str | None, str]:
+        return self.action, self.until, self.reason, self.explanation
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Decision) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (f"Decision(action={self.action!r}, until={self.until!r}, reason={self.reason!r}, "
+                f"explanation={self.explanation!r})")
 
 
 _SEND = Decision(action="send")
@@ -225,7 +244,7 @@ def _timing(now: datetime, zone: ZoneInfo, gates: tuple[_Gate, ...], policies: P
 
 def _closed_text(reason: str, now: datetime, zone: ZoneInfo, hour_source: str) -> str:
     what = {"window": "outside the send window", "send_time": f"waiting for {hour_source}"}
-    local = now.astimezone(zone)
+    local = _local(now, zone)
     return f"{what.get(reason, 'in quiet hours')} at {local.hour:02d}:{local.minute:02d} {zone.key}"
 
 
@@ -241,7 +260,7 @@ def _earliest_open(now: datetime, zone: ZoneInfo, gates: tuple[_Gate, ...]) -> d
     minute = _minute(now, zone)
     if all(gate.allows(minute) for gate in gates):  # the usual case: open now, no openings to compute
         return now
-    today = now.astimezone(zone).date()
+    today = _local(now, zone).date()
     for day in range(_SEARCH_DAYS):  # a day's openings all come before the next day's: stop at the first
         for candidate in sorted(_openings(today + timedelta(days=day), zone, gates)):
             if candidate >= now and all(gate.allows(_minute(candidate, zone)) for gate in gates):
@@ -255,5 +274,20 @@ def _openings(day: date, zone: ZoneInfo, gates: tuple[_Gate, ...]) -> list[datet
 
 
 def _minute(instant: datetime, zone: ZoneInfo) -> int:
-    local = instant.astimezone(zone)
+    local = _local(instant, zone)
     return local.hour * 60 + local.minute
+
+
+_last_local: tuple[datetime | None, ZoneInfo | None, datetime] = (None, None, datetime.min)
+
+
+def _local(instant: datetime, zone: ZoneInfo) -> datetime:
+    """`instant` in `zone`, remembered for the last pair asked (one decision asks for `now` up to four
+    times; replaced whole, so a thread never reads another pair's answer)."""
+    global _last_local
+    last = _last_local
+    if last[0] is instant and last[1] is zone:
+        return last[2]
+    local = instant.astimezone(zone)
+    _last_local = (instant, zone, local)
+    return local

@@ -101,7 +101,10 @@ class Profile:
     @property
     def metrics(self) -> dict[str, Any]:
         """Every metric's value, defaults included (a copy)."""
-        return {**self.defaults, **self.metric_values}
+        defaults = self.defaults  # a proxy's copy is its dict's, where ** would go key by key (~10k instructions)
+        values = defaults.copy() if isinstance(defaults, MappingProxyType | dict) else dict(defaults)
+        values.update(self.metric_values)
+        return values
 
     @property
     def wake(self) -> datetime | None:
