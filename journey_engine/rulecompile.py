@@ -590,31 +590,46 @@ def _plus(a: _Linear, b: _Linear) -> _Linear:
     return a[0] + b[0], {p: v for p, v in paths.items() if v}, a[2] + b[2]
 
 
-def _anchor(node: Any) -> Anchor | None:
+TICK = timedelta(seconds=1)  # "just after" an anchor: when a strict comparison is seen to have turned
+
+
+def _anchor(node: Any) -> list[Anchor] | None:
+    """When time alone can flip this comparison: [(path of X, D)], re-check at X + D; None if it is not
+    a comparison of `$now` with X ± a duration.
+
+    left - right = s*($now - X) + K changes sign at T = X - s*K. Whether the comparison's value is new
+    at T itself or only just after it depends on the operator and the sign: `$now >= T` is true at T,
+    `$now > T` one tick later, so one instant is enough (==, != change at T and again after it).
+    """
     left, right = _linear(node.left), _linear(node.right)
     if left is None or right is None:
         return None
-    # left - right = s*($now - X) + K changes sign only when $now = X - s*K
     s, paths, k = _plus(left, _scale(right, -1))
     if s not in (1, -1) or len(paths) != 1:
         return None
     ((path, coefficient),) = paths.items()
-    return (path, -s * k) if coefficient == -s else None
+    if coefficient != -s:
+        return None
+    at = -s * k
+    if node.type in ("eq", "ne"):
+        return [(path, at), (path, at + TICK)]
+    after = node.type in (("gt", "le") if s == 1 else ("ge", "lt"))  # true only once $now passes T
+    return [(path, at + TICK if after else at)]
 
 
 def time_anchors(rule: rule_engine.Rule) -> list[Anchor]:
     """(path of X, D) for each comparison of ``$now`` with ``X ± duration literal`` (or with X alone, D = 0).
 
-    The comparison can change its truth value only at the instant value(X) + D (at it or just after it,
-    depending on the operator), so that is when to re-check it.
+    The comparison can change its truth value only at value(X) + D, or for a strict one a tick after it
+    (see `_anchor`, which folds the tick into D), so that is when to re-check it.
     """
     found: list[Anchor] = []
     stack = [rule.statement.expression]
     while stack:
         node = stack.pop()
         if isinstance(node, ast.ComparisonExpression) and not isinstance(node, ast.FuzzyComparisonExpression):
-            anchor = _anchor(node)
-            if anchor is not None and anchor not in found:
-                found.append(anchor)
+            for anchor in _anchor(node) or ():
+                if anchor not in found:
+                    found.append(anchor)
         stack.extend(reversed(list(_children(node))))
     return found

@@ -23,7 +23,6 @@ from .rulecompile import _anchor, compile_rule, time_anchors  # _anchor: the one
 
 Scope = Mapping[str, Any]
 MAX_RULE_LENGTH = 2000
-_TICK = timedelta(seconds=1)
 
 METRIC_DEFAULTS: dict[str, Any] = {"count": 0, "sum": 0, "last": None, "last_seen": None, "first_seen": None}
 _SYMBOLS = ("traits", "metrics", "segments", "event", "properties", "journey", "user_id")
@@ -70,15 +69,15 @@ class CompiledRule:
     def next_change(self, scope: Scope, now: datetime) -> datetime | None:
         """The earliest time after `now` at which time alone may change this rule's value.
 
-        A comparison `$now - x > d` turns at x + d exactly for `>=` and one tick later for `>`;
-        both instants are candidates, a second apart (the contract is to within one minute).
+        A comparison `$now - x > d` turns at x + d exactly for `>=` and one tick later for `>`: each
+        anchor is already the instant its comparison turns (rulecompile._anchor).
         """
         return next_anchor(self.anchors, scope, now)
 
 
 def next_anchor(anchors: Iterable[tuple[tuple[str, ...], timedelta]], scope: Scope,
                 now: datetime) -> datetime | None:
-    """The earliest anchor instant x + d (or one tick after it) later than `now`; see next_change."""
+    """The earliest anchor instant x + d later than `now`; see next_change."""
     best: datetime | None = None
     for path, offset in anchors:
         value = _lookup(scope, path)
@@ -86,9 +85,7 @@ def next_anchor(anchors: Iterable[tuple[tuple[str, ...], timedelta]], scope: Sco
             continue
         at = value + offset
         if at <= now:
-            at += _TICK
-            if at <= now:
-                continue
+            continue
         if best is None or at < best:
             best = at
     return best

@@ -20,7 +20,6 @@ from .rules import CompiledRule, path_reader
 
 Anchor = tuple[Callable[[Mapping[str, Any]], Any], timedelta]  # (read x from the scope, d): turns at x + d
 
-_TICK = timedelta(seconds=1)
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
 
@@ -121,8 +120,8 @@ class SegmentBook:
         """The earliest time after `now` when time alone may move this user in or out of a segment.
 
         Also lowers `profile.segments_due_at` to the earliest anchor or `for:` deadline from `now` on:
-        the inputs may have changed since the wake-up that settled the segments (an anchor is x + d; a
-        comparison turns at it or one tick later, so both instants are wake-up candidates).
+        the inputs may have changed since the wake-up that settled the segments (an anchor is x + d, the
+        instant the comparison turns, a strict one's tick included: see rulecompile._anchor).
         """
         wake: datetime | None = None
         due: datetime | None = None
@@ -131,13 +130,11 @@ class SegmentBook:
             if not isinstance(value, datetime):
                 continue
             at = value + offset
-            if at >= now and (due is None or at < due):
+            if at < now:
+                continue
+            if due is None or at < due:
                 due = at
-            if at <= now:
-                at += _TICK
-                if at <= now:
-                    continue
-            if wake is None or at < wake:
+            if at > now and (wake is None or at < wake):
                 wake = at
         for_since = profile.for_since
         if for_since:

@@ -15,7 +15,7 @@ from rule_engine import DataType as T
 from rule_engine import errors
 from rule_engine.types import coerce_value
 
-from journey_engine.rulecompile import compile_rule, time_anchors
+from journey_engine.rulecompile import TICK, compile_rule, time_anchors
 
 UTC = UTC
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -186,21 +186,22 @@ def test_missing_symbols_and_frozen_segments_are_accepted() -> None:
 
 
 @pytest.mark.parametrize(("text", "anchors"), [
-    ("$now - traits.created_at > t'P30D'", [(("traits", "created_at"), timedelta(days=30))]),
+    ("$now - traits.created_at > t'P30D'", [(("traits", "created_at"), timedelta(days=30) + TICK)]),
     ("$now - traits.created_at < t'PT1H'", [(("traits", "created_at"), timedelta(hours=1))]),
-    ("metrics.last_order_at + t'P7D' < $now", [(("metrics", "last_order_at"), timedelta(days=7))]),
-    ("metrics.last_order_at < $now - t'P7D'", [(("metrics", "last_order_at"), timedelta(days=7))]),
-    ("$now > traits.trial_ends_at + t'P7D'", [(("traits", "trial_ends_at"), timedelta(days=7))]),
+    ("metrics.last_order_at + t'P7D' < $now", [(("metrics", "last_order_at"), timedelta(days=7) + TICK)]),
+    ("metrics.last_order_at < $now - t'P7D'", [(("metrics", "last_order_at"), timedelta(days=7) + TICK)]),
+    ("$now > traits.trial_ends_at + t'P7D'", [(("traits", "trial_ends_at"), timedelta(days=7) + TICK)]),
     ("$now - t'P7D' >= traits.x", [(("traits", "x"), timedelta(days=7))]),
-    ("t'P30D' < $now - traits.x", [(("traits", "x"), timedelta(days=30))]),
-    ("traits.x - $now < -t'P1D'", [(("traits", "x"), timedelta(days=1))]),
-    ("$now + t'P1D' > traits.x", [(("traits", "x"), timedelta(days=-1))]),
-    ("$now > traits.trial_ends_at", [(("traits", "trial_ends_at"), timedelta(0))]),
+    ("t'P30D' < $now - traits.x", [(("traits", "x"), timedelta(days=30) + TICK)]),
+    ("traits.x - $now < -t'P1D'", [(("traits", "x"), timedelta(days=1) + TICK)]),
+    ("$now + t'P1D' > traits.x", [(("traits", "x"), timedelta(days=-1) + TICK)]),
+    ("$now > traits.trial_ends_at", [(("traits", "trial_ends_at"), TICK)]),
     ("traits['signed up'] <= $now", [(("traits", "signed up"), timedelta(0))]),
     ("journey.state_entered_at + t'P7D' <= $now", [(("journey", "state_entered_at"), timedelta(days=7))]),
+    ("$now - traits.x == t'P1D'", [(("traits", "x"), timedelta(days=1)), (("traits", "x"), timedelta(days=1) + TICK)]),
     ("metrics.last_order_at != null and not ($now - metrics.last_order_at > t'P30D') or "
      "$now - traits.created_at < t'PT1H'",
-     [(("metrics", "last_order_at"), timedelta(days=30)), (("traits", "created_at"), timedelta(hours=1))]),
+     [(("metrics", "last_order_at"), timedelta(days=30) + TICK), (("traits", "created_at"), timedelta(hours=1))]),
     ("$now - traits.a > $now - traits.b", []),
     ("traits.a - traits.b > t'P1D'", []),
     ("$now > d'2026-01-01'", []),
@@ -213,14 +214,17 @@ def test_time_anchors_find_now_against_path_plus_duration(text: str, anchors: li
 
 @pytest.mark.parametrize("text", [
     "$now - traits.x > t'P30D'", "traits.x + t'P7D' < $now", "$now + t'P1D' >= traits.x", "traits.x <= $now",
+    "traits.x > $now - t'P1D'", "$now - t'PT1H' < traits.x",
 ], ids=str)
-def test_time_anchor_is_where_truth_can_flip(text: str) -> None:
-    """Just before value(X) + D and just after it the comparison differs; elsewhere it is constant."""
+def test_time_anchor_is_the_first_tick_of_the_new_value(text: str) -> None:
+    """From value(X) + D on the comparison has its new value, and a tick before it the old one: a strict
+    comparison turns just after X + D, so its anchor carries the tick (one wake-up, not one at X + D that
+    finds nothing and another a second later)."""
     x = datetime(2026, 1, 1, tzinfo=UTC)
     ((_path, shift),) = time_anchors(rule(text))
-    flip = x + shift
-    before = [flip - timedelta(days=d) for d in (30, 1)] + [flip - timedelta(microseconds=1)]
-    after = [flip + timedelta(microseconds=1)] + [flip + timedelta(days=d) for d in (1, 30)]
+    anchor = x + shift
+    before = [anchor - timedelta(days=d) for d in (30, 1)] + [anchor - TICK]
+    after = [anchor, anchor + timedelta(microseconds=1)] + [anchor + timedelta(days=d) for d in (1, 30)]
 
     def evaluate_at(when: datetime) -> Any:
         fn = compile_rule(rule(text, when))
