@@ -1,18 +1,21 @@
-"""An instant as epoch seconds and as ISO-8601 text, each remembered for the last instant asked.
+"""An instant as epoch seconds, as ISO-8601 text and in a time zone, each remembered for the last
+instant asked.
 
 Everything one input does happens at one `now` (the same datetime object): its trace records, the
-checks of windows, caps and wake-ups. Converting it again for each of them cost ~4% of the engine's
-time (an aware datetime's `timestamp()` builds a timedelta; `isoformat()` asks its tzinfo), so the
-last instant's answers are kept, matched by identity (datetimes are immutable).
+checks of windows, caps, quiet hours and wake-ups. Converting it again for each of them cost ~4% of
+the engine's time (an aware datetime's `timestamp()` builds a timedelta; `isoformat()` and
+`astimezone()` ask tzinfo objects), so the last answers are kept, matched by identity (datetimes and
+zones are immutable).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
 # (instant, answer), replaced whole: a thread never reads one instant's answer for another
 _epoch: tuple[datetime | None, float] = (None, 0.0)
 _iso: tuple[datetime | None, str] = (None, "")
+_local: tuple[datetime | None, tzinfo | None, datetime] = (None, None, datetime.min)
 
 
 def epoch(at: datetime) -> float:
@@ -35,6 +38,17 @@ def iso(at: datetime) -> str:
     text = _iso_text(at)
     _iso = (at, text)
     return text
+
+
+def local(at: datetime, zone: tzinfo) -> datetime:
+    """`at.astimezone(zone)` (one send decision asks for `now` in the user's zone up to four times)."""
+    global _local
+    last = _local
+    if last[0] is at and last[1] is zone:
+        return last[2]
+    value = at.astimezone(zone)
+    _local = (at, zone, value)
+    return value
 
 
 def _iso_text(at: datetime) -> str:

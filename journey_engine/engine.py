@@ -720,7 +720,7 @@ class Engine:
 
     def _next_local(self, run: _Run, time_of_day: str) -> datetime:
         zone = resolve_zone(_str(run.profile.traits.get("timezone")), self.policies.timezone)
-        local = run.now.astimezone(zone)
+        local = clock.local(run.now, zone)
         minutes = clock_minutes(time_of_day)
         candidate = local.replace(hour=minutes // 60, minute=minutes % 60, second=0, microsecond=0)
         if candidate <= local:

@@ -244,7 +244,7 @@ def _timing(now: datetime, zone: ZoneInfo, gates: tuple[_Gate, ...], policies: P
 
 def _closed_text(reason: str, now: datetime, zone: ZoneInfo, hour_source: str) -> str:
     what = {"window": "outside the send window", "send_time": f"waiting for {hour_source}"}
-    local = _local(now, zone)
+    local = clock.local(now, zone)
     return f"{what.get(reason, 'in quiet hours')} at {local.hour:02d}:{local.minute:02d} {zone.key}"
 
 
@@ -260,7 +260,7 @@ def _earliest_open(now: datetime, zone: ZoneInfo, gates: tuple[_Gate, ...]) -> d
     minute = _minute(now, zone)
     if all(gate.allows(minute) for gate in gates):  # the usual case: open now, no openings to compute
         return now
-    today = _local(now, zone).date()
+    today = clock.local(now, zone).date()
     for day in range(_SEARCH_DAYS):  # a day's openings all come before the next day's: stop at the first
         for candidate in sorted(_openings(today + timedelta(days=day), zone, gates)):
             if candidate >= now and all(gate.allows(_minute(candidate, zone)) for gate in gates):
@@ -274,20 +274,6 @@ def _openings(day: date, zone: ZoneInfo, gates: tuple[_Gate, ...]) -> list[datet
 
 
 def _minute(instant: datetime, zone: ZoneInfo) -> int:
-    local = _local(instant, zone)
+    local = clock.local(instant, zone)
     return local.hour * 60 + local.minute
 
-
-_last_local: tuple[datetime | None, ZoneInfo | None, datetime] = (None, None, datetime.min)
-
-
-def _local(instant: datetime, zone: ZoneInfo) -> datetime:
-    """`instant` in `zone`, remembered for the last pair asked (one decision asks for `now` up to four
-    times; replaced whole, so a thread never reads another pair's answer)."""
-    global _last_local
-    last = _last_local
-    if last[0] is instant and last[1] is zone:
-        return last[2]
-    local = instant.astimezone(zone)
-    _last_local = (instant, zone, local)
-    return local

@@ -32,7 +32,7 @@ class MemoryStore:
     A round trip costs ~75k instructions compiled (decode 42k, of which msgpack's unpacking 40k: new
     strings and interned map keys; encode 32k, of which packing 24k). With users drawn uniformly,
     nearly every load past the live set misses: on the 30-day mix an event and its wake-ups miss ~1.9
-    times, adding about half again to the engine's ~356k instructions an event, and a larger `hot`
+    times, adding about half again to the engine's ~340k instructions an event, and a larger `hot`
     buys little (30-day mix, 100k users: 7.6k events/s at hot=5000 and at hot=20000).
     `hot=None` keeps every profile live, as simulations and tests want; a bound lets a population of
     millions fit (`journey bench`, 100k users, one-day mix, compiled core, on a machine that ran it at

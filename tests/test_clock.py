@@ -4,6 +4,7 @@ methods they replace, whatever instants come in and in whatever order."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from journey_engine import clock
 from journey_engine.profile import Profile
 
+ZONES = [ZoneInfo("Europe/Berlin"), ZoneInfo("Asia/Seoul"), UTC]
 instants = st.builds(
     lambda at, offset: at.replace(tzinfo=UTC).astimezone(timezone(timedelta(minutes=offset))),
     st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1)),
@@ -23,6 +25,9 @@ def test_iso_and_epoch_match_the_datetime_methods(ats: list[datetime]) -> None:
     for at in [*ats, *reversed(ats), ats[0]]:
         assert clock.iso(at) == at.astimezone(UTC).isoformat().replace("+00:00", "Z")
         assert clock.epoch(at) == at.timestamp()
+        for zone in ZONES:
+            assert clock.local(at, zone) == at.astimezone(zone)
+            assert clock.local(at, zone).utcoffset() == at.astimezone(zone).utcoffset()
 
 
 def test_iso_writes_a_fraction_only_when_there_is_one() -> None:
