@@ -37,7 +37,7 @@ class Instance:
         self.holdout = holdout
         self.visit = 0  # counts state visits: a timer or a send belongs to one visit
         self.timers: Sequence[tuple[datetime, int]] = ()  # (due, transition index in the current state)
-        self.sent: list[tuple[str, datetime, str]] | None = None  # (message, at, arm) for goal attribution
+        self.sent: list[tuple[str, datetime, str]] | None = None  # (message, at, state) for goal attribution
 
     def __repr__(self) -> str:
         return f"Instance({self.journey!r}, key={self.key!r}, state={self.state!r})"

@@ -13,14 +13,14 @@ from journey_engine.testing import Harness
 COMPILED = load_workspace(Path(__file__).parent / "workspaces" / "basic")
 
 
-def script(h: Harness, roundtrip: bool) -> list[dict[str, object]]:
+def script(h: Harness, roundtrip: bool, names: codec.Names | None = None) -> list[dict[str, object]]:
     defaults = h.engine.cw.metrics.defaults
 
     def reload() -> None:
         if roundtrip:
             store = h.store
             for user, profile in list(store.profiles.items()):
-                store.profiles[user] = codec.decode(codec.encode(profile, defaults), defaults)
+                store.profiles[user] = codec.decode(codec.encode(profile, defaults, names), defaults, names)
 
     for n in range(4):
         h.identify(f"u{n}", {"email": f"u{n}@example.com", "timezone": "Europe/Berlin", "status": "onboarding",
@@ -46,6 +46,8 @@ def test_a_roundtrip_through_bytes_changes_nothing() -> None:
     stored = script(Harness(COMPILED, start="2026-01-05T09:00:00Z", seed=1), roundtrip=True)
     assert len(plain) > 30
     assert stored == plain
+    numbered = script(Harness(COMPILED, start="2026-01-05T09:00:00Z", seed=1), roundtrip=True, names=codec.Names())
+    assert numbered == plain  # names written as numbers of a process-local table (MemoryStore's blobs)
 
 
 def test_a_newer_format_is_refused_with_a_clear_message() -> None:
