@@ -54,11 +54,7 @@ class MemoryStore:
         # top is the furthest; an entry whose user was committed again with another wake-up is stale
         self._live_wake: dict[str, float] = {}
         self._furthest: list[tuple[float, str]] = []  # (-wake-up, user)
-        # wake-ups: a heap of instants, and who has an entry at each (a heap of users: earliest instant,
-        # then user, as a heap of (instant, user) pairs would give them, at a third of its cost: floats
-        # compare without a call through tuples, and users who share an instant share one entry)
-        self.wakeups: list[float] = []
-        self._waking: dict[float, list[str]] = {}
+        self.wakeups: list[tuple[float, str]] = []
         self.processed: dict[str, float | None] = {}  # messageId -> first prune that saw it (None: none yet)
         self.alias_map: dict[str, str] = {}
         self.records: list[trace.Record] | None = None  # keep the trace only when asked
@@ -137,14 +133,9 @@ class MemoryStore:
         found: list[tuple[datetime, str]] = []
         others: list[tuple[float, str]] = []
         limit_ts = clock.epoch(until)
-        heap, waking, woken = self.wakeups, self._waking, self._woken
-        while heap and heap[0] <= limit_ts and len(found) < limit:
-            at = heap[0]
-            users = waking[at]
-            user = heapq.heappop(users)
-            if not users:
-                del waking[at]
-                heapq.heappop(heap)
+        heap, woken = self.wakeups, self._woken
+        while heap and heap[0][0] <= limit_ts and len(found) < limit:
+            at, user = heapq.heappop(heap)
             if woken.get(user) != at:
                 continue  # superseded by an earlier entry
             if part is not None and partition(user, part[1]) != part[0]:
@@ -157,20 +148,12 @@ class MemoryStore:
                 continue
             if wake_at > at:  # moved later since: wait in the heap again
                 woken[user] = wake_at
-                self._push(wake_at, user)
+                heapq.heappush(heap, (wake_at, user))
                 continue
             found.append((datetime.fromtimestamp(at, UTC), user))
-        for at, user in others:
-            self._push(at, user)
+        for entry in others:
+            heapq.heappush(heap, entry)
         return found
-
-    def _push(self, at: float, user: str) -> None:
-        users = self._waking.get(at)
-        if users is None:
-            self._waking[at] = [user]
-            heapq.heappush(self.wakeups, at)
-        else:
-            heapq.heappush(users, user)
 
     def _watch(self, user: str, at: float | None) -> None:
         """Keep the heap entry of `user` at or before their wake-up `at`."""
@@ -178,7 +161,7 @@ class MemoryStore:
             held = self._woken.get(user)
             if held is None or at < held:
                 self._woken[user] = at
-                self._push(at, user)
+                heapq.heappush(self.wakeups, (at, user))
 
     def commit(self, batch: Batch) -> None:
         for user, profile in batch.profiles.items():
