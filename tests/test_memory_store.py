@@ -51,7 +51,7 @@ def test_recommitting_keeps_the_eviction_heap_bounded() -> None:
     for rounds in range(40):
         for i in range(60):
             store.commit(Batch(profiles={f"u{i}": _profile(f"u{i}", float((i + rounds) % 17))}))
-            assert len(store._furthest) <= 2 * len(store.profiles) + 64 + 1  # noqa: SLF001
+            assert len(store._furthest) <= 2 * len(store.profiles) + 64 + 1
     assert len(store.profiles) == 50 and len(store.cold) == 10
 
 
