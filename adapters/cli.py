@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -461,7 +461,7 @@ def user(user_id: Annotated[str, typer.Argument(help="the user id")], database: 
     compiled = _load(_workspace(workspace))
     store = _open_store(database, compiled.metrics.defaults)
     try:
-        view = user_view(store, Engine(compiled), user_id)
+        view = user_view(store, Engine(compiled), user_id, datetime.now(UTC))
     finally:
         store.close()
     if view is None:

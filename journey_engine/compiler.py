@@ -15,6 +15,7 @@ from .loading import PathKey, Workspace, read_workspace
 from .machine import JourneyMachine
 from .metrics import MetricBook
 from .model import Journey, Message, Translation, Trigger
+from .rulecompile import EVERY_METRIC, Threshold
 from .rules import CompiledRule, RuleCompiler, RuleProblem, UnknownDeclaration
 from .segments import SegmentBook
 from .templates import Renderer
@@ -110,13 +111,28 @@ def compile_workspace(ws: Workspace) -> CompiledWorkspace:
             read.extend(t.rule for t in triggers if t.rule is not None)
             read.extend(t.rule for ts in cj.transitions.values() for t in ts if t.rule is not None)
     watched = frozenset(name for r in read for name in r.metrics)
-    metrics = MetricBook(ws.metrics, {n: r for n, r in where.items() if r is not None}, watched)
+    metrics = MetricBook(ws.metrics, {n: r for n, r in where.items() if r is not None}, watched,
+                         _thresholds(read))
     ready = {n: r for n, r in segment_rules.items() if r is not None}
     segments = SegmentBook(ws.segments, ready, metrics.windowed)
     return CompiledWorkspace(workspace=ws, metrics=metrics, segments=segments,
                              message_rules={n: r for n, r in message_rules.items() if r is not None},
                              journeys={n: j for n, j in journeys.items() if j is not None},
                              renderer=renderer, warnings=problems)
+
+
+def _thresholds(read: list[CompiledRule]) -> dict[str, tuple[Threshold, ...] | None]:
+    """Every comparison with a number through which these rules read each metric; None for a metric
+    some rule reads any other way (every metric, when one reads `metrics` whole)."""
+    merged: dict[str, tuple[Threshold, ...] | None] = {}
+    for r in read:
+        if EVERY_METRIC in r.thresholds:
+            return {}
+        for name in r.metrics:
+            found = r.thresholds.get(name)  # None too for a read the thresholds' walk did not see
+            kept = merged.get(name, ())
+            merged[name] = None if found is None or kept is None else (*kept, *found)
+    return merged
 
 
 def _known_elsewhere(problems: list[Problem], unreadable: set[str]) -> list[Problem]:

@@ -16,6 +16,7 @@ from . import clock
 from .events import Event
 from .model import Metric
 from .profile import Profile
+from .rulecompile import Threshold, holds
 from .rules import METRIC_DEFAULTS, CompiledRule
 
 _NOTHING: frozenset[str] = frozenset()
@@ -27,7 +28,8 @@ class MetricBook:
     """All metrics of a workspace, indexed by the event that feeds them."""
 
     def __init__(self, metrics: Mapping[str, Metric], where: Mapping[str, CompiledRule],
-                 watched: frozenset[str] | None = None) -> None:
+                 watched: frozenset[str] | None = None,
+                 thresholds: Mapping[str, tuple[Threshold, ...] | None] | None = None) -> None:
         self.metrics = dict(metrics)
         self.where = dict(where)
         self.defaults = {name: METRIC_DEFAULTS[m.kind] for name, m in metrics.items()}
@@ -46,6 +48,11 @@ class MetricBook:
         # windows that segments or journey rules read: only their expiries need a wake-up; a
         # message's eligibility rule reads the window when the message is about to go
         self.watched = self.windowed if watched is None else watched & self.windowed
+        # for watched counts that rules only compare with numbers: those comparisons. An expiry that
+        # changes none of them changes no rule, so it needs no wake-up (a sum's float total against a
+        # decimal literal is not exact, so sums wake at every expiry)
+        self.thresholds = {name: found for name, found in (thresholds or {}).items()
+                           if found and name in self.watched and self.kinds[name] == "count"}
 
     def value(self, profile: Profile, name: str) -> Any:
         return profile.metric_values.get(name, self.defaults[name])
@@ -123,17 +130,34 @@ class MetricBook:
 
     def _window_value(self, profile: Profile, name: str, now_s: float) -> None:
         assert profile.windows is not None
-        entries = profile.windows[name]
-        cut = _bisect_right(entries, now_s - self.spans[name], _INF)
-        if cut:
-            entries = profile.windows[name] = entries[2 * cut:]
-        count = self.kinds[name] == "count"
-        total: float = len(entries) // 2 if count else sum(entries[1::2])
-        self._set(profile, name, int(total) if count else total)
+        entries, total = self._slid(name, profile.windows[name], now_s)
+        if len(entries) != len(profile.windows[name]):
+            profile.windows[name] = entries
+        self._set(profile, name, total)
         if not entries:
             del profile.windows[name]
             if not profile.windows:
                 profile.windows = None
+
+    def _slid(self, name: str, entries: tuple[float, ...], now_s: float) -> tuple[tuple[float, ...], float | int]:
+        """A window's entries still inside it at `now_s`, and its value then."""
+        cut = _bisect_right(entries, now_s - self.spans[name], _INF)
+        if cut:
+            entries = entries[2 * cut:]
+        if self.kinds[name] == "count":
+            return entries, len(entries) // 2
+        return entries, sum(entries[1::2])
+
+    def current(self, profile: Profile, now: datetime) -> dict[str, Any]:
+        """Every metric's value at `now`, windows slid to it, without changing the profile. A profile's
+        windowed values are as of its last event or wake-up: a user is woken only when an expiry can
+        change a rule (see `next_expiry`), so what is shown to people is computed here."""
+        values = profile.metrics
+        if profile.windows:
+            now_s = clock.epoch(now)
+            for name, entries in profile.windows.items():
+                values[name] = self._slid(name, entries, now_s)[1]
+        return values
 
     def next_expiry(self, profile: Profile) -> datetime | None:
         """When the oldest event in any of the user's windows leaves it."""
@@ -142,9 +166,22 @@ class MetricBook:
         best: float | None = None
         for name, entries in profile.windows.items():
             if name in self.watched:
-                at = entries[0] + self.spans[name]
-                best = at if best is None or at < best else best
+                bounds = self.thresholds.get(name)
+                at = entries[0] + self.spans[name] if bounds is None else self._first_turn(name, entries, bounds)
+                if at is not None and (best is None or at < best):
+                    best = at
         return None if best is None else datetime.fromtimestamp(best, UTC)
+
+    def _first_turn(self, name: str, entries: tuple[float, ...], bounds: tuple[Threshold, ...]) -> float | None:
+        """When the first of a count window's expiries that changes one of its comparisons comes (None:
+        none does, down to an empty window). Events that leave at one instant are checked one by one,
+        which may wake the user early, never late."""
+        n = len(entries) // 2
+        before = [holds(b, n) for b in bounds]
+        for left in range(1, n + 1):
+            if any(holds(b, n - left) != was for b, was in zip(bounds, before, strict=True)):
+                return entries[2 * (left - 1)] + self.spans[name]
+        return None
 
     def merge(self, into: Profile, other: Profile, now: datetime) -> None:
         """Alias: fold another profile's metrics into this one's."""

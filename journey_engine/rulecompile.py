@@ -22,8 +22,9 @@ from rule_engine.types import DataType, coerce_value, is_integer_number
 Scope = Mapping[str, Any]
 Fn = Callable[[Scope, datetime], Any]
 Anchor = tuple[tuple[str, ...], timedelta]
+Threshold = tuple[str, Decimal]  # ("ge", 3): the rule reads `metrics.x >= 3`, the metric on the left
 
-__all__ = ["compile_rule", "time_anchors"]
+__all__ = ["compile_rule", "thresholds", "time_anchors"]
 
 
 class _Unsupported(Exception):
@@ -633,3 +634,65 @@ def time_anchors(rule: rule_engine.Rule) -> list[Anchor]:
                     found.append(anchor)
         stack.extend(reversed(list(_children(node))))
     return found
+
+
+# Thresholds: how a rule reads each metric, so a window's expiry that cannot change the rule wakes nobody.
+# ---------------------------------------------------------------------------------------------------------
+_MIRROR = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le", "eq": "eq", "ne": "ne"}
+EVERY_METRIC = "*"  # the key under which a rule that reads `metrics` as a whole says so
+
+
+def thresholds(rule: rule_engine.Rule) -> dict[str, tuple[Threshold, ...] | None]:
+    """For each metric the rule reads: the comparisons with a number literal through which it reads it
+    (the metric on the left), or None when it reads it any other way, as a value or in arithmetic (then
+    any change of the metric may change the rule). A rule reading `metrics` whole has EVERY_METRIC: None.
+    """
+    found: dict[str, list[Threshold] | None] = {}
+
+    def opaque(name: str) -> None:
+        found[name] = None
+
+    stack = [rule.statement.expression]
+    while stack:
+        node = stack.pop()
+        path = _path(node)
+        if path is not None:
+            if path[0] == "metrics":
+                opaque(path[1] if len(path) > 1 else EVERY_METRIC)
+            continue
+        if isinstance(node, ast.ComparisonExpression) and not isinstance(node, ast.FuzzyComparisonExpression):
+            read = _compared(node)
+            if read is not None:
+                name, threshold = read
+                kept = found.get(name, [])
+                if kept is not None:
+                    found[name] = [*kept, threshold]
+                continue
+        stack.extend(_children(node))
+    return {name: None if kept is None else tuple(kept) for name, kept in found.items()}
+
+
+def _compared(node: Any) -> tuple[str, Threshold] | None:
+    """(metric, threshold) when the comparison is `metrics.x <op> number` or `number <op> metrics.x`."""
+    for side, other, op in ((node.left, node.right, node.type), (node.right, node.left, _MIRROR.get(node.type))):
+        path = _path(side)
+        if (op is not None and path is not None and len(path) == 2 and path[0] == "metrics"
+                and isinstance(other, ast.FloatExpression) and isinstance(other.value, Decimal)):
+            return path[1], (op, other.value)
+    return None
+
+
+def holds(threshold: Threshold, value: int) -> bool:
+    """The comparison of a threshold for a whole number (a count: exact against the decimal literal)."""
+    op, literal = threshold
+    if op == "eq":
+        return value == literal
+    if op == "ne":
+        return value != literal
+    if op == "lt":
+        return value < literal
+    if op == "le":
+        return value <= literal
+    if op == "gt":
+        return value > literal
+    return value >= literal

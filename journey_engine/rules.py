@@ -19,7 +19,7 @@ from rule_engine.builtins import Builtins, BuiltinValueGenerator
 
 from .errors import did_you_mean
 from .model import Metric
-from .rulecompile import _anchor, compile_rule, time_anchors  # _anchor: the one test time_anchors applies
+from .rulecompile import Threshold, _anchor, compile_rule, thresholds, time_anchors  # _anchor: tests
 
 Scope = Mapping[str, Any]
 MAX_RULE_LENGTH = 2000
@@ -55,6 +55,8 @@ class CompiledRule:
     anchors: tuple[tuple[tuple[str, ...], timedelta], ...]
     # every `$now` is in a comparison with an anchor: time alone changes the value only at an anchor
     anchored: bool
+    # how it reads each metric: comparisons with numbers, or None (any other way; see rulecompile.thresholds)
+    thresholds: Mapping[str, tuple[Threshold, ...] | None] = field(default_factory=dict)
 
     def __call__(self, scope: Scope, now: datetime) -> bool:
         """True when the rule holds; an evaluation error (a trait of the wrong type) counts as False."""
@@ -206,7 +208,8 @@ class RuleCompiler:
                             metrics=frozenset(metrics), segments=frozenset(segments),
                             traits="traits" in symbols, now="$now" in symbols or "$today" in symbols,
                             event="event" in symbols or "properties" in symbols, journey="journey" in symbols,
-                            anchors=tuple(time_anchors(rule)), anchored=_only_anchored_clock(rule))
+                            anchors=tuple(time_anchors(rule)), anchored=_only_anchored_clock(rule),
+                            thresholds=thresholds(rule))
 
 
 def _symbol_message(text: str, name: str) -> str:

@@ -117,7 +117,7 @@ class Harness:
 
     def metrics(self, user: str) -> dict[str, Any]:
         profile = self.runtime.profile(user)
-        return dict(profile.metrics) if profile else {}
+        return self.engine.cw.metrics.current(profile, self.clock.now) if profile else {}
 
     def sent(self, user: str, journey: str | None = None) -> list[str]:
         """Message ids sent to this user so far, in order (of one journey when named)."""

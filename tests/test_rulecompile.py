@@ -15,7 +15,7 @@ from rule_engine import DataType as T
 from rule_engine import errors
 from rule_engine.types import coerce_value
 
-from journey_engine.rulecompile import TICK, compile_rule, time_anchors
+from journey_engine.rulecompile import TICK, compile_rule, thresholds, time_anchors
 
 UTC = UTC
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -329,3 +329,19 @@ def test_decimal_results_are_exact() -> None:
     fn = compile_rule(rule("traits.a + traits.b"))
     assert fn is not None
     assert fn({"traits": {"a": 0.1, "b": 0.2}}, NOW) == Decimal("0.3")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("metrics.uses >= 3", {"uses": (("ge", Decimal(3)),)}),
+    ("3 < metrics.uses and metrics.opens == 0", {"uses": (("gt", Decimal(3)),), "opens": (("eq", Decimal(0)),)}),
+    ("metrics.uses > 0 or metrics.uses != 5", {"uses": (("ne", Decimal(5)), ("gt", Decimal(0)))}),
+    ("metrics.uses + 1 > 2", {"uses": None}),  # in arithmetic: any change may matter
+    ("metrics.uses > metrics.opens", {"uses": None, "opens": None}),
+    ("metrics.uses > 2 and metrics['uses'] * 2 < 9", {"uses": None}),  # read another way as well
+    ("metrics.last_order_at < $now - P30D", {"last_order_at": None}),
+    ("'uses' in metrics", {"*": None}),  # the mapping whole
+    ("traits.plan == 'pro'", {}),
+])
+def test_thresholds_are_the_comparisons_with_numbers_through_which_a_rule_reads_a_metric(
+        text: str, expected: dict[str, Any]) -> None:
+    assert thresholds(rule_engine.Rule(text)) == expected

@@ -166,3 +166,51 @@ messages:
     assert [r["kind"] for r in h.records("u2") if r["kind"] in ("goal_reached", "journey_exited")] == [
         "goal_reached", "journey_exited"]
     assert (h.sent("u1"), h.sent("u2"), h.sent("u3")) == ([], [], ["hello"])
+
+
+def test_a_window_expiry_wakes_a_user_only_when_a_rule_can_turn(tmp_path: Path) -> None:
+    """Rules read `metrics.uses_7d` only as `>= 3` and `>= 5`: of six uses leaving the window one by one,
+    only the expiries taking the count below 5 and below 3 can change a rule, so only those wake the
+    user; the metric shown at any time is still exact, woken or not."""
+    h = harness(tmp_path, """\
+metrics:
+  uses_7d: {count: Feature Used, within: 7d}
+segments:
+  keen: "metrics.uses_7d >= 5"
+journey: trial
+entry: {on: Signed Up}
+initial: waiting
+states:
+  waiting:
+    transitions:
+      - if: "metrics.uses_7d >= 3"
+        to: active
+  active:
+    transitions:
+      - on: Upgraded
+        to: done
+  done: {final: true}
+""")
+    h.track("u1", "Signed Up")
+    for _ in range(6):
+        h.track("u1", "Feature Used")
+        h.wait("1h")
+    assert "keen" in h.segments("u1")
+    book = h.engine.cw.metrics
+    profile = h.runtime.profile("u1")
+    assert profile is not None and book.thresholds["uses_7d"]
+    first = profile.windows["uses_7d"][0]  # type: ignore[index]
+    # 6 -> 5 keeps both rules; 5 -> 4 leaves `keen`: the second use's expiry, an hour after the first's
+    assert book.next_expiry(profile).timestamp() == first + 7 * 86400 + 3600  # type: ignore[union-attr]
+    h.wait("6d17h59m")  # a minute before the first use leaves
+    assert h.metrics("u1")["uses_7d"] == 6
+    h.wait("1h")  # 6 -> 5: no rule turns, no wake-up, yet the count shown is exact
+    assert "keen" in h.segments("u1") and h.metrics("u1")["uses_7d"] == 5
+    h.wait("2m")  # 5 -> 4: out of `keen`, on time
+    assert "keen" not in h.segments("u1") and h.metrics("u1")["uses_7d"] == 4
+    profile = h.runtime.profile("u1")
+    assert profile is not None  # next: 3 -> 2 turns `>= 3`, the fourth use's expiry
+    assert book.next_expiry(profile).timestamp() == first + 7 * 86400 + 3 * 3600  # type: ignore[union-attr]
+    h.wait("4h")  # 2 -> 0 afterwards turns nothing: no wake-up is left for the window
+    profile = h.runtime.profile("u1")
+    assert profile is not None and h.metrics("u1")["uses_7d"] == 0 and book.next_expiry(profile) is None

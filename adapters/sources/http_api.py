@@ -519,7 +519,7 @@ def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings 
     @app.get("/v1/users/{user_id}")
     async def get_user(user_id: str, request: Request) -> JSONResponse:
         check_admin(request, settings)
-        view = user_view(store, engine, user_id)
+        view = user_view(store, engine, user_id, clock())
         if view is None:
             raise Refused(404, "not_found", f"user `{user_id}`: no such user")
         return JSONResponse(view)
@@ -701,8 +701,9 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def user_view(store: SqlStore, engine: Engine, user_id: str) -> dict[str, Any] | None:
-    """What GET /v1/users/{id} and `journey user --json` show: where the user is, and why."""
+def user_view(store: SqlStore, engine: Engine, user_id: str, now: datetime) -> dict[str, Any] | None:
+    """What GET /v1/users/{id} and `journey user --json` show: where the user is, and why (metrics as of
+    `now`: windows slid to it)."""
     resolved = store.aliases([user_id]).get(user_id, user_id)
     profile = store.load([resolved]).get(resolved)
     if profile is None:
@@ -723,7 +724,7 @@ def user_view(store: SqlStore, engine: Engine, user_id: str) -> dict[str, Any] |
     return {
         "user_id": resolved,
         "traits": {k: iso(v) for k, v in profile.traits.items()},
-        "metrics": {k: iso(v) for k, v in profile.metrics.items()},
+        "metrics": {k: iso(v) for k, v in engine.cw.metrics.current(profile, now).items()},
         "segments": sorted(profile.segments),
         "journeys": instances,
         "subscriptions": profile.subscriptions,
