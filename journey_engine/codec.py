@@ -33,21 +33,25 @@ class CodecError(JourneyError, ValueError):
 
 
 class Names:
-    """Process-local numbers for the names profiles repeat. Bounded by the workspace's names; two
-    threads numbering one name at once both get a number that reads back as the name."""
+    """Process-local numbers for the names profiles repeat, as many as the workspace has names. A number,
+    once given, never changes; new names are numbered under a lock (rare: once per name)."""
 
-    __slots__ = ("index", "names")
+    __slots__ = ("_lock", "index", "names")
 
     def __init__(self) -> None:
         self.index: dict[str, int] = {}
         self.names: list[str] = []
+        self._lock = threading.Lock()
 
     def code(self, name: str) -> int:
         number = self.index.get(name)
         if number is None:
-            number = len(self.names)
-            self.names.append(name)
-            self.index[name] = number
+            with self._lock:
+                number = self.index.get(name)
+                if number is None:
+                    number = len(self.names)
+                    self.names.append(name)
+                    self.index[name] = number
         return number
 
 
