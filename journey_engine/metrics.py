@@ -1,7 +1,8 @@
 """Computed metrics: aggregates of a user's events, and when each next changes with time alone.
 
 Metrics count an event at its own timestamp. A `within` window slides over event times against the
-engine clock, so a windowed metric changes when its oldest event leaves the window: `next_expiry`.
+engine clock, so a windowed metric changes when its oldest event leaves the window; `next_expiry` says
+when that may change a rule, and `current` gives the values at any time.
 A profile keeps only the values that differ from their defaults (`Profile.metric_values`); a window
 is one flat tuple of (event epoch, value) pairs in the order `bisect.insort` would keep them.
 """
@@ -160,7 +161,9 @@ class MetricBook:
         return values
 
     def next_expiry(self, profile: Profile) -> datetime | None:
-        """When the oldest event in any of the user's windows leaves it."""
+        """When an event leaving one of the user's watched windows may next change a rule: the oldest
+        one's expiry, or for a count read only through comparisons with numbers, the first expiry
+        that crosses one of them (None: no expiry can change a rule)."""
         if not profile.windows:
             return None
         best: float | None = None
