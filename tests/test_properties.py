@@ -30,8 +30,8 @@ steps = st.one_of(
 )
 
 
-def play(script: list[tuple[Any, ...]], seed: int) -> Harness:
-    h = Harness(COMPILED, start="2026-03-27T18:00:00Z", seed=seed)  # spans the spring DST change
+def play(script: list[tuple[Any, ...]], seed: int, compiled: Any = COMPILED) -> Harness:
+    h = Harness(compiled, start="2026-03-27T18:00:00Z", seed=seed)  # spans the spring DST change
     for step in script:
         kind = step[0]
         if kind == "track":
@@ -97,3 +97,24 @@ def test_random_streams_keep_every_promise(script: list[tuple[Any, ...]], seed: 
 def test_the_same_seed_gives_the_same_trace(script: list[tuple[Any, ...]], seed: int) -> None:
     """Replaying a stream with the same seed reproduces the trace exactly."""
     assert play(script, seed).trace == play(script, seed).trace
+
+
+EVERY_EXPIRY = load_workspace(Path(__file__).parent / "workspaces" / "basic")
+EVERY_EXPIRY.metrics.thresholds = {}  # every window expiry wakes the user, as before thresholds
+
+
+uses = st.one_of(st.tuples(st.just("track"), st.sampled_from(["u1", "u2"]), st.just("Feature Used"), st.none()),
+                 st.tuples(st.just("wait"), st.sampled_from(["1m", "1h", "5h", "1d", "3d"])))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(uses, steps), min_size=5, max_size=40), st.integers(0, 3))
+def test_waking_only_at_expiries_that_cross_a_threshold_changes_nothing(script: list[tuple[Any, ...]],
+                                                                       seed: int) -> None:
+    """`metrics.feature_uses_7d` is read only as `>= 3` and `>= 5`: skipping the expiries that cross
+    neither gives the very trace of waking at every expiry (`power_users` left at the same minute),
+    and the same metrics at the end."""
+    assert COMPILED.metrics.thresholds["feature_uses_7d"]
+    fast, every = play(script, seed), play(script, seed, EVERY_EXPIRY)
+    assert fast.trace == every.trace
+    assert all(fast.metrics(u) == every.metrics(u) for u in ("u1", "u2", "u3"))
