@@ -276,4 +276,3 @@ def _openings(day: date, zone: ZoneInfo, gates: tuple[_Gate, ...]) -> list[datet
 def _minute(instant: datetime, zone: ZoneInfo) -> int:
     local = clock.local(instant, zone)
     return local.hour * 60 + local.minute
-
