@@ -106,6 +106,7 @@ def _reachable(obj: Any, seen: dict[int, Any]) -> None:
 
 def _bytes_per_user(store: MemoryStore, rng: random.Random, sample: int = 2000) -> tuple[int, int]:
     """Mean bytes a sampled profile holds, journey instances and timers included: (shared, strict).
+    `run_bench` adds the store's own per-user structures (`MemoryStore.index_bytes`) to both.
 
     `shared` splits an object several profiles hold between them (metric and trait names, journey and
     state names, shared defaults and small numbers cost next to nothing per user; trait values and
@@ -193,7 +194,13 @@ def run_bench(compiled: CompiledWorkspace, *, users: int, events: int, seed: int
         "rss_growth_mb": round(_rss_mb() - rss_before, 1), "native": native.active(),
     }
     if isinstance(target, MemoryStore):
-        report["bytes_per_user"], report["bytes_per_user_strict"] = _bytes_per_user(target, random.Random(seed))
+        shared, strict = _bytes_per_user(target, random.Random(seed))
+        index = round(target.index_bytes() / max(len(target.profiles) + len(target.cold), 1))
+        report.update(bytes_per_user=shared + index, bytes_per_user_strict=strict + index,
+                      index_bytes_per_user=index)
+        if target.hot is not None:  # a bounded live set: how often a profile had to be decoded and encoded
+            report.update(decodes_per_event=round(target.decoded / max(events, 1), 3),
+                          encodes_per_event=round(target.encoded / max(events, 1), 3))
     elif isinstance(target, SqlStore):
         report.update(_disk(target.disk_bytes(), users, events))
     return report

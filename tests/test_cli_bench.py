@@ -89,6 +89,8 @@ def test_a_memory_bench_with_few_live_profiles_decides_the_same_in_less_memory(c
     for same in ("timers_fired", "sends", "trace_records"):
         assert cold[same] == live[same] > 0
     assert cold["bytes_per_user"] < live["bytes_per_user"] / 2
+    assert cold["decodes_per_event"] > 0 and cold["encodes_per_event"] > 0 and "decodes_per_event" not in live
+    assert 0 < live["index_bytes_per_user"] < live["bytes_per_user"] and cold["index_bytes_per_user"] > 0
     for args, says in ((["--hot", "0"], "--hot is a number of profiles"),
                        (["--hot", "5", "--store", "sqlite"], "with --store memory")):
         refused = runner.invoke(app, ["bench", "--workspace", str(EXAMPLES), *args])

@@ -55,6 +55,29 @@ def test_recommitting_keeps_the_eviction_heap_bounded() -> None:
     assert len(store.profiles) == 50 and len(store.cold) == 10
 
 
+def test_the_store_counts_its_misses_and_the_bytes_of_its_own_structures() -> None:
+    """`decoded` and `encoded` count the profiles that crossed between live and cold (the bench reports
+    them per event); a decoded profile's user id is the store's key; `index_bytes` grows with the users."""
+    store = MemoryStore(hot=2)
+    empty = store.index_bytes()
+    for i in range(5):
+        store.commit(Batch(profiles={f"u{i}": _profile(f"u{i}", float(i))}))
+    assert store.encoded == 3 and store.decoded == 0 and len(store.cold) == 3
+    cold = next(iter(store.cold))
+    loaded = store.load([cold])[cold]
+    assert store.decoded == 1
+    assert loaded.user_id is cold  # the key itself, not an equal string decoded from the blob
+    loaded.wake = T0 + timedelta(minutes=30)  # woken soonest now: back in the live set, another one leaves it
+    store.commit(Batch(profiles={cold: loaded}))
+    assert store.decoded == 1 and store.encoded == 4 and cold in store.profiles
+    many = MemoryStore()
+    for i in range(200):
+        many.commit(Batch(profiles={f"u{i}": _profile(f"u{i}", float(i))}))
+    # per user: a slot in `profiles` and `_woken` with its wake-up float, a heap entry (tuple and float)
+    assert 100 < (many.index_bytes() - empty) / 200 < 300
+    assert store.index_bytes() > empty
+
+
 def _rich_profile() -> Profile:
     profile = Engine(COMPILED).new_profile("u1")
     profile.traits = {"email": "a@example.com", "plan": "pro"}
