@@ -78,6 +78,21 @@ def test_the_store_counts_its_misses_and_the_bytes_of_its_own_structures() -> No
     assert store.index_bytes() > empty
 
 
+def test_wake_ups_moved_earlier_leave_a_bounded_number_of_entries_behind() -> None:
+    """Each move earlier pushes an entry and leaves the old one behind; they are dropped once they
+    outnumber half the users, and the users still come due once each, in the order of their wake-ups."""
+    store = MemoryStore()
+    users = [f"u{i}" for i in range(100)]
+    for hours in range(48, 0, -1):  # every user's wake-up moves an hour earlier, 48 times
+        for i, user in enumerate(users):
+            store.commit(Batch(profiles={user: _profile(user, hours + i / 1000)}))
+            assert len(store.wakeups) <= len(store._woken) * 3 // 2 + 64 + 1
+    due = store.due(T0 + timedelta(hours=2), limit=1000)
+    assert [user for _, user in due] == users
+    assert [at for at, _ in due] == sorted(at for at, _ in due)
+    assert store.due(T0 + timedelta(days=3), limit=1000) == []  # claimed: nothing left behind comes due
+
+
 def _rich_profile() -> Profile:
     profile = Engine(COMPILED).new_profile("u1")
     profile.traits = {"email": "a@example.com", "plan": "pro"}
