@@ -93,6 +93,27 @@ def test_wake_ups_moved_earlier_leave_a_bounded_number_of_entries_behind() -> No
     assert store.due(T0 + timedelta(days=3), limit=1000) == []  # claimed: nothing left behind comes due
 
 
+def test_a_wake_up_moved_later_waits_again_without_decoding_the_profile() -> None:
+    """A cold user's wake-up committed later than their heap entry: when the entry comes up, it is
+    pushed again at the new time from the store's own note, and the blob stays a blob."""
+    store = MemoryStore(hot=1)
+    store.commit(Batch(profiles={"u0": _profile("u0", 1)}))
+    store.commit(Batch(profiles={"u1": _profile("u1", 0.5)}))  # sooner: u0 leaves the live set
+    moved = store.load(["u0"])["u0"]
+    moved.wake = T0 + timedelta(hours=5)
+    store.commit(Batch(profiles={"u0": moved}))
+    assert "u0" in store.cold and store.decoded == 1
+    assert [user for _, user in store.due(T0 + timedelta(hours=2), limit=10)] == ["u1"]
+    assert store.decoded == 1  # u0's entry for 1h came up and waits again, for 5h
+    assert store.due(T0 + timedelta(hours=4), limit=10) == []
+    assert store.due(T0 + timedelta(hours=6), limit=10) == [(T0 + timedelta(hours=5), "u0")]
+    assert store.decoded == 2
+    gone = store.load(["u1"])["u1"]
+    gone.wake = None  # no wake-up any more: its entry is passed over
+    store.commit(Batch(profiles={"u1": gone}))
+    assert store.due(T0 + timedelta(days=1), limit=10) == []
+
+
 def _rich_profile() -> Profile:
     profile = Engine(COMPILED).new_profile("u1")
     profile.traits = {"email": "a@example.com", "plan": "pro"}
