@@ -144,9 +144,10 @@ class MemoryStore:
         """`_woken` holds each user's wake-up as last committed; the heap holds an entry for it, or an
         earlier one. Moving a wake-up later (what most events and timers do) adds nothing to the heap:
         the old entry is pushed again at the new time when it comes up, without loading the profile
-        (a cold profile decoded only to learn that, then encoded again, was 44% of the decoding in the
-        30-day bench mix at hot=5%). A move earlier pushes an entry and leaves the old one behind
-        (see `_watch`). Entries of other partitions than `part` are put back."""
+        (cold profiles decoded only to learn that, then encoded again, were 4% of the decoding in the
+        30-day bench mix at hot=5000: 1.533 decodes an event before, 1.474 after). A move earlier
+        pushes an entry and leaves the old one behind (see `_watch`). Entries of other partitions than
+        `part` are put back."""
         found: list[tuple[datetime, str]] = []
         others: list[tuple[float, str]] = []
         limit_ts = clock.epoch(until)
