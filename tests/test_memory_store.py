@@ -108,10 +108,11 @@ def test_a_wake_up_moved_later_waits_again_without_decoding_the_profile() -> Non
     assert store.due(T0 + timedelta(hours=4), limit=10) == []
     assert store.due(T0 + timedelta(hours=6), limit=10) == [(T0 + timedelta(hours=5), "u0")]
     assert store.decoded == 2
-    gone = store.load(["u1"])["u1"]
-    gone.wake = None  # no wake-up any more: its entry is passed over
-    store.commit(Batch(profiles={"u1": gone}))
+    store.commit(Batch(profiles={"u2": _profile("u2", 7)}))
+    store.commit(Batch(profiles={"u2": _profile("u2", None)}))  # no wake-up any more: its entry is passed over
+    assert "u2" in store.cold
     assert store.due(T0 + timedelta(days=1), limit=10) == []
+    assert store.decoded == 2
 
 
 def _rich_profile() -> Profile:
