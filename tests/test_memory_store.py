@@ -73,7 +73,8 @@ def test_the_store_counts_its_misses_and_the_bytes_of_its_own_structures() -> No
     many = MemoryStore()
     for i in range(200):
         many.commit(Batch(profiles={f"u{i}": _profile(f"u{i}", float(i))}))
-    # per user: a slot in `profiles` and `_woken` with its wake-up float, a heap entry (tuple and float)
+    # per user: a slot in `profiles` and in `_woken`, a heap entry and its slot (the wake-up float is the
+    # live profile's own, counted with the profile)
     assert 100 < (many.index_bytes() - empty) / 200 < 300
     assert store.index_bytes() > empty
 
