@@ -225,6 +225,18 @@ class SendWindow(Frozen):
         return start, end
 
 
+def _never(value: Any) -> Any:
+    return None if value == "never" else parse_duration(value)
+
+
+# how late a send may still go out after it was due; None is `never` (SPEC §3 item 10)
+Expiry = Annotated[
+    timedelta | None, BeforeValidator(_never),
+    WithJsonSchema({"anyOf": [{"const": "never"}, {"type": "string", "examples": ["2h", "24h"]}]}),
+]
+DEFAULT_EXPIRY = timedelta(hours=24)
+
+
 class Message(Frozen):
     channel: Channel
     subject: str | None = None
@@ -237,6 +249,8 @@ class Message(Frozen):
     send_at: Literal["immediately", "optimal"] | SendWindow = "immediately"
     subscription: str | None = None
     translations: dict[str, Translation] = Field(default_factory=dict)
+    transactional: bool = Field(False, description="receipts, resets: no quiet hours, caps, subscriptions or holdouts")
+    expires: Expiry = Field(DEFAULT_EXPIRY, description="how late it may still go (`never`); default: policies")
 
     @model_validator(mode="after")
     def _content(self) -> Message:
@@ -247,6 +261,13 @@ class Message(Frozen):
         if self.channel == "email" and self.subject is None:
             raise ValueError("an email needs a `subject`")
         return self
+
+    def expiry(self, default: timedelta | None) -> timedelta | None:
+        """How late this message may still go out: its own `expires`, else `never` for a transactional
+        message, else the workspace's default. None is `never`."""
+        if "expires" in self.model_fields_set:
+            return self.expires
+        return None if self.transactional else default
 
 
 # --- metrics and segments -------------------------------------------------------------------------
@@ -331,6 +352,7 @@ class Policies(Frozen):
     quiet_hours: QuietHours | None = None
     frequency_caps: list[FrequencyCap] = Field(default_factory=list)
     send_time: SendTime = SendTime()
+    expires: Expiry = Field(DEFAULT_EXPIRY, description="how late a send may still go out (`never`)")
 
 
 class Subscription(Frozen):
