@@ -76,7 +76,8 @@ def encode(profile: Profile, defaults: Mapping[str, Any] | None = None, names: N
             profile.segments, profile.for_since, [_instance(i, None) for i in profile.instances.values()],
             profile.entries, [x for pair in profile.ledger for x in pair] if profile.ledger else None,
             profile.choices or None,
-            [[d.due, d.journey, d.key, d.state, d.message, d.visit] for d in profile.deferred] if profile.deferred
+            [[d.due, d.journey, d.key, d.state, d.message, d.visit, d.run, d.data] for d in profile.deferred]
+            if profile.deferred
             else None, profile.engagements or None, profile.wake_at, profile.segments_due_at, profile.bounced,
             profile.held]
         return _packer().pack(body)  # type: ignore[no-any-return]
@@ -97,7 +98,8 @@ def encode(profile: Profile, defaults: Mapping[str, Any] | None = None, names: N
         _flat(profile.windows, names) if profile.windows else None, [code(s) for s in profile.segments],
         _flat(profile.for_since, names) if profile.for_since else None,
         [_instance(i, names) for i in profile.instances.values()], entries, ledger, profile.choices or None,
-        [[d.due, code(d.journey), d.key, code(d.state), code(d.message), d.visit] for d in profile.deferred]
+        [[d.due, code(d.journey), d.key, code(d.state), code(d.message), d.visit, d.run, d.data]
+         for d in profile.deferred]
         if profile.deferred else None, profile.engagements or None, profile.wake_at, profile.segments_due_at,
         profile.bounced, [code(j) for j in profile.held] if profile.held else None]
     return _packer().pack(body)  # type: ignore[no-any-return]
@@ -163,8 +165,7 @@ def decode(blob: bytes, defaults: Mapping[str, Any] | None = None, names: Names 
         if table is not None:
             for d in deferred:
                 d[1], d[3], d[4] = table[d[1]], table[d[3]], table[d[4]]
-        profile.deferred = [Deferred(due=d[0], journey=d[1], key=d[2], state=d[3], message=d[4], visit=d[5])
-                            for d in deferred]
+        profile.deferred = [_read_deferred(d, profile) for d in deferred]
     profile.engagements = engagements
     profile.wake_at = wake_at
     profile.segments_due_at = segments_due_at
@@ -172,6 +173,14 @@ def decode(blob: bytes, defaults: Mapping[str, Any] | None = None, names: Names 
     if held:
         profile.held = tuple(held) if table is None else tuple([table[j] for j in held])
     return profile
+
+
+def _read_deferred(d: list[Any], profile: Profile) -> Deferred:
+    """A deferred send; one stored before it named its run belongs to the run of its journey in progress."""
+    if len(d) < 8:
+        inst = profile.instances.get((d[1], d[2]))
+        d = [*d, inst.run if inst is not None else 0, inst.data if inst is not None else {}]
+    return Deferred(due=d[0], journey=d[1], key=d[2], state=d[3], message=d[4], visit=d[5], run=d[6], data=d[7])
 
 
 def _instance(i: Instance, names: Names | None) -> list[Any]:
@@ -182,18 +191,18 @@ def _instance(i: Instance, names: Names | None) -> list[Any]:
             sent.extend((message, at, state) if names is None else (names.code(message), at, names.code(state)))
     if names is None:
         return [i.journey, i.version, i.key, i.state, i.entered_at, i.state_entered_at, i.data, i.holdout, i.visit,
-                [x for pair in i.timers for x in pair], sent]
+                [x for pair in i.timers for x in pair], sent, i.run]
     return [names.code(i.journey), names.code(i.version), i.key, names.code(i.state), i.entered_at,
-            i.state_entered_at, i.data, i.holdout, i.visit, [x for pair in i.timers for x in pair], sent]
+            i.state_entered_at, i.data, i.holdout, i.visit, [x for pair in i.timers for x in pair], sent, i.run]
 
 
 def _read_instance(raw: list[Any], table: list[str] | None) -> Instance:
     """The instance as `_instance` wrote it (a compiled Instance can only be made through its __init__)."""
-    journey, version, key, state, entered_at, state_entered_at, data, holdout, visit, timers, sent = raw
+    journey, version, key, state, entered_at, state_entered_at, data, holdout, visit, timers, sent = raw[:11]
     if table is not None:
         journey, version, state = table[journey], table[version], table[state]
     inst = Instance(journey=journey, version=version, key=key, state=state, entered_at=entered_at, data=data,
-                    holdout=holdout)
+                    holdout=holdout, run=raw[11] if len(raw) > 11 else None)  # 11 fields: stored before runs had ids
     inst.state_entered_at = state_entered_at
     inst.visit = visit
     if timers:

@@ -21,7 +21,7 @@ from typing import Any
 from . import clock, trace
 from .compiler import CompiledJourney, CompiledTransition, CompiledTrigger, CompiledWorkspace
 from .events import Event
-from .model import AttributeTime, Choose, Message, State, Transition, clock_minutes
+from .model import DEFAULT_EXPIRY, AttributeTime, Choose, Message, State, Transition, clock_minutes
 from .policies import ADDRESS, Decision, decide, resolve_zone
 from .policies import best_hour as learned_hour
 from .profile import UNSETTLED, Deferred, Instance, InstanceKey, Profile
@@ -123,15 +123,17 @@ class Outcome:
 class _Run:
     """The working set of one call: the profile, the clock, the evaluation scope, what happened."""
 
-    __slots__ = ("changed", "entered", "event", "now", "out", "profile", "scope")
+    __slots__ = ("changed", "due", "entered", "event", "made", "now", "out", "profile", "scope")
 
     def __init__(self, profile: Profile, now: datetime, event: Event | None = None) -> None:
         self.profile = profile
         self.now = now
+        self.due = now  # when the step at work should have happened: its sends expire from then
         self.event = event
         self.out = Outcome()
         self.changed = False
         self.entered: set[str] = set()
+        self.made: list[Deferred] | None = None  # sends deferred by this call: leaving their state now keeps them
         # `metrics` reads the stored values, the rule accessor supplies defaults; `segments` is replaced
         # by SegmentBook.evaluate whenever membership changes (it is a tuple)
         self.scope: dict[str, Any] = {"traits": profile.traits, "metrics": profile.metric_values,
@@ -181,7 +183,7 @@ class _Plan:
     clock_entry: CompiledTrigger | None  # an `if:` entry that reads $now, likewise for users not in it
 
     @classmethod
-    def of(cls, cj: CompiledJourney) -> _Plan:
+    def of(cls, cj: CompiledJourney, messages: dict[str, Message]) -> _Plan:
         states = {}
         for name, spec in cj.journey.states.items():
             compiled = cj.transitions[name]
@@ -190,7 +192,9 @@ class _Plan:
                 checks=tuple(t for t in compiled if t.kind not in ("after", "at")),
                 timers=tuple((i, t) for i, t in enumerate(spec.transitions) if t.kind in ("after", "at")),
                 clock_rules=tuple(t for t in compiled if t.rule is not None and t.rule.now and t.kind == "if"),
-                candidates=tuple(spec.candidates),
+                # a send list is tried in descending priority, list order on a tie (SPEC §3 item 11)
+                candidates=tuple(spec.candidates) if isinstance(spec.send, Choose) else tuple(
+                    sorted(spec.candidates, key=lambda m: -messages[m].priority if m in messages else 0)),
                 choose=spec.send.choose if isinstance(spec.send, Choose) else None)
         triggers = (*cj.exits, *((cj.goal,) if cj.goal else ()))
         rules = [t.rule for t in triggers] + [t.rule for ts in cj.transitions.values() for t in ts]
@@ -222,13 +226,19 @@ class _Plan:
 class Engine:
     """Runs a compiled workspace. Bandit statistics are the only state it keeps itself."""
 
-    def __init__(self, compiled: CompiledWorkspace, *, seed: int = 0) -> None:
+    def __init__(self, compiled: CompiledWorkspace, *, seed: int = 0,
+                 send_expiry: timedelta | None = DEFAULT_EXPIRY) -> None:
+        """`send_expiry` is the service's default for how late a send may go (None: never); a workspace's
+        `policies.expires` and a message's `expires` take precedence."""
         self.cw = compiled
         self.seed = seed
         self.policies = compiled.workspace.policies
         self.messages = compiled.workspace.messages
+        self.expiry = self.policies.expires if "expires" in self.policies.model_fields_set else send_expiry
+        # what a transactional message is decided under: no quiet hours, no caps
+        self._transactional = self.policies.model_copy(update={"quiet_hours": None, "frequency_caps": []})
         self.bandits: dict[tuple[str, str], Stats] = {}
-        self._plans = tuple(_Plan.of(cj) for cj in compiled.journeys.values())
+        self._plans = tuple(_Plan.of(cj, self.messages) for cj in compiled.journeys.values())
         self._plan = {p.name: p for p in self._plans}
         self._clock_entries = any(p.clock_entry for p in self._plans)
         self._clock_rules = self._clock_entries or any(
@@ -246,6 +256,7 @@ class Engine:
     def apply(self, profile: Profile, event: Event, now: datetime) -> Outcome:
         """One event for this user (already deduplicated by the caller)."""
         run = _Run(profile, now, event)
+        fresh = _blank(profile)
         traits_changed = False
         changed_metrics = self.cw.metrics.refresh(profile, now)
         if event.traits:
@@ -254,7 +265,11 @@ class Engine:
             changed_metrics |= self.cw.metrics.apply(profile, event, now)
             sent = self._feedback(run, event) if event.name in FEEDBACK else None
             self._subscription(run, event, sent)
-        self._segments(run, metrics=changed_metrics, traits=traits_changed, timed=False)
+        if fresh:  # a user exists from their first event: every segment is evaluated (SPEC §3 item 13)
+            self._segments(run, metrics=self.cw.metrics.metrics.keys(), traits=True, timed=True)
+            run.changed = True
+        else:
+            self._segments(run, metrics=changed_metrics, traits=traits_changed, timed=False)
         run.changed = bool(changed_metrics or traits_changed or run.entered or run.changed)
         if not event.backfill:  # a backfill updates the profile but starts and moves no journey
             self._journeys(run, event)
@@ -264,6 +279,8 @@ class Engine:
     def wake(self, profile: Profile, now: datetime) -> Outcome:
         """Everything that falls due for this user at `now`: windows, `for:`, timers, deferred sends."""
         run = _Run(profile, now)
+        if profile.wake_at is not None and profile.wake_at < clock.epoch(now):
+            run.due = datetime.fromtimestamp(profile.wake_at, UTC)  # late: the engine was down or behind
         self._wake(run)
         self._settle(run)
         return run.out
@@ -306,11 +323,13 @@ class Engine:
         run.out.records.append(trace.other("alias_merged", now, into.user_id, previous_id=other.user_id))
         into.traits.update({k: v for k, v in other.traits.items() if k not in into.traits})
         self.cw.metrics.merge(into, other, now)
-        for key, inst in other.instances.items():
-            if key not in into.instances:
-                into.add_instance(key, inst)
-                moved = [d for d in other.deferred or () if (d.journey, d.key) == key]
-                into.deferred = (into.deferred or []) + moved or None
+        taken = [key for key in other.instances if key not in into.instances]
+        for key in taken:
+            into.add_instance(key, other.instances[key])
+        # pending sends come along with their runs, and those of runs already ended (a final state's)
+        moved = [d for d in other.deferred or () if (d.journey, d.key) in taken or (d.journey, d.key) not in
+                 other.instances or other.instances[(d.journey, d.key)].run != d.run]
+        into.deferred = (into.deferred or []) + moved or None
         entries = other.entries or ()
         for i in range(0, len(entries), 3):
             key, at = (entries[i], entries[i + 1]), entries[i + 2]
@@ -354,15 +373,28 @@ class Engine:
         return changed
 
     def _subscription(self, run: _Run, event: Event, sent: _SendRef | None) -> None:
-        """`Subscribed` / `Unsubscribed` name a subscription, or come from a message that has one."""
+        """`Subscribed` / `Unsubscribed` name a subscription, or come from a message that has one; an
+        `Unsubscribed` that names none leaves every subscription, one naming an unknown one changes nothing
+        (SPEC §3 item 15)."""
         choice = SUBSCRIPTION_EVENTS.get(event.name or "")
         if choice is None:
             return
         name = event.properties.get("subscription")
         if name is None and sent is not None:
             name = self.messages[sent.message].subscription
-        if not isinstance(name, str):
+        if name is None:
+            if not choice:
+                for every in self._subscribed_by_default:
+                    self._choose(run, every, choice)
             return
+        if not isinstance(name, str) or name not in self._subscribed_by_default:
+            run.out.records.append(trace.other("unknown_subscription", run.now, run.profile.user_id,
+                                               subscription=name, event=event.name,
+                                               known=sorted(self._subscribed_by_default)))
+            return
+        self._choose(run, name, choice)
+
+    def _choose(self, run: _Run, name: str, choice: bool) -> None:
         if (run.profile.choices or {}).get(name) != choice:
             run.profile.subscriptions[name] = choice
             run.out.records.append(trace.other("subscription_changed", run.now, run.profile.user_id,
@@ -545,10 +577,16 @@ class Engine:
         if not self._fires(run, entry, event, edge=True):
             return
         data = dict(event.properties) if event is not None and entry.on is not None else {}
+        epoch = clock.epoch(run.now)
+        run_id = int(epoch * 1000)
+        last = run.profile.last_entry(ikey)
+        if last is not None and int(last * 1000 + 0.01) >= run_id:  # a second entry in the same millisecond
+            run_id = int(last * 1000 + 0.01) + 1  # is a run of its own (SPEC §3 item 12)
+            epoch = run_id / 1000
         inst = Instance(journey=cj.name, version=cj.version, key=key, state=cj.journey.initial,
-                        entered_at=run.now, data=data, holdout=self._held_out(cj, run.profile.user_id))
+                        entered_at=run.now, data=data, holdout=self._held_out(cj, run.profile.user_id), run=run_id)
         run.profile.add_instance(ikey, inst)
-        run.profile.note_entry(ikey, clock.epoch(run.now))
+        run.profile.note_entry(ikey, epoch)
         extra = {"holdout": True} if inst.holdout else {}
         run.out.records.append(trace.journey_entered(run.now, run.profile.user_id, cj.name, key or None,
                                                      inst.state, **extra))
@@ -612,6 +650,10 @@ class Engine:
 
     def _move(self, run: _Run, cj: CompiledJourney, inst: Instance, t: CompiledTransition,
               trigger: str | None = None) -> None:
+        """Leave the state because of an event, a rule turning true or a timer: the sends it deferred
+        before this call are cancelled (SPEC §3 item 10), then arrive in the next."""
+        if run.profile.deferred:
+            self._cancel(run, inst, "left_state", inst.visit)
         src = inst.state
         inst.state = t.to  # see _StatePlan: the same move as cj.machine's, without its 7 µs
         detail = f"event:{t.on}" if t.kind == "on" else _DETAIL[t.kind]
@@ -671,20 +713,28 @@ class Engine:
         profile = run.profile
         ikey = self._plan[cj.name].ikey if not inst.key else (cj.name, inst.key)  # the shared tuple if unkeyed
         profile.remove_instance(ikey)
-        profile.note_entry(ikey, inst.entered_at.timestamp())
+        epoch = inst.entered_at.timestamp()
+        profile.note_entry(ikey, epoch if inst.run == int(epoch * 1000) else inst.run / 1000)
         inst.timers = ()
+        if reason != "final" and profile.deferred:  # a final state's deferred sends still go (SPEC §3 item 10)
+            self._cancel(run, inst, "left_journey", None)
+        run.out.records.append(trace.journey_exited(run.now, profile.user_id, cj.name, inst.key or None, reason,
+                                                    state=inst.state))
+
+    def _cancel(self, run: _Run, inst: Instance, reason: str, visit: int | None) -> None:
+        """Drop the deferred sends of this run (of one state visit, when given) made before this call."""
+        profile = run.profile
         kept = []
         for d in profile.deferred or ():
-            if (d.journey, d.key) == ikey:
-                msg = self.messages[d.message]
-                run.out.records.append(trace.message("message_suppressed", run.now, profile.user_id, cj.name,
-                                                     inst.key or None, d.state, d.message, msg.channel, None,
-                                                     reason="left_journey"))
+            if (d.journey == inst.journey and d.key == inst.key and d.run == inst.run
+                    and (visit is None or d.visit == visit) and not (run.made and d in run.made)):
+                msg = self.messages.get(d.message)
+                run.out.records.append(trace.message("message_suppressed", run.now, profile.user_id, d.journey,
+                                                     d.key or None, d.state, d.message,
+                                                     msg.channel if msg else None, None, reason=reason))
             else:
                 kept.append(d)
         profile.deferred = kept or None
-        run.out.records.append(trace.journey_exited(run.now, profile.user_id, cj.name, inst.key or None, reason,
-                                                    state=inst.state))
 
     def _goal(self, run: _Run, cj: CompiledJourney, inst: Instance) -> None:
         goal = cj.journey.goal
@@ -738,7 +788,9 @@ class Engine:
                 first = timer
         if first is None:
             return False
+        step_due, run.due = run.due, min(first[0], run.now)  # its sends expire from the timer's time
         self._move(run, plan.cj, inst, plan.cj.transitions[inst.state][first[1]])
+        run.due = step_due
         return True
 
     # --- messages -----------------------------------------------------------------------------
@@ -782,14 +834,21 @@ class Engine:
         stats[arm] = (before[0] + sends, before[1] + conversions)
         run.out.learned((journey, state, arm), sends, conversions)
 
-    def _deliver(self, run: _Run, cj: CompiledJourney, inst: Instance, message_id: str, state: str, *,
-                 deferred: bool = False) -> bool:
-        """Send, defer or suppress one message; False when it was suppressed."""
+    def _deliver(self, run: _Run, cj: CompiledJourney, inst: Instance | Deferred, message_id: str, state: str, *,
+                 deferred: bool = False, due: datetime | None = None) -> bool:
+        """Send, defer or suppress one message of a run (or a deferred send of one); False when suppressed."""
         msg = self.messages[message_id]
         profile = run.profile
         base = (run.now, profile.user_id, cj.name, inst.key or None, state, message_id, msg.channel)
-        if inst.holdout:
+        if not deferred and not msg.transactional and isinstance(inst, Instance) and inst.holdout:
             run.out.records.append(trace.message("message_suppressed", *base, None, reason="holdout"))
+            return False
+        due = run.due if due is None else due
+        expiry = msg.expiry(self.expiry)
+        if expiry is not None and run.now - due > expiry:
+            run.out.records.append(trace.message(
+                "message_suppressed", *base, None, reason="expired", due=trace.iso(due),
+                why=f"due at {trace.iso(due)}, more than {_span(expiry)} ago: the engine was down or behind"))
             return False
         decision = self._decide(run, msg, deferred)
         if decision.action == "suppress":
@@ -799,11 +858,15 @@ class Engine:
         if decision.action == "defer":
             assert decision.until is not None
             held = Deferred(due=decision.until, journey=cj.name, key=inst.key, state=state, message=message_id,
-                            visit=inst.visit)
+                            visit=inst.visit, run=inst.run, data=inst.data)
             if profile.deferred is None:
                 profile.deferred = [held]
             else:
                 profile.deferred.append(held)
+            if run.made is None:
+                run.made = [held]
+            else:
+                run.made.append(held)
             run.out.records.append(trace.message("message_deferred", *base, None,
                                                  until=trace.iso(decision.until), reason=decision.reason,
                                                  why=decision.explanation))
@@ -814,7 +877,7 @@ class Engine:
     def _decide(self, run: _Run, msg: Message, deferred: bool) -> Decision:
         profile = run.profile
         subscribed = True
-        if msg.subscription is not None:
+        if msg.subscription is not None and not msg.transactional:
             default = self._subscribed_by_default.get(msg.subscription, True)  # undeclared: subscribed
             subscribed = profile.choices.get(msg.subscription, default) if profile.choices else default
         bounced = None
@@ -823,7 +886,8 @@ class Engine:
             bounced = address if address in profile.bounced else None
         timezone = _str(profile.traits.get("timezone"))
         hour, source = self._best_hour(profile, timezone, run.now) if msg.send_at == "optimal" else (None, None)
-        return decide(now=run.now, message=msg, policies=self.policies, timezone=timezone,
+        policies = self._transactional if msg.transactional else self.policies
+        return decide(now=run.now, message=msg, policies=policies, timezone=timezone,
                       ledger=profile.ledger or (), subscribed=subscribed, best_hour=hour, hour_source=source,
                       deferred=deferred, bounced=bounced)
 
@@ -840,22 +904,24 @@ class Engine:
             return int(best), f"the workspace's best hour (from {total} engagements)"
         return None, None
 
-    def _emit(self, run: _Run, cj: CompiledJourney, inst: Instance, msg: Message, message_id: str,
+    def _emit(self, run: _Run, cj: CompiledJourney, inst: Instance | Deferred, msg: Message, message_id: str,
               state: str, why: str = "") -> None:
         """Record the send; rendering happens at delivery, with the context captured here."""
         profile = run.profile
         locale = self._locale(profile, msg)
-        profile.ledger = (*(profile.ledger or ()), (clock.epoch(run.now), msg.channel))
-        self._prune_ledger(profile, run.now)
+        if not msg.transactional:  # transactional sends do not count toward caps (SPEC §3 item 11)
+            profile.ledger = (*(profile.ledger or ()), (clock.epoch(run.now), msg.channel))
+            self._prune_ledger(profile, run.now)
         extra = {"why": why} if why else {}
         run.out.records.append(trace.message("message_sent", run.now, profile.user_id, cj.name, inst.key or None,
                                              state, message_id, msg.channel, locale, **extra))
         run.out.sends.append(SendMessage(
-            idempotency_key=f"{profile.user_id}:{cj.name}:{inst.key}:{_entry_id(inst)}:{inst.visit}:{message_id}",
+            idempotency_key=f"{profile.user_id}:{cj.name}:{inst.key}:{inst.run}:{inst.visit}:{message_id}",
             at=run.now,
             user=profile.user_id, journey=cj.name, key=inst.key or None, state=state, message=message_id,
             channel=msg.channel, locale=locale,
             context={"traits": dict(profile.traits), "metrics": profile.metrics, "user_id": profile.user_id,
+                     "segments": list(profile.segments),
                      "journey": {"name": cj.name, "key": inst.key or None, "data": inst.data},
                      "message": {"id": message_id, "channel": msg.channel}}))
 
@@ -899,14 +965,14 @@ class Engine:
         if not due:
             return
         profile.deferred = [d for d in profile.deferred if d.due > run.now] or None
-        for d in due:
-            inst = profile.instances.get((d.journey, d.key))
-            if inst is None:  # _exit suppresses a leaver's sends; this catches any other way out
+        for d in due:  # what leaving cancels was dropped then: what is left goes, its run ended or not
+            cj = self.cw.journeys.get(d.journey)
+            if cj is None or d.message not in self.messages:  # no longer in the workspace
                 run.out.records.append(trace.message("message_suppressed", run.now, profile.user_id, d.journey,
-                                                     d.key or None, d.state, d.message,
-                                                     self.messages[d.message].channel, None, reason="left_journey"))
+                                                     d.key or None, d.state, d.message, None, None,
+                                                     reason="version"))
                 continue
-            self._deliver(run, self.cw.journeys[d.journey], inst, d.message, d.state, deferred=True)
+            self._deliver(run, cj, d, d.message, d.state, deferred=True, due=d.due)
 
     # --- scheduling ---------------------------------------------------------------------------
 
@@ -988,7 +1054,7 @@ class Engine:
     def _rng(self, run: _Run, inst: Instance, purpose: str) -> random.Random:
         """A generator per decision: the same seed and user give the same choice, whatever the others do."""
         return random.Random(
-            f"{self.seed}:{run.profile.user_id}:{inst.journey}:{inst.key}:{_entry_id(inst)}:{inst.visit}:{purpose}")
+            f"{self.seed}:{run.profile.user_id}:{inst.journey}:{inst.key}:{inst.run}:{inst.visit}:{purpose}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1022,9 +1088,18 @@ def _attribute(inst: Instance, arm: str, at: datetime) -> None:
         inst.sent.append(choice)
 
 
-def _entry_id(inst: Instance) -> int:
-    """Which run through the journey: a re-entry is a new run, with new send keys and new draws."""
-    return int(inst.entered_at.timestamp() * 1000)
+def _blank(profile: Profile) -> bool:
+    """A user the engine has not seen yet: nothing about them is stored."""
+    return (not profile.traits and not profile.metric_values and not profile.segments and profile.entries is None
+            and profile.for_since is None and not profile.instances and profile.windows is None)
+
+
+def _span(duration: timedelta) -> str:
+    seconds = int(duration.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _str(value: Any) -> str | None:

@@ -22,11 +22,11 @@ InstanceKey = tuple[str, str]  # (journey, key); key is "" for unkeyed journeys
 class Instance:
     """One user's (or one user × key's) run through a journey."""
 
-    __slots__ = ("data", "entered_at", "holdout", "journey", "key", "sent", "state", "state_entered_at",
+    __slots__ = ("data", "entered_at", "holdout", "journey", "key", "run", "sent", "state", "state_entered_at",
                  "timers", "version", "visit")
 
     def __init__(self, *, journey: str, version: str, key: str, state: str, entered_at: datetime,
-                 data: dict[str, Any], holdout: bool) -> None:
+                 data: dict[str, Any], holdout: bool, run: int | None = None) -> None:
         self.journey = journey
         self.version = version
         self.key = key
@@ -35,6 +35,9 @@ class Instance:
         self.state_entered_at = entered_at
         self.data = data
         self.holdout = holdout
+        # which run through the journey, in its send keys and random draws: the entry time in milliseconds,
+        # one more than the last run's when two entries fall in the same millisecond (SPEC §3 item 12)
+        self.run = _millis(entered_at) if run is None else run
         self.visit = 0  # counts state visits: a timer or a send belongs to one visit
         self.timers: Sequence[tuple[datetime, int]] = ()  # (due, transition index in the current state)
         self.sent: list[tuple[str, datetime, str]] | None = None  # (message, at, state) for goal attribution
@@ -44,17 +47,27 @@ class Instance:
 
 
 class Deferred:
-    """A send held back by quiet hours, a window or send-time optimisation."""
+    """A send held back by quiet hours, a window or send-time optimisation.
 
-    __slots__ = ("due", "journey", "key", "message", "state", "visit")
+    It names the run and the state visit that made it, and keeps the run's entry data for its templates:
+    it may go out after the run has ended in a final state (SPEC §3 item 10)."""
 
-    def __init__(self, *, due: datetime, journey: str, key: str, state: str, message: str, visit: int) -> None:
+    __slots__ = ("data", "due", "journey", "key", "message", "run", "state", "visit")
+
+    def __init__(self, *, due: datetime, journey: str, key: str, state: str, message: str, visit: int, run: int,
+                 data: dict[str, Any]) -> None:
         self.due = due
         self.journey = journey
         self.key = key
         self.state = state
         self.message = message
         self.visit = visit
+        self.run = run
+        self.data = data
+
+
+def _millis(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
 
 
 # `segments_due_at` when no time-driven segment awaits an anchor, and before any has ever run

@@ -34,7 +34,7 @@ def transition(at: datetime, user: str, journey: str, key: str | None, src: str,
 
 
 def message(kind: str, at: datetime, user: str, journey: str, key: str | None, state: str | None, message_id: str,
-            channel: str, locale: str | None, **extra: Any) -> Record:
+            channel: str | None, locale: str | None, **extra: Any) -> Record:
     return {"kind": kind, "at": iso(at), "user": user, "journey": journey, "key": key, "state": state,
             "message": message_id, "channel": channel, "locale": locale, **extra}
 

@@ -242,7 +242,8 @@ def test_a_profile_with_every_field_set_survives_the_codec(names: codec.Names | 
     profile.windows = {"w": (1.5, 1.0, 2.5, 1.0)}
     profile.segments = ("a", "b")
     profile.for_since = {"a": at}
-    inst = Instance(journey="j", version="v1", key="k", state="s", entered_at=at, data={"x": 1}, holdout=True)
+    inst = Instance(journey="j", version="v1", key="k", state="s", entered_at=at, data={"x": 1}, holdout=True,
+                    run=42)
     inst.timers = ((at, 1),)
     inst.sent = [("m", at, "s")]
     inst.visit = 3
@@ -250,7 +251,8 @@ def test_a_profile_with_every_field_set_survives_the_codec(names: codec.Names | 
     profile.entries = ("j", "k", 1.5, "i", "", 2.5)
     profile.ledger = ((1.5, "email"),)
     profile.choices = {"news": False}
-    profile.deferred = [Deferred(due=at, journey="j", key="k", state="s", message="m", visit=3)]
+    profile.deferred = [Deferred(due=at, journey="j", key="k", state="s", message="m", visit=3, run=7,
+                                 data={"x": 1})]
     profile.engagements = [1.0, 2.0]
     profile.wake = at
     profile.segments_due_at = 12.5
