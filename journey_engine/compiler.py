@@ -7,7 +7,7 @@ raise WorkspaceError with every problem at once, or return a `CompiledWorkspace`
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import Problem, WorkspaceError
@@ -83,7 +83,9 @@ def compile_workspace(ws: Workspace) -> CompiledWorkspace:
         if text is None:
             return None
         try:
-            return compiler.compile(text)
+            compiled = compiler.compile(text)
+            at = ws.problem(kind, name, path, "")
+            return replace(compiled, where=f"{at.file}:{at.line}")
         except UnknownDeclaration as exc:
             if not ws.unparsed:  # else the name may be declared in the file that does not parse
                 problems.append(ws.problem(kind, name, path, str(exc)))
@@ -146,12 +148,12 @@ def _template_problems(ws: Workspace, renderer: Renderer, name: str, where: Path
                        content: Message | Translation) -> list[Problem]:
     """Every template of a message or of one of its translations that does not parse, at its own key."""
     found = []
-    for field_name in ("subject", "title", "body", "template"):
-        source = getattr(content, field_name)
+    for field_name in ("subject", "title", "body", "template", "url"):
+        source = getattr(content, field_name, None)
         if source is None:
             continue
         text = ws.templates.get(source, "") if field_name == "template" else source
-        error = renderer.check(text)
+        error = renderer.check(text, ws.metrics)
         if error:
             found.append(ws.problem("messages", name, (*where, field_name), f"template: {error}"))
     return found

@@ -25,6 +25,7 @@ from .model import DEFAULT_EXPIRY, AttributeTime, Choose, Message, State, Transi
 from .policies import ADDRESS, Decision, decide, resolve_zone
 from .policies import best_hour as learned_hour
 from .profile import UNSETTLED, Deferred, Instance, InstanceKey, Profile
+from .rules import RULE_ERRORS
 from .selection import choose_best, choose_first, choose_random, split_bandit, split_random
 from .trace import Record
 
@@ -123,12 +124,13 @@ class Outcome:
 class _Run:
     """The working set of one call: the profile, the clock, the evaluation scope, what happened."""
 
-    __slots__ = ("changed", "due", "entered", "event", "made", "now", "out", "profile", "scope")
+    __slots__ = ("changed", "current", "due", "entered", "event", "made", "now", "out", "profile", "scope")
 
     def __init__(self, profile: Profile, now: datetime, event: Event | None = None) -> None:
         self.profile = profile
         self.now = now
-        self.due = now  # when the step at work should have happened: its sends expire from then
+        self.due = now  # when the step at work should have happened: its sends expire from then ...
+        self.current = now  # ... against the time it really is (later than `now` when catching up)
         self.event = event
         self.out = Outcome()
         self.changed = False
@@ -276,11 +278,16 @@ class Engine:
         self._settle(run)
         return run.out
 
-    def wake(self, profile: Profile, now: datetime) -> Outcome:
-        """Everything that falls due for this user at `now`: windows, `for:`, timers, deferred sends."""
+    def wake(self, profile: Profile, now: datetime, *, current: datetime | None = None) -> Outcome:
+        """Everything that falls due for this user at `now`: windows, `for:`, timers, deferred sends.
+
+        `current` is the time it really is when that is later than `now`: a service catching up after it
+        was down wakes users at their due times, and what they would be sent expires by `current`."""
         run = _Run(profile, now)
+        if current is not None and current > now:
+            run.current = current
         if profile.wake_at is not None and profile.wake_at < clock.epoch(now):
-            run.due = datetime.fromtimestamp(profile.wake_at, UTC)  # late: the engine was down or behind
+            run.due = datetime.fromtimestamp(profile.wake_at, UTC)  # woken late
         self._wake(run)
         self._settle(run)
         return run.out
@@ -845,10 +852,10 @@ class Engine:
             return False
         due = run.due if due is None else due
         expiry = msg.expiry(self.expiry)
-        if expiry is not None and run.now - due > expiry:
+        if expiry is not None and run.current - due > expiry:
             run.out.records.append(trace.message(
                 "message_suppressed", *base, None, reason="expired", due=trace.iso(due),
-                why=f"due at {trace.iso(due)}, more than {_span(expiry)} ago: the engine was down or behind"))
+                why=f"due at {trace.iso(due)}, more than {_span(expiry)} before {trace.iso(run.current)}"))
             return False
         decision = self._decide(run, msg, deferred)
         if decision.action == "suppress":
@@ -938,7 +945,8 @@ class Engine:
     def render(self, send: SendMessage) -> RenderedMessage:
         """The message's subject, title and body for this send, in its locale (raises TemplateError)."""
         msg = self.messages[send.message]
-        content = {"subject": msg.subject, "title": msg.title, "body": self._body(msg.body, msg.template)}
+        content = {"subject": msg.subject, "title": msg.title, "body": self._body(msg.body, msg.template),
+                   "url": msg.url}  # a url is a template too (SPEC §3 item 9)
         tr = msg.translations.get(send.locale) if send.locale else None
         if tr is not None:
             content.update({k: v for k, v in (("subject", tr.subject), ("title", tr.title),
@@ -947,7 +955,7 @@ class Engine:
         done = {k: render(v, send.context, now=send.at, html=(k == "body" and msg.channel == "email"))
                 for k, v in content.items() if v}
         return RenderedMessage(subject=done.get("subject"), title=done.get("title"), body=done.get("body", ""),
-                               url=msg.url)
+                               url=done.get("url"))
 
     def _body(self, body: str | None, template: str | None) -> str | None:
         return self.cw.workspace.templates.get(template, "") if template else body
@@ -977,7 +985,19 @@ class Engine:
     # --- scheduling ---------------------------------------------------------------------------
 
     def _settle(self, run: _Run) -> None:
-        """Fire whatever is already due (timers at `now`), then compute the user's next wake-up."""
+        """Fire whatever is already due (timers at `now`), compute the user's next wake-up, and trace the
+        rules that failed on the way."""
+        self._catch_up(run)
+        errors = run.scope.pop(RULE_ERRORS, None)
+        if errors:
+            seen: set[tuple[str, str]] = set()
+            for rule, error in errors:
+                if (rule.where, error) not in seen:
+                    seen.add((rule.where, error))
+                    run.out.records.append(trace.other("rule_error", run.now, run.profile.user_id, rule=rule.where,
+                                                       error=error, text=rule.text))
+
+    def _catch_up(self, run: _Run) -> None:
         now = clock.epoch(run.now)
         for _ in range(MAX_CHAIN):
             self._schedule(run)

@@ -30,6 +30,15 @@ _METRIC_TYPES = {"count": T.FLOAT, "sum": T.FLOAT, "last_seen": T.DATETIME, "fir
                  "last": T.UNDEFINED}
 
 
+# where a rule that failed at run time is noted in the scope it was evaluated with: (rule, error text)
+RULE_ERRORS = "!errors"
+
+
+def _error_text(exc: Exception) -> str:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return str(message)
+
+
 class RuleProblem(ValueError):
     """A rule that does not compile; the loader adds file, line and column."""
 
@@ -57,15 +66,19 @@ class CompiledRule:
     anchored: bool
     # how it reads each metric: comparisons with numbers, or None (any other way; see rulecompile.thresholds)
     thresholds: Mapping[str, tuple[Threshold, ...] | None] = field(default_factory=dict)
+    where: str = ""  # file:line of the rule, for `rule_error` records
 
     def __call__(self, scope: Scope, now: datetime) -> bool:
-        """True when the rule holds; an evaluation error (a trait of the wrong type) counts as False."""
+        """True when the rule holds. An evaluation error (a trait of the wrong type) counts as False and is
+        noted in the scope under RULE_ERRORS, when the scope is a dict, for the caller to trace."""
         try:
             if self.fast is not None:
                 return bool(self.fast(scope, now))
             self.clock.now = now
             return bool(self.rule.matches(_rule_engine_view(scope)))
-        except (rule_engine.EngineError, TypeError, ValueError, ArithmeticError):
+        except (rule_engine.EngineError, TypeError, ValueError, ArithmeticError) as exc:
+            if isinstance(scope, dict):
+                scope.setdefault(RULE_ERRORS, []).append((self, _error_text(exc)))
             return False
 
     def next_change(self, scope: Scope, now: datetime) -> datetime | None:

@@ -359,10 +359,10 @@ class Runtime:
             out.extend(self.engine.merge(profile, old, now))
 
     def _catch_up(self, profile: Profile, now: datetime, out: Outcome) -> None:
-        """Whatever fell due for this user before `now`, at its own time."""
+        """Whatever fell due for this user before `now`, at its own time; its sends expire by `now`."""
         now_s = clock.epoch(now)
         while profile.wake_at is not None and profile.wake_at <= now_s:
-            out.extend(self.engine.wake(profile, datetime.fromtimestamp(profile.wake_at, UTC)))
+            out.extend(self.engine.wake(profile, datetime.fromtimestamp(profile.wake_at, UTC), current=now))
 
     def enroll(self, now: datetime, chunk: int = 500) -> Outcome:
         """Journeys loaded for the first time on this store that enter by segment take the users already
@@ -389,16 +389,18 @@ class Runtime:
         self._finish(batch, out)
         return out
 
-    def advance(self, until: datetime) -> Outcome:
-        """Fire everything due up to `until`, earliest first, committing round by round."""
+    def advance(self, until: datetime, *, late: bool = False) -> Outcome:
+        """Fire everything due up to `until`, earliest first, committing round by round. `late`: it is
+        `until` now (a service on the wall clock, or back after an outage), so what was due long before
+        is sent only within its expiry; otherwise time is simulated and everything fires on time."""
         total = Outcome()
         more = True
         while more:
-            out, more = self.advance_some(until, rounds=16)
+            out, more = self.advance_some(until, rounds=16, late=late)
             total.extend(out)
         return total
 
-    def advance_some(self, until: datetime, rounds: int) -> tuple[Outcome, bool]:
+    def advance_some(self, until: datetime, rounds: int, *, late: bool = False) -> tuple[Outcome, bool]:
         """At most `rounds` claims of what is due up to `until`; True when more may be due. A service
         calls this between batches of events, so a spike of timers neither stalls ingestion nor
         gathers every outcome in memory."""
@@ -417,7 +419,8 @@ class Runtime:
                 if profile is None or wake_at is None or wake_at > until_s:
                     batch.released.add(user)  # moved on since the index said so
                     continue
-                outcomes.append(self.engine.wake(profile, datetime.fromtimestamp(wake_at, UTC)))
+                outcomes.append(self.engine.wake(profile, datetime.fromtimestamp(wake_at, UTC),
+                                                 current=until if late else None))
                 batch.profiles[user] = profile
             out = outcomes[0] if len(outcomes) == 1 else _joined(outcomes)
             try:

@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .compiler import CompiledWorkspace, load_workspace
 from .errors import Problem, ScenarioError, did_you_mean
@@ -28,7 +28,15 @@ def _named(value: str) -> str:
     return value
 
 
-Name = Annotated[str, AfterValidator(_named)]  # a user id or an event name: the engine refuses empty ones
+def _id(value: Any) -> Any:
+    """A number is an id too, the same user as its decimal string (SPEC §3 item 14); true/false are not."""
+    if isinstance(value, bool):
+        raise ValueError(f"`{str(value).lower()}` is not an id: write a string or a number, quoted if need be")
+    return str(value) if isinstance(value, int) else value
+
+
+Name = Annotated[str, AfterValidator(_named)]  # an event name: the engine refuses empty ones
+Id = Annotated[str, BeforeValidator(_id), AfterValidator(_named)]  # a user id
 
 
 class _Step(BaseModel):
@@ -36,14 +44,14 @@ class _Step(BaseModel):
 
 
 class Identify(_Step):
-    identify: Name
+    identify: Id
     traits: dict[str, Any] = Field(default_factory=dict)
     message_id: str | None = None
     timestamp: datetime | None = None
 
 
 class Track(_Step):
-    track: Name
+    track: Id
     event: Name
     properties: dict[str, Any] = Field(default_factory=dict)
     message_id: str | None = None
@@ -51,8 +59,8 @@ class Track(_Step):
 
 
 class Alias(_Step):
-    alias: Name
-    previous_id: Name
+    alias: Id
+    previous_id: Id
     message_id: str | None = None
 
 
@@ -60,20 +68,34 @@ class Wait(_Step):
     wait: Duration
 
 
+class Outage(_Step):
+    outage: Duration
+
+
+class Rendered(_Step):
+    message: str
+    contains: str
+
+
 class Expectation(_Step):
-    user: Name
+    user: Id
     journey: str | None = None
-    key: str | None = None
+    key: Annotated[str | None, BeforeValidator(_id)] = None
     state: str | None = Field(None, description="null: not in the journey; left out: not checked")
     segments_include: list[str] = Field(default_factory=list)
     segments_exclude: list[str] = Field(default_factory=list)
     sent: list[str] | None = None
+    suppressed: list[str] | None = None
+    exited: str | None = Field(None, description="final, exit, goal, version; null: no run of it ended")
+    rendered: Rendered | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _state_of_a_journey(self) -> Expectation:
-        if self.journey is None and ("state" in self.model_fields_set or self.key is not None):
-            raise ValueError("`state` and `key` belong to a journey: add `journey: <name>`")
+        if self.journey is None and ({"state", "exited"} & self.model_fields_set or self.key is not None):
+            raise ValueError("`state`, `exited` and `key` belong to a journey: add `journey: <name>`")
+        if self.exited not in (None, "final", "exit", "goal", "version"):
+            raise ValueError("`exited` is one of final, exit, goal, version, or null")
         return self
 
 
@@ -82,7 +104,7 @@ class Expect(_Step):
 
 
 STEP_KINDS: dict[str, type[_Step]] = {"identify": Identify, "track": Track, "alias": Alias, "wait": Wait,
-                                      "expect": Expect}
+                                      "outage": Outage, "expect": Expect}
 
 
 class Scenario(BaseModel):
@@ -224,6 +246,8 @@ def _play(h: Harness, step: _Step, line: int, result: Result) -> None:
         h.alias(step.alias, step.previous_id, message_id=step.message_id)
     elif isinstance(step, Wait):
         h.wait(step.wait)
+    elif isinstance(step, Outage):
+        h.outage(step.outage)
     elif isinstance(step, Expect):
         result.expectations += 1
         failure = check(h, step.expect, line)
@@ -245,6 +269,16 @@ def check(h: Harness, e: Expectation, line: int) -> Failure | None:
         expected[f"in segment {name}"], actual[f"in segment {name}"] = False, name in segments
     if e.sent is not None:
         expected["sent"], actual["sent"] = e.sent, h.sent(e.user)
+    if e.suppressed is not None:
+        expected["suppressed"], actual["suppressed"] = e.suppressed, h.suppressed(e.user)
+    if e.journey is not None and "exited" in e.model_fields_set:
+        expected["exited"], actual["exited"] = e.exited, h.exited(e.user, e.journey, e.key)
+    if e.rendered is not None:
+        text = h.rendered(e.user, e.rendered.message)
+        name = f"rendered {e.rendered.message}"
+        expected[name] = f"contains {e.rendered.contains!r}"
+        actual[name] = expected[name] if text is not None and e.rendered.contains in text else (
+            "never sent" if text is None else text)
     metrics = h.metrics(e.user)
     for name, value in e.metrics.items():
         expected[f"metrics.{name}"], actual[f"metrics.{name}"] = value, _plain(metrics.get(name))

@@ -5,7 +5,7 @@ assignments are bounded; `'now' | date` reads the engine clock passed in, never 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Collection, Mapping, Set
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -17,6 +17,8 @@ from liquid.builtin.filters.misc import date as liquid_date
 from liquid.exceptions import LiquidError
 from liquid.filter import with_context
 from liquid.output import LimitedStringIO
+
+from .errors import did_you_mean
 
 _CACHE_SIZE = 1024
 _OUTPUT_LIMIT = 1_000_000  # bytes
@@ -84,17 +86,25 @@ class Renderer:
         except LiquidError as error:
             raise TemplateError(_describe(error, source)) from error
 
-    def check(self, source: str) -> TemplateProblem | None:
-        """The first syntax error or unknown filter in `source`, for the loader to report; else None."""
+    def check(self, source: str, metrics: Collection[str] = ()) -> TemplateProblem | None:
+        """The first syntax error, unknown filter, or variable outside what templates see (SPEC §3: `traits`,
+        `metrics` as declared, `segments`, `user_id`, `journey`, `message`), for the loader to report."""
         try:
             template = self._template(source, False)
         except LiquidError as error:
             return _problem(error, source)
+        analysis = template.analyze(include_partials=False)
         filters = self._environments[False].filters
-        for name, spans in template.analyze(include_partials=False).filters.items():
+        for name, spans in analysis.filters.items():
             if name not in filters:
                 line, column = _position(source, spans[0].index)
                 return TemplateProblem(line, column, f"unknown filter '{name}'")
+        for variables in analysis.globals.values():
+            for variable in variables:
+                message = _outside(list(variable.segments), metrics)
+                if message is not None:
+                    line, column = _position(source, variable.span.index)
+                    return TemplateProblem(line, column, message)
         return None
 
     def _template(self, source: str, html: bool) -> BoundTemplate:
@@ -106,6 +116,29 @@ class Renderer:
                 self._parsed.clear()
             template = self._parsed[(source, html)] = self._environments[html].from_string(source)
         return template
+
+
+# what a template's top-level names hold: the names below them it may read (None: any)
+_CONTEXT: dict[str, frozenset[str] | None] = {
+    "traits": None, "metrics": None, "segments": frozenset({"size", "first", "last"}),
+    "user_id": frozenset({"size"}), "journey": frozenset({"name", "key", "data"}),
+    "message": frozenset({"id", "channel"}), "now": frozenset(), "today": frozenset()}
+
+
+def _outside(path: list[object], metrics: Collection[str]) -> str | None:
+    """Why a variable path names nothing a template can see, or None when it is fine."""
+    root = str(path[0])
+    if root not in _CONTEXT:
+        return f"unknown variable `{root}`{did_you_mean(root, _CONTEXT)}"
+    if len(path) < 2 or not isinstance(path[1], str):
+        return None
+    name = path[1]
+    if root == "metrics" and name not in metrics:
+        return f"unknown metric `{name}`{did_you_mean(name, metrics)}: declare it under `metrics:`"
+    allowed = _CONTEXT[root]
+    if allowed is not None and name not in allowed:
+        return f"`{root}` has no `{name}`{did_you_mean(name, allowed)}"
+    return None
 
 
 def _environment(*, autoescape: bool) -> Environment:

@@ -104,6 +104,12 @@ class Harness:
         self.runtime.advance(self.clock.now + by)
         self.clock.advance(by)
 
+    def outage(self, duration: str | timedelta) -> None:
+        """The engine is down for `duration`: nothing fires meanwhile; on resume what fell due fires, as
+        after a restart (each at its due time), and sends older than their expiry are suppressed."""
+        self.clock.advance(parse_duration(duration))
+        self.runtime.advance(self.clock.now, late=True)
+
     # --- looking --------------------------------------------------------------------------------
 
     def state(self, user: str, journey: str, key: str | None = None) -> str | None:
@@ -121,9 +127,34 @@ class Harness:
 
     def sent(self, user: str, journey: str | None = None) -> list[str]:
         """Message ids sent to this user so far, in order (of one journey when named)."""
-        target = self.runtime.store.aliases([user]).get(user, user)
+        target = self._resolved(user)
         return [s.message for s in self.channel.sent
                 if s.user == target and (journey is None or s.journey == journey)]
+
+    def suppressed(self, user: str) -> list[str]:
+        """Message ids suppressed for this user so far, in order (whatever the reason)."""
+        return [r["message"] for r in self.records(self._resolved(user), "message_suppressed")]
+
+    def exited(self, user: str, journey: str, key: str | None = None) -> str | None:
+        """How this user's last run of the journey ended (final, exit, goal, version); None while a run is
+        in progress or when they never entered."""
+        if self.state(user, journey, key) is not None:
+            return None
+        ends = [r["reason"] for r in self.records(self._resolved(user), "journey_exited")
+                if r["journey"] == journey and r.get("key") == (key or None)]
+        return ends[-1] if ends else None
+
+    def rendered(self, user: str, message: str) -> str | None:
+        """The last send of `message` to this user as they read it (subject, title, body and url), or None."""
+        target = self._resolved(user)
+        sends = [s for s in self.channel.sent if s.user == target and s.message == message]
+        if not sends:
+            return None
+        done = self.engine.render(sends[-1])
+        return "\n".join(part for part in (done.subject, done.title, done.body, done.url) if part)
+
+    def _resolved(self, user: str) -> str:
+        return self.runtime.store.aliases([user]).get(user, user)
 
     def records(self, user: str | None = None, kind: str | None = None) -> list[Record]:
         return [r for r in self.trace if (user is None or r.get("user") == user)

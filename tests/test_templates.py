@@ -166,7 +166,7 @@ def test_filter_misuse_is_a_render_error_with_its_place(renderer: Renderer) -> N
 
 def test_check_accepts_good_templates(renderer: Renderer) -> None:
     """A template without mistakes has no problem."""
-    source = "Hi {{ traits.first_name | default: 'there' | upcase }}{% if x %}!{% endif %}"
+    source = "Hi {{ traits.first_name | default: 'there' | upcase }}{% if traits.vip %}!{% endif %}"
     assert renderer.check(source) is None
 
 

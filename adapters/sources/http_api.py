@@ -245,7 +245,7 @@ def drain_timers(worker: EngineWorker, runtime: Runtime, metrics: Any, clock: Ca
     """Fire everything due, a few claims per turn of the engine thread: events queued meanwhile go in between."""
     more = True
     while more:
-        outcome, more = worker.call(lambda: runtime.advance_some(clock(), rounds=4)).result()
+        outcome, more = worker.call(lambda: runtime.advance_some(clock(), rounds=4, late=True)).result()
         metrics.observe(outcome, 0, 0.0)
 
 
