@@ -969,7 +969,8 @@ class Engine:
         """Deferred sends that fall due are decided again: caps and subscriptions may have changed."""
         profile = run.profile
         assert profile.deferred is not None
-        due = sorted((d for d in profile.deferred if d.due <= run.now), key=lambda d: (d.due, d.message))
+        # those due together are tried by priority, then in the order they were held (SPEC §3 item 11)
+        due = sorted((d for d in profile.deferred if d.due <= run.now), key=self._deferred_order)
         if not due:
             return
         profile.deferred = [d for d in profile.deferred if d.due > run.now] or None
@@ -981,6 +982,10 @@ class Engine:
                                                      reason="version"))
                 continue
             self._deliver(run, cj, d, d.message, d.state, deferred=True, due=d.due)
+
+    def _deferred_order(self, d: Deferred) -> tuple[datetime, int]:
+        msg = self.messages.get(d.message)
+        return d.due, -msg.priority if msg is not None else 0
 
     # --- scheduling ---------------------------------------------------------------------------
 
