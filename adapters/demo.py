@@ -88,6 +88,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from adapters.storage.sql import SqlStore
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Engine, Outcome, SendMessage
 from journey_engine.events import Event
@@ -1142,6 +1143,8 @@ def run_demo(compiled: CompiledWorkspace, store: Store | None = None, *, users: 
     began = time.perf_counter()
     population = Population(compiled, users=users, days=days, seed=seed, start=start)
     target: Store = store if store is not None else MemoryStore()
+    if isinstance(target, SqlStore):
+        target.mark_simulated("journey demo")  # its outbox holds simulated sends: `serve` must never send them
     watched = _Watched(target)
     runtime = Runtime(Engine(compiled, seed=seed), watched,  # type: ignore[arg-type]
                       claim=1 if isinstance(target, MemoryStore) else 500)

@@ -236,7 +236,8 @@ class Engine:
         self.seed = seed
         self.policies = compiled.workspace.policies
         self.messages = compiled.workspace.messages
-        self.expiry = self.policies.expires if "expires" in self.policies.model_fields_set else send_expiry
+        default = self.policies.expires if "expires" in self.policies.model_fields_set else send_expiry
+        self.expiries = {name: msg.expiry(default) for name, msg in self.messages.items()}  # None: never
         # what a transactional message is decided under: no quiet hours, no caps
         self._transactional = self.policies.model_copy(update={"quiet_hours": None, "frequency_caps": []})
         self.bandits: dict[tuple[str, str], Stats] = {}
@@ -851,7 +852,7 @@ class Engine:
             run.out.records.append(trace.message("message_suppressed", *base, None, reason="holdout"))
             return False
         due = run.due if due is None else due
-        expiry = msg.expiry(self.expiry)
+        expiry = self.expiries[message_id]
         if expiry is not None and run.current - due > expiry:
             run.out.records.append(trace.message(
                 "message_suppressed", *base, None, reason="expired", due=trace.iso(due),

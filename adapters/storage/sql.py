@@ -56,6 +56,7 @@ from .tables import (
     ProfileRow,
     SegmentHistoryRow,
     StateCountRow,
+    StoreFactRow,
     TraceRow,
 )
 
@@ -100,8 +101,10 @@ bandit_t = BanditRow.__table__
 history_t = SegmentHistoryRow.__table__
 erased_t = ErasedRow.__table__
 enrolled_t = EnrolledRow.__table__
+facts_t = StoreFactRow.__table__
 counts_t = StateCountRow.__table__
-_TABLES = (profiles_t, aliases_t, processed_t, trace_t, outbox_t, bandit_t, history_t, erased_t, enrolled_t, counts_t)
+_TABLES = (profiles_t, aliases_t, processed_t, trace_t, outbox_t, bandit_t, history_t, erased_t, enrolled_t, counts_t,
+           facts_t)
 
 
 def normalise_url(url: str) -> str:
@@ -313,6 +316,18 @@ class SqlStore:
     def enrolled(self) -> set[str]:
         with self._reading() as conn:
             return set(conn.execute(sa.select(enrolled_t.c.journey)).scalars())
+
+    def mark_simulated(self, by: str) -> None:
+        """Note that this database holds a simulation (`journey demo`, `bench`): its sends never go out."""
+        with self._tx() as conn:
+            self._upsert(conn, facts_t, [{"name": "simulated", "value": by, "at": self.wall()}], ["name"],
+                         ["value", "at"])
+
+    def simulated(self) -> str | None:
+        """The command whose simulation wrote this database, or None for a real one."""
+        with self._reading() as conn:
+            value = conn.execute(sa.select(facts_t.c.value).where(facts_t.c.name == "simulated")).scalar()
+        return None if value is None else str(value)
 
     def segment_members(self, segment: str, after: str | None, limit: int) -> list[str]:
         """From the open rows of segment_history (kept with every commit's segment records)."""

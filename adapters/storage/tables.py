@@ -103,6 +103,15 @@ class EnrolledRow(SQLModel, table=True):
     at: float  # the store's wall clock
 
 
+class StoreFactRow(SQLModel, table=True):
+    """Facts about the database itself: `simulated` names the command whose simulation wrote it."""
+
+    __tablename__ = "store_facts"
+    name: str = Field(primary_key=True)
+    value: str
+    at: float  # the store's wall clock
+
+
 class ErasedRow(SQLModel, table=True):
     """Users erased on request: later events for these ids are dropped."""
 
