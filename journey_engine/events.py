@@ -51,6 +51,13 @@ def _reduce(event: Event) -> tuple[Callable[..., Event], tuple[Any, ...]]:
 copyreg.pickle(Event, _reduce)
 
 
+def json_type(value: Any) -> str:
+    """How a JSON value's type is called in an error message."""
+    if isinstance(value, bool):
+        return "true/false"
+    return {dict: "an object", list: "a list", float: "a decimal number"}.get(type(value), type(value).__name__)
+
+
 def parse_datetime(value: str) -> datetime | None:
     """An aware UTC datetime from an ISO-8601 string, or None when it is not one."""
     if not _ISO.match(value):
@@ -100,11 +107,13 @@ def event_from_segment(raw: Mapping[str, Any], *, default_time: datetime) -> Eve
     kind = raw.get("type", "track")
     if kind not in _TYPES:
         raise InvalidEventError("type", f"must be one of {', '.join(_TYPES)}, not {kind!r}")
-    user = raw.get("userId") or raw.get("anonymousId")
+    # a number is an id, the same user as its decimal string, 0 included (SPEC §3 item 14)
+    field_name = "userId" if raw.get("userId") not in (None, "") else "anonymousId"
+    user = raw.get(field_name)
     if user is None or user == "":
         raise InvalidEventError("userId", "every event needs `userId` or `anonymousId`")
     if not isinstance(user, str | int) or isinstance(user, bool):
-        raise InvalidEventError("userId", "must be a string")
+        raise InvalidEventError(field_name, f"must be a string or a number, not {json_type(user)}")
     name = _NAMES.get(kind, raw.get("event"))  # only a track call names its event; others ignore `event`
     if kind == "track" and (not isinstance(name, str) or not name):
         raise InvalidEventError("event", "a track call needs the event name in `event`, a non-empty string")
@@ -119,15 +128,15 @@ def event_from_segment(raw: Mapping[str, Any], *, default_time: datetime) -> Eve
         if not isinstance(value, Mapping):
             raise InvalidEventError(field_name, "must be an object")
     previous = raw.get("previousId")
-    if kind == "alias" and not previous:
+    if kind == "alias" and (previous is None or previous == ""):
         raise InvalidEventError("previousId", "an alias call needs `previousId`")
     if previous is not None and (not isinstance(previous, str | int) or isinstance(previous, bool)):
-        raise InvalidEventError("previousId", "must be a string")
+        raise InvalidEventError("previousId", f"must be a string or a number, not {json_type(previous)}")
     message_id = raw.get("messageId")
     return Event(type=kind, user_id=str(user), timestamp=timestamp, name=name,
                  properties=with_datetimes(properties), traits=with_datetimes(traits or {}),
                  message_id=str(message_id) if message_id is not None else None,
-                 previous_id=str(previous) if previous else None)
+                 previous_id=None if previous is None or previous == "" else str(previous))
 
 
 def corrected_time(raw: Mapping[str, Any], *, received_at: datetime, sent_at: Any = None,

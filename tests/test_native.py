@@ -61,7 +61,7 @@ def test_a_stale_missing_or_refused_build_leaves_python_running(tmp_path: Path, 
 
 
 def test_fields_lists_a_plain_data_class_compiled_or_not() -> None:
-    assert set(native.fields(Instance)) == {"data", "entered_at", "holdout", "journey", "key", "sent", "state",
+    assert set(native.fields(Instance)) == {"data", "entered_at", "holdout", "journey", "key", "run", "sent", "state",
                                             "state_entered_at", "timers", "version", "visit"}
     assert set(native.fields(SendMessage)) == {"idempotency_key", "at", "user", "journey", "key", "state", "message",
                                                "channel", "locale", "context"}

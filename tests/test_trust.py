@@ -352,3 +352,47 @@ messages:
     h.track("u1", "Checkout Started")
     h.wait("30d")
     assert h.sent("u1") == ["reminder_push"]
+
+
+@pytest.mark.parametrize(("raw", "user", "previous"), [
+    ({"type": "track", "userId": 0, "event": "Go"}, "0", None),
+    ({"type": "track", "userId": None, "anonymousId": 42, "event": "Go"}, "42", None),
+    ({"type": "alias", "userId": 7, "previousId": 0}, "7", "0"),
+], ids=["zero", "numeric-anonymous", "numeric-alias"])
+def test_a_number_is_an_id_wherever_an_id_is(raw: dict[str, object], user: str, previous: str | None) -> None:
+    """`userId: 0` is the user "0", not a missing id (SPEC §3 item 14)."""
+    from datetime import UTC, datetime
+
+    from journey_engine.events import event_from_segment
+    event = event_from_segment(raw, default_time=datetime(2026, 1, 5, tzinfo=UTC))
+    assert (event.user_id, event.previous_id) == (user, previous)
+
+
+def test_true_or_false_is_refused_as_an_id_naming_the_field() -> None:
+    """`userId: false` gets an error that names the field and says what an id is."""
+    from datetime import UTC, datetime
+
+    from journey_engine.errors import InvalidEventError
+    from journey_engine.events import event_from_segment
+    with pytest.raises(InvalidEventError, match="userId: must be a string or a number, not true/false"):
+        event_from_segment({"type": "track", "userId": False, "event": "Go"}, default_time=datetime(2026, 1, 5,
+                                                                                                     tzinfo=UTC))
+
+
+def test_a_scenario_takes_numeric_user_ids_as_their_decimal_strings(tmp_path: Path) -> None:
+    """`track: 1` in a scenario is the user "1", the same one `expect: {user: "1"}` looks at."""
+    from journey_engine.simulation import load_scenario, run_scenario
+    harness(tmp_path, RECEIPT.replace('    send_at: {window: "09:00-10:00"}\n', ""))
+    (tmp_path / "scenarios").mkdir()
+    (tmp_path / "scenarios" / "s.yaml").write_text("""scenario: numeric ids
+workspace: ..
+start: 2026-01-05T10:00:00Z
+steps:
+  - identify: 1
+    traits: {email: a@example.com}
+  - track: 1
+    event: Order Completed
+  - expect: {user: "1", journey: buy, state: null, exited: final, sent: [thanks_email]}
+""")
+    result = run_scenario(load_scenario(tmp_path / "scenarios" / "s.yaml"))
+    assert result.passed, [f.describe("s.yaml") for f in result.failures]
