@@ -329,6 +329,8 @@ class Engine:
         """alias: fold the anonymous profile `other` into `into`, journeys and metrics included."""
         run = _Run(into, now)
         run.out.records.append(trace.other("alias_merged", now, into.user_id, previous_id=other.user_id))
+        for name in other.segments:  # the anonymous id ceases to exist: its memberships end
+            run.out.records.append(trace.segment("segment_left", now, other.user_id, name))
         into.traits.update({k: v for k, v in other.traits.items() if k not in into.traits})
         self.cw.metrics.merge(into, other, now)
         taken = [key for key in other.instances if key not in into.instances]
