@@ -276,8 +276,12 @@ class Runtime:
     """Feeds events and the passing of time to an engine through a store, one commit per batch."""
 
     def __init__(self, engine: Engine, store: Store | None = None,
-                 sink: Callable[[Outcome], None] | None = None, *, claim: int = 1, part: Part | None = None) -> None:
+                 sink: Callable[[Outcome], None] | None = None, *, claim: int = 1, part: Part | None = None,
+                 live: bool = False) -> None:
+        """`live`: `now` is the wall clock (a service), so what fell due long before it is late and its sends
+        expire; otherwise time is simulated or replayed, and the batching of a replay is never lateness."""
         self.engine = engine
+        self.live = live
         self.store: Store = store if store is not None else MemoryStore()
         self.sink = sink
         self.claim = claim  # users claimed per round in `advance`; 1 keeps strict time order
@@ -359,10 +363,11 @@ class Runtime:
             out.extend(self.engine.merge(profile, old, now))
 
     def _catch_up(self, profile: Profile, now: datetime, out: Outcome) -> None:
-        """Whatever fell due for this user before `now`, at its own time; its sends expire by `now`."""
+        """Whatever fell due for this user before `now`, at its own time (live: its sends expire by `now`)."""
         now_s = clock.epoch(now)
+        current = now if self.live else None
         while profile.wake_at is not None and profile.wake_at <= now_s:
-            out.extend(self.engine.wake(profile, datetime.fromtimestamp(profile.wake_at, UTC), current=now))
+            out.extend(self.engine.wake(profile, datetime.fromtimestamp(profile.wake_at, UTC), current=current))
 
     def enroll(self, now: datetime, chunk: int = 500) -> Outcome:
         """Journeys loaded for the first time on this store that enter by segment take the users already
@@ -389,10 +394,10 @@ class Runtime:
         self._finish(batch, out)
         return out
 
-    def advance(self, until: datetime, *, late: bool = False) -> Outcome:
-        """Fire everything due up to `until`, earliest first, committing round by round. `late`: it is
-        `until` now (a service on the wall clock, or back after an outage), so what was due long before
-        is sent only within its expiry; otherwise time is simulated and everything fires on time."""
+    def advance(self, until: datetime, *, late: bool | None = None) -> Outcome:
+        """Fire everything due up to `until`, earliest first, committing round by round. `late` (default:
+        `live`): it is `until` now (a service on the wall clock, or back after an outage), so what was due
+        long before is sent only within its expiry; otherwise everything fires on time."""
         total = Outcome()
         more = True
         while more:
@@ -400,12 +405,13 @@ class Runtime:
             total.extend(out)
         return total
 
-    def advance_some(self, until: datetime, rounds: int, *, late: bool = False) -> tuple[Outcome, bool]:
+    def advance_some(self, until: datetime, rounds: int, *, late: bool | None = None) -> tuple[Outcome, bool]:
         """At most `rounds` claims of what is due up to `until`; True when more may be due. A service
         calls this between batches of events, so a spike of timers neither stalls ingestion nor
         gathers every outcome in memory."""
         total = Outcome()
         until_s = clock.epoch(until)
+        current = until if (self.live if late is None else late) else None
         for _ in range(rounds):
             due = self.store.due(until, self.claim, self.part)
             if not due:
@@ -419,8 +425,7 @@ class Runtime:
                 if profile is None or wake_at is None or wake_at > until_s:
                     batch.released.add(user)  # moved on since the index said so
                     continue
-                outcomes.append(self.engine.wake(profile, datetime.fromtimestamp(wake_at, UTC),
-                                                 current=until if late else None))
+                outcomes.append(self.engine.wake(profile, datetime.fromtimestamp(wake_at, UTC), current=current))
                 batch.profiles[user] = profile
             out = outcomes[0] if len(outcomes) == 1 else _joined(outcomes)
             try:
