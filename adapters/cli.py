@@ -486,6 +486,24 @@ def user(user_id: Annotated[str, typer.Argument(help="the user id")], database: 
 
 
 @app.command()
+def erase(user_id: Annotated[str, typer.Argument(help="the user id")], database: DatabaseOpt = None) -> None:
+    """Erase a user everywhere, as DELETE /v1/users/{id} does: profile, journeys, timers, pending sends,
+    trace; later events for the id are dropped. Exit 0 when erased, 1 when no such user was stored."""
+    store = _open_store(database)
+    try:
+        erased = store.erase(user_id, datetime.now(UTC))
+    finally:
+        store.close()
+    if not erased:
+        from rich.markup import escape
+
+        err.print(f"[red]no user `{escape(user_id)}` in {_database(database)}[/red] (later events for the id "
+                  "are dropped all the same)", soft_wrap=True)
+        raise typer.Exit(1)
+    out.print(f"erased `{user_id}`", markup=False)
+
+
+@app.command()
 def report(journey: Annotated[str | None, typer.Argument(help="one journey (default: all)")] = None,
            html: Annotated[Path | None, typer.Option(help="also write one self-contained HTML file")] = None,
            database: DatabaseOpt = None, workspace: WorkspaceOpt = None) -> None:

@@ -392,7 +392,7 @@ def _engine_process(folder: str, url: str, index: int, count: int, settings: Set
     replies.put(("ready", index, None))
     jobs: dict[str, Callable[[Any], Future[Any]]] = {
         "events": worker.submit,
-        "timers": lambda _: side.submit(drain_timers, worker, runtime, tally, clock),  # type: ignore[arg-type]
+        "timers": lambda _: side.submit(drain_timers, worker, tally),
         "enroll": lambda _: worker.call(lambda: _observed(tally, runtime.enroll(clock()))),
         "erase": lambda user: worker.call(lambda: store.erase(user, clock())),
         "advance": lambda until: worker.call(lambda: _observed(tally, runtime.advance(until))),
