@@ -8,6 +8,7 @@ import base64
 import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -248,27 +249,27 @@ def test_healthz_is_503_naming_the_store_while_the_database_is_locked(store: Sql
         assert client.get("/healthz").json()["ok"] is True
 
 
-class _locked:
+@contextmanager
+def _locked(store: SqlStore, tmp_path: Path) -> Iterator[None]:
     """Another connection holding the lock every write needs: BEGIN EXCLUSIVE on SQLite, an exclusive
     table lock on PostgreSQL."""
-
-    def __init__(self, store: SqlStore, tmp_path: Path) -> None:
-        self.store, self.path = store, tmp_path / "trust.db"
-        self.undo: Any = None
-
-    def __enter__(self) -> None:
-        if self.store.dialect == "sqlite":
-            other = sqlite3.connect(self.path, isolation_level=None)
-            other.execute("BEGIN EXCLUSIVE")
-            self.undo = lambda: (other.execute("ROLLBACK"), other.close())
-        else:
-            engine = sa.create_engine(self.store.url)
-            conn = engine.connect()
+    if store.dialect == "sqlite":
+        other = sqlite3.connect(tmp_path / "trust.db", isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        return
+    engine = sa.create_engine(store.url)
+    try:
+        with engine.connect() as conn:
             conn.execute(sa.text("LOCK TABLE trace IN ACCESS EXCLUSIVE MODE"))
-            self.undo = lambda: (conn.rollback(), conn.close(), engine.dispose())
-
-    def __exit__(self, *_: object) -> None:
-        self.undo()
+            yield
+            conn.rollback()
+    finally:
+        engine.dispose()
 
 
 def test_healthz_is_503_while_the_sqlite_database_is_full(tmp_path: Path) -> None:

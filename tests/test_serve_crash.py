@@ -231,6 +231,7 @@ def _waiting(engine: sa.Engine) -> int:
 
 def _entries_and_timers(engine: sa.Engine) -> tuple[int, int]:
     with engine.connect() as conn:
-        counts = dict(conn.execute(sa.text("SELECT kind, count(*) FROM trace WHERE kind IN "
-                                           "('journey_entered', 'transition') GROUP BY kind")).all())
+        rows = conn.execute(sa.text("SELECT kind, count(*) FROM trace WHERE kind IN ('journey_entered', "
+                                    "'transition') GROUP BY kind")).all()
+    counts: dict[str, int] = {kind: n for kind, n in rows}
     return counts.get("journey_entered", 0), counts.get("transition", 0)

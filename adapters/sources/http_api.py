@@ -262,7 +262,7 @@ class EngineWorker:
             raise
         except Exception as exc:
             if len(items) == 1:
-                log.exception("isolated %r", items[0])
+                log.exception("isolated %r: it fails even alone", items[0])
                 return [(0, exc)]
         middle = len(items) // 2
         return self._halve(items[:middle], apply) + [(middle + i, e) for i, e in self._halve(items[middle:], apply)]
