@@ -365,7 +365,10 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
                                "load is reported and the running one kept)")] = False,
           workers: Annotated[int, typer.Option(
               help="engine processes, each owning a partition of the users (use the cores: one engine "
-                   "process runs on one)")] = 1) -> None:
+                   "process runs on one)")] = 1,
+          allow_simulated: Annotated[bool, typer.Option(
+              "--allow-simulated", help="serve a database written by `journey demo` or `bench`, sending "
+                                        "through the console channel only")] = False) -> None:
     """The HTTP API, the engine worker and its timers on the configured store (embedded SQLite by default)."""
     import logging
 
@@ -381,6 +384,8 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
         channels = build_channels(ChannelSettings.from_env())
         window = parse_duration(trigger_window or os.environ.get("JOURNEY_TRIGGER_WINDOW") or "24h")
         limit = queue_limit or int(os.environ.get("JOURNEY_QUEUE_LIMIT") or 50_000)
+        expiry_text = os.environ.get("JOURNEY_SEND_EXPIRY") or "24h"
+        expiry = None if expiry_text.strip() == "never" else parse_duration(expiry_text)
     except (ChannelConfigError, ValueError) as exc:
         err.print(f"[red]{exc}[/red]", soft_wrap=True)
         raise typer.Exit(1) from None
@@ -390,6 +395,18 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
     folder = _workspace(workspace)
     compiled = _load(folder, long_running=True)
     store = _open_store(database, compiled.metrics.defaults)
+    simulated = store.simulated()
+    if simulated is not None:
+        if not allow_simulated:
+            store.close()
+            err.print(f"[red]{_database(database)} was written by `{simulated}`: its timers and outbox hold "
+                      "simulated sends to made-up people, and serving it would send them. Point "
+                      "JOURNEY_DATABASE_URL (or --database) at a real database, or pass --allow-simulated to "
+                      "serve it with every channel printing to the console.[/red]", soft_wrap=True)
+            raise typer.Exit(1)
+        err.print(f"[yellow]a database written by `{simulated}`: every channel prints to the console[/yellow]")
+        channels = build_channels(ChannelSettings())
+    _overdue(store)
     keys = [k.strip() for k in (write_keys or os.environ.get("JOURNEY_WRITE_KEYS", "")).split(",") if k.strip()]
     admin = admin_key or os.environ.get("JOURNEY_ADMIN_KEY") or None
     if not keys:
@@ -399,7 +416,7 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
     for advice in store.advice():
         err.print(f"[yellow]{advice}[/yellow]", soft_wrap=True)
     settings = Settings(write_keys=keys, admin_key=admin, tick=float(os.environ.get("JOURNEY_TICK_SECONDS", "1")),
-                        trigger_window=window, queue_limit=limit)
+                        trigger_window=window, queue_limit=limit, send_expiry=expiry)
     engines = f"  {workers} engine processes" if workers > 1 else ""
     err.print(f"journey-engine on http://{host}:{port}  workspace {folder}  database {_database(database)}{engines}")
     try:
@@ -412,6 +429,18 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
             compiled = changed() if changed is not None else None
     finally:
         store.close()
+
+
+def _overdue(store: Any) -> None:
+    """Say what fell due while the service was down: it fires now, a few rounds between batches of events,
+    and sends older than their expiry are suppressed `expired` (/metrics: journey_timers_due)."""
+    now = datetime.now(UTC)
+    count, earliest = store.overdue(now)
+    if count and earliest is not None:
+        late = now - earliest
+        err.print(f"{count} user(s) have timers or deferred sends overdue, the oldest by {late}: they fire now, "
+                  "between requests; what would go out more than its expiry late is suppressed `expired`",
+                  soft_wrap=True)
 
 
 def _watch(folder: Path, server: Any) -> Callable[[], Any]:
@@ -483,6 +512,24 @@ def user(user_id: Annotated[str, typer.Argument(help="the user id")], database: 
     out.print("[bold]decisions[/bold]")
     for record in view["decisions"]:
         out.print("  " + format_record(record), markup=False, soft_wrap=True)
+
+
+@app.command()
+def erase(user_id: Annotated[str, typer.Argument(help="the user id")], database: DatabaseOpt = None) -> None:
+    """Erase a user everywhere, as DELETE /v1/users/{id} does: profile, journeys, timers, pending sends,
+    trace; later events for the id are dropped. Exit 0 when erased, 1 when no such user was stored."""
+    store = _open_store(database)
+    try:
+        erased = store.erase(user_id, datetime.now(UTC))
+    finally:
+        store.close()
+    if not erased:
+        from rich.markup import escape
+
+        err.print(f"[red]no user `{escape(user_id)}` in {_database(database)}[/red] (later events for the id "
+                  "are dropped all the same)", soft_wrap=True)
+        raise typer.Exit(1)
+    out.print(f"erased `{user_id}`", markup=False)
 
 
 @app.command()

@@ -405,36 +405,45 @@ class Runtime:
             total.extend(out)
         return total
 
-    def advance_some(self, until: datetime, rounds: int, *, late: bool | None = None) -> tuple[Outcome, bool]:
+    def advance_some(self, until: datetime, rounds: int, wake: Callable[[list[str], datetime], Outcome] | None = None,
+                     *, late: bool | None = None) -> tuple[Outcome, bool]:
         """At most `rounds` claims of what is due up to `until`; True when more may be due. A service
         calls this between batches of events, so a spike of timers neither stalls ingestion nor
-        gathers every outcome in memory."""
+        gathers every outcome in memory. `wake` (default `self.wake`) wakes one round's claimed users:
+        a service wraps it to isolate a user the engine or the store fails on."""
         total = Outcome()
-        until_s = clock.epoch(until)
-        current = until if (self.live if late is None else late) else None
         for _ in range(rounds):
             due = self.store.due(until, self.claim, self.part)
             if not due:
                 return total, False
-            profiles = self.store.load([user for _, user in due])
-            batch = Batch()
-            outcomes = []
-            for _, user in due:
-                profile = profiles.get(user)
-                wake_at = None if profile is None else profile.wake_at
-                if profile is None or wake_at is None or wake_at > until_s:
-                    batch.released.add(user)  # moved on since the index said so
-                    continue
-                outcomes.append(self.engine.wake(profile, datetime.fromtimestamp(wake_at, UTC), current=current))
-                batch.profiles[user] = profile
-            out = outcomes[0] if len(outcomes) == 1 else _joined(outcomes)
             try:
-                self._finish(batch, out)
+                users = [user for _, user in due]
+                out = self.wake(users, until, late=late) if wake is None else wake(users, until)
             except ConflictError:  # another worker moved these users: free the round's claims, claim again
                 self.store.commit(Batch(released={user for _, user in due}))
                 continue
             total.extend(out)
         return total, True
+
+    def wake(self, users: list[str], until: datetime, *, late: bool | None = None) -> Outcome:
+        """Wake these claimed users whose wake-up has come by `until`, and commit; one who moved on
+        since the claim is released. `late` as in `advance`."""
+        until_s = clock.epoch(until)
+        current = until if (self.live if late is None else late) else None
+        profiles = self.store.load(users)
+        batch = Batch()
+        outcomes = []
+        for user in users:
+            profile = profiles.get(user)
+            wake_at = None if profile is None else profile.wake_at
+            if profile is None or wake_at is None or wake_at > until_s:
+                batch.released.add(user)  # moved on since the index said so
+                continue
+            outcomes.append(self.engine.wake(profile, datetime.fromtimestamp(wake_at, UTC), current=current))
+            batch.profiles[user] = profile
+        out = outcomes[0] if len(outcomes) == 1 else _joined(outcomes)
+        self._finish(batch, out)
+        return out
 
     def _finish(self, batch: Batch, out: Outcome) -> None:
         """Commit the batch with what `out` says happened, then hand `out` to the sink."""

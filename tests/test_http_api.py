@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from adapters.sources.http_api import Settings, create_app
+from adapters.sources.segment import to_events
 from adapters.storage.sql import SqlStore
 from journey_engine.compiler import load_workspace
 from journey_engine.ports import ConflictError, StoreUnavailable
@@ -203,9 +204,21 @@ def test_backpressure_answers_429_with_retry_after(store: SqlStore) -> None:
     app = create_app(COMPILED, store, Settings(write_keys=[KEY], queue_limit=2), clock=lambda: NOW,
                      start_worker=False)
     with TestClient(app) as c:
-        response = post(c, {"batch": [track("u1"), track("u2"), track("u3")]})
+        waiting, _ = to_events([track("u1"), track("u2")], received_at=NOW)
+        c.app.state.worker.submit(waiting)  # type: ignore[attr-defined]
+        response = post(c, {"batch": [track("u3")]})
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "1"
+
+
+def test_a_batch_larger_than_the_queue_limit_is_413_naming_the_limit(store: SqlStore) -> None:
+    """A batch that could never fit the queue is 413 (final for the SDKs), not a 429 retried forever."""
+    app = create_app(COMPILED, store, Settings(write_keys=[KEY], queue_limit=2), clock=lambda: NOW,
+                     start_worker=False)
+    with TestClient(app) as c:
+        response = post(c, {"batch": [track("u1"), track("u2"), track("u3")]})
+    assert (response.status_code, response.json()["code"]) == (413, "batch_too_large")
+    assert "3 messages" in response.json()["message"] and "(2, JOURNEY_QUEUE_LIMIT)" in response.json()["message"]
 
 
 def test_delete_erases_the_user_and_suppresses_later_events(client: TestClient) -> None:

@@ -28,7 +28,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote_from_bytes, unquote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -45,23 +46,25 @@ from adapters.sources.segment import (
     MAX_MESSAGE,
     BadMessage,
     BodyError,
+    not_erased,
     parse_json,
     sent_at_problem,
     to_events,
 )
-from adapters.storage.sql import SqlStore
+from adapters.storage.sql import LEASE_SECONDS, SqlStore
 from journey_engine import trace
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Engine, Outcome
 from journey_engine.events import Event
 from journey_engine.graph import to_mermaid
-from journey_engine.ports import Channel, ConflictError, StoreUnavailable
+from journey_engine.ports import Batch, Channel, ConflictError, StoreUnavailable
 from journey_engine.runtime import Runtime
 
 if TYPE_CHECKING:
     from adapters.sources.processes import ProcessWorkers
 
 log = logging.getLogger("journey.serve")
+T = TypeVar("T")
 
 SINGLE_CALLS = ("track", "identify", "alias", "page", "screen", "group")
 
@@ -74,6 +77,7 @@ class Settings:
     queue_limit: int = 50_000  # events waiting for the engine before 429
     max_batch_events: int = 2_000  # events per commit
     tick: float = 1.0  # seconds between timer rounds
+    send_expiry: timedelta | None = timedelta(hours=24)  # JOURNEY_SEND_EXPIRY: how late a send may go (None: never)
 
 
 class Refused(Exception):
@@ -144,7 +148,7 @@ class EngineWorker:
 
     def timers(self) -> None:
         """Fire what is due (the timer job's turn)."""
-        drain_timers(self, self.runtime, self.metrics, self.clock)
+        drain_timers(self, self.metrics)
 
     def enroll(self) -> Future[Any]:
         """New segment-entry journeys take their segment's members (SPEC §3 item 5)."""
@@ -185,12 +189,11 @@ class EngineWorker:
     def _commit(self, requests: list[tuple[list[Event], Future[Any]]]) -> bool:
         """Apply and commit these requests' events as one batch; settle their futures if it worked.
 
-        A future's result is the positions of its events the engine raised on (see `_isolate`)."""
+        A future's result is the positions of its events the engine raised on (see `_halve`)."""
         events = [e for payload, _ in requests for e in payload]
         began = time.perf_counter()
         try:
-            erased = self.store.erased({e.user_id for e in events})
-            kept = [i for i, e in enumerate(events) if e.user_id not in erased]
+            kept = not_erased(events, self.store.erased)
             outcome = self.runtime.process([events[i] for i in kept], self.clock())
             failed: list[int] = []
         except (StoreUnavailable, ConflictError) as exc:  # not committed: nobody is told it was accepted
@@ -201,7 +204,7 @@ class EngineWorker:
                 return False  # the caller retries each request alone, so one cannot fail the others
             log.exception("the engine raised on a request of %d events; isolating the event(s)", len(events))
             try:
-                failed = [kept[i] for i in self._isolate([events[i] for i in kept])]
+                failed = [kept[i] for i, _ in self._halve([events[i] for i in kept], self._apply)]
             except Exception as again:
                 return self._failed(requests, again if isinstance(again, StoreUnavailable | ConflictError) else exc)
             outcome = Outcome()
@@ -211,23 +214,59 @@ class EngineWorker:
         self._done(len(events))
         return True
 
-    def _isolate(self, events: list[Event]) -> list[int]:
-        """Commit every event the engine can apply, halving around the ones it raises on (an engine bug:
-        each is logged); return their positions. A message that can never be applied must not hold back
-        the rest of its request, nor be retried by the SDKs forever."""
-        if not events:
-            return []
+    def _apply(self, events: list[Event]) -> Outcome:
+        return self.runtime.process(events, self.clock())
+
+    def wake_some(self, rounds: int) -> tuple[Outcome, bool]:
+        """A few timer rounds (`Runtime.advance_some`), each isolating the users it fails on."""
+        return self.runtime.advance_some(self.clock(), rounds, wake=self._wake)
+
+    def _wake(self, users: list[str], until: datetime) -> Outcome:
+        """Wake one round's claimed users; a user the engine or the store fails on (bad data, a bug) is
+        isolated by halving, so every other user of the round moves on. The isolated user keeps the
+        claim until its lease runs out, then is tried again (a passing fault heals), traced each time."""
         try:
-            self.runtime.process(events, self.clock())
-            return []
+            return self.runtime.wake(users, until)
         except (StoreUnavailable, ConflictError):
             raise
         except Exception:
-            if len(events) == 1:
-                log.exception("the engine raised on event %r of user %r", events[0].name, events[0].user_id)
-                return [0]
-        middle = len(events) // 2
-        return self._isolate(events[:middle]) + [middle + i for i in self._isolate(events[middle:])]
+            log.exception("a timer round of %d users failed; isolating the user(s)", len(users))
+        outcome = Outcome()
+
+        def wake(part: list[str]) -> Outcome:
+            out = self.runtime.wake(part, until)
+            outcome.extend(out)
+            return out
+
+        for position, error in self._halve(users, wake):
+            self._trace_isolated(users[position], error)
+        return outcome
+
+    def _trace_isolated(self, user: str, error: Exception) -> None:
+        record = trace.other("user_isolated", self.clock(), user, error=f"{type(error).__name__}: {error}"[:500],
+                             retry_in_s=LEASE_SECONDS)
+        try:
+            self.store.commit(Batch(records=[record]))
+        except Exception:  # the user's id itself may be what the store refuses: the log keeps it
+            log.exception("could not trace the isolation of user %r", user)
+
+    def _halve(self, items: list[T], apply: Callable[[list[T]], Any]) -> list[tuple[int, Exception]]:
+        """`apply` (which commits) every item it can, halving around the ones it raises on (a bug or data
+        no store takes: each is logged); return their positions with the error. One bad event or user
+        must not hold back the rest of its request or timer round, nor be retried by the SDKs forever."""
+        if not items:
+            return []
+        try:
+            apply(items)
+            return []
+        except (StoreUnavailable, ConflictError):
+            raise
+        except Exception as exc:
+            if len(items) == 1:
+                log.exception("isolated %r: it fails even alone", items[0])
+                return [(0, exc)]
+        middle = len(items) // 2
+        return self._halve(items[:middle], apply) + [(middle + i, e) for i, e in self._halve(items[middle:], apply)]
 
     def _failed(self, requests: list[tuple[list[Event], Future[Any]]], exc: BaseException) -> bool:
         if len(requests) == 1:
@@ -241,11 +280,11 @@ class EngineWorker:
         self.metrics.queue_depth.set(self.waiting)
 
 
-def drain_timers(worker: EngineWorker, runtime: Runtime, metrics: Any, clock: Callable[[], datetime]) -> None:
+def drain_timers(worker: EngineWorker, metrics: Any) -> None:
     """Fire everything due, a few claims per turn of the engine thread: events queued meanwhile go in between."""
     more = True
     while more:
-        outcome, more = worker.call(lambda: runtime.advance_some(clock(), rounds=4, late=True)).result()
+        outcome, more = worker.call(lambda: worker.wake_some(rounds=4)).result()
         metrics.observe(outcome, 0, 0.0)
 
 
@@ -389,7 +428,8 @@ MESSAGE_SCHEMA: dict[str, Any] = {
 }
 RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "a bad body or message: `{code, message}` naming the field"},
-    401: {"description": "no valid write key"}, 413: {"description": "body over the limit"},
+    401: {"description": "no valid write key"},
+    413: {"description": "body over the limit, or more messages than the engine queues at once"},
     415: {"description": "not JSON"}, 429: {"description": "the engine is behind: retry after `Retry-After`"},
 }
 
@@ -409,7 +449,7 @@ def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings 
     load the workspace from `folder` and use the wall clock (adapters/sources/processes.py)."""
     settings = settings or Settings()
     metrics = Metrics()
-    engine = Engine(compiled)
+    engine = Engine(compiled, send_expiry=settings.send_expiry)
     worker: EngineWorker | ProcessWorkers
     if workers > 1:
         from adapters.sources.processes import ProcessWorkers
@@ -418,7 +458,7 @@ def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings 
             raise ValueError("engine processes load the workspace from its folder: pass `folder`")
         worker = ProcessWorkers(folder, store.url, workers, settings, metrics, store)
     else:
-        worker = EngineWorker(Runtime(engine, store, claim=500), store, settings, metrics, clock)
+        worker = EngineWorker(Runtime(engine, store, claim=500, live=True), store, settings, metrics, clock)
     dispatcher = Dispatcher(store, engine, channels or {}, clock=clock, feedback=worker.submit)
     timers = worker.timers
 
@@ -452,6 +492,7 @@ def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings 
     app = FastAPI(title="journey-engine", version="0.1.0", lifespan=lifespan,
                   description="Segment-compatible event API, user API and operations endpoints.")
     app.state.worker, app.state.store, app.state.engine = worker, store, engine
+    app.add_middleware(RawUserPaths)
     metrics.timers_due.set_function(lambda: timers_due(store, clock()))
     _answer_errors_as_code_and_message(app)
     app.openapi = lambda: _openapi_with_security(app)  # type: ignore[method-assign]
@@ -473,6 +514,10 @@ def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings 
             messages = body.get("batch")
             if not isinstance(messages, list):
                 raise Refused(400, "invalid_batch", "batch: must be a list of messages")
+            if len(messages) > settings.queue_limit:  # 429 would be retried forever: it can never fit
+                raise Refused(413, "batch_too_large", f"batch: {len(messages)} messages, more than the engine "
+                                                      f"queues at once ({settings.queue_limit}, JOURNEY_QUEUE_LIMIT); "
+                                                      "send smaller batches", events=len(messages))
             problem = sent_at_problem(sent_at)
             if problem is not None:
                 raise Refused(400, "invalid_sent_at", problem, events=len(messages))
@@ -519,27 +564,31 @@ def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings 
     @app.get("/v1/users/{user_id}")
     async def get_user(user_id: str, request: Request) -> JSONResponse:
         check_admin(request, settings)
-        view = user_view(store, engine, user_id, clock())
+        user = path_id(user_id)
+        view = user_view(store, engine, user, clock())
         if view is None:
-            raise Refused(404, "not_found", f"user `{user_id}`: no such user")
+            raise Refused(404, "not_found", f"user `{user}`: no such user")
         return JSONResponse(view)
 
     @app.delete("/v1/users/{user_id}")
     async def delete_user(user_id: str, request: Request) -> JSONResponse:
         check_admin(request, settings)
-        erased = await _await(worker.erase(user_id))
+        user = path_id(user_id)
+        erased = storable(user) and await _await(worker.erase(user))
         return JSONResponse({"success": True, "erased": erased})
 
     @app.get("/v1/users/{user_id}/inbox")
     async def inbox(user_id: str, request: Request) -> JSONResponse:
         check_admin(request, settings)
-        return JSONResponse({"messages": store.inbox(user_id, engine)})
+        user = path_id(user_id)
+        return JSONResponse({"messages": store.inbox(user, engine) if storable(user) else []})
 
     @app.post("/v1/users/{user_id}/inbox/{key}/read")
     async def read(user_id: str, key: str, request: Request) -> JSONResponse:
         check_admin(request, settings)
-        if not store.mark_read(user_id, key):
-            raise Refused(404, "not_found", f"inbox message `{key}` of `{user_id}`: no such message")
+        user, key = path_id(user_id), path_id(key, "message id")
+        if not (storable(user) and storable(key) and store.mark_read(user, key)):
+            raise Refused(404, "not_found", f"inbox message `{key}` of `{user}`: no such message")
         return JSONResponse({"success": True})
 
     @app.get("/v1/journeys")
@@ -565,6 +614,10 @@ def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings 
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
+        down = await _store_down(store)
+        if down is not None:  # {code, message} as every error, plus what is down for monitors
+            return JSONResponse({"ok": False, "code": "unavailable", "message": f"store: {down}",
+                                 "down": {"store": down}, "queue": worker.waiting}, status_code=503)
         return JSONResponse({"ok": True, "queue": worker.waiting})
 
     add_dashboard_routes(app, store, compiled, authorize=lambda request: check_admin(request, settings))
@@ -619,6 +672,46 @@ async def _wait(worker: EngineWorker | ProcessWorkers, events: list[Event]) -> l
     except Exception:  # logged by the worker: a bug, not the client's fault, and not transient
         raise Refused(500, "internal_error", "the engine failed on this request and nothing of it was committed; "
                                              "this is a bug and has been logged", events=len(events)) from None
+
+
+HEALTH_SECONDS = 3.0  # /healthz answers within this even when the store hangs
+
+
+async def _store_down(store: SqlStore) -> str | None:
+    """Why the store cannot take a write now (see `SqlStore.unwritable`), or None."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(store.unwritable), HEALTH_SECONDS)
+    except TimeoutError:
+        return f"no answer to a write within {HEALTH_SECONDS:g} s"
+
+
+class RawUserPaths:
+    """Routes the user API on the path as sent, still percent-encoded: Starlette routes on the decoded
+    path, where the id `a/b` (sent as `a%2Fb`) would be two segments. Any string is a user id (SPEC §6):
+    each segment is decoded once, by `path_id`."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw is not None and raw.startswith(b"/v1/users/"):
+            scope = {**scope, "path": quote_from_bytes(raw, safe="/%!$&'()*+,;=:@~")}  # non-ASCII bytes escaped
+        await self.app(scope, receive, send)
+
+
+def path_id(segment: str, what: str = "user id") -> str:
+    """A percent-encoded path segment of the user API, decoded (see `RawUserPaths`)."""
+    try:
+        return unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        raise Refused(400, "invalid_path", f"{what}: {segment!r:.80} is not percent-encoded UTF-8") from None
+
+
+def storable(text: str) -> bool:
+    """Whether a store can hold this id: events naming a NUL character are refused, so no user has one
+    (and PostgreSQL would raise on the lookup)."""
+    return "\x00" not in text
 
 
 def timers_due(store: SqlStore, now: datetime) -> float:
@@ -704,6 +797,8 @@ def jsonable(value: Any) -> Any:
 def user_view(store: SqlStore, engine: Engine, user_id: str, now: datetime) -> dict[str, Any] | None:
     """What GET /v1/users/{id} and `journey user --json` show: where the user is, and why (metrics as of
     `now`: windows slid to it)."""
+    if not storable(user_id) or store.erased([user_id]):  # an erased id stays erased, whatever names it since
+        return None
     resolved = store.aliases([user_id]).get(user_id, user_id)
     profile = store.load([resolved]).get(resolved)
     if profile is None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, Literal, TypeVar
 
-from adapters.sources.segment import MAX_BATCH, BodyError, parse_json, sent_at_problem, to_events
+from adapters.sources.segment import MAX_BATCH, BodyError, not_erased, parse_json, sent_at_problem, to_events
 from journey_engine.events import Event
 from journey_engine.ports import StoreUnavailable
 from journey_engine.runtime import Runtime
@@ -168,8 +168,7 @@ def ingest(lines: Iterable[bytes | str], runtime: Runtime | Any, *, erased: Call
         nonlocal last
         if not pending:
             return
-        gone = erased({e.user_id for e in pending})
-        keep = [e for e in pending if e.user_id not in gone]
+        keep = [pending[i] for i in not_erased(pending, erased)]
         done: Any = None
         if keep:
             last = max(last or keep[0].timestamp, *(e.timestamp for e in keep))

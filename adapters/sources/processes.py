@@ -381,7 +381,8 @@ def _engine_process(folder: str, url: str, index: int, count: int, settings: Set
     compiled = load_workspace(folder)
     tune_gc()
     store = SqlStore(url, defaults=dict(compiled.metrics.defaults), upgrade=False)
-    runtime = Runtime(Engine(compiled), store, claim=500, part=(index, count))
+    runtime = Runtime(Engine(compiled, send_expiry=settings.send_expiry), store, claim=500, part=(index, count),
+                      live=True)
     replies = _Replies(pipe)
     tally = _Tally(replies)
     clock = lambda: datetime.now(UTC)  # noqa: E731
@@ -392,7 +393,7 @@ def _engine_process(folder: str, url: str, index: int, count: int, settings: Set
     replies.put(("ready", index, None))
     jobs: dict[str, Callable[[Any], Future[Any]]] = {
         "events": worker.submit,
-        "timers": lambda _: side.submit(drain_timers, worker, runtime, tally, clock),  # type: ignore[arg-type]
+        "timers": lambda _: side.submit(drain_timers, worker, tally),
         "enroll": lambda _: worker.call(lambda: _observed(tally, runtime.enroll(clock()))),
         "erase": lambda user: worker.call(lambda: store.erase(user, clock())),
         "advance": lambda until: worker.call(lambda: _observed(tally, runtime.advance(until))),

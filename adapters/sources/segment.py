@@ -1,14 +1,15 @@
 """Segment messages as events, validated the same way for every source (the HTTP API, `journey ingest`).
 
 `parse_json` turns a body or a line into JSON (no NaN or Infinity, no lone surrogates reach the store);
-`to_events` turns messages into events and names each bad message's field and rule.
+`to_events` turns messages into events and names each bad message's field and rule. A NUL character is
+refused in any string or key of a message: PostgreSQL cannot store one, and both stores take the same input.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from journey_engine.events import Event, corrected_time, event_from_segment, par
 MAX_MESSAGE = 32 * 1024  # bytes of UTF-8 JSON per message (Segment's rule)
 MAX_BATCH = 500 * 1024  # bytes per batch
 MAX_DEPTH = 32  # nesting levels per message, the message object being level 1
+_ESCAPED_NUL = "\\u0000"  # how json.dumps writes a NUL character
 
 
 class BodyError(ValueError):
@@ -33,7 +35,8 @@ class BodyError(ValueError):
 class BadMessage:
     index: int  # position in the batch
     field: str  # path of the offending field, e.g. `traits.plan` or `message`
-    reason: str  # a label from a fixed set, for metrics: too_large, too_deep, invalid_encoding, invalid_<field>
+    reason: str  # a label from a fixed set, for metrics: too_large, too_deep, invalid_encoding, invalid_character,
+    # invalid_<field>
     message: str  # the rule, for people
 
 
@@ -103,34 +106,51 @@ def to_events(messages: Iterable[Any], *, received_at: datetime, sent_at: Any = 
     return events, bad
 
 
+def not_erased(events: list[Event], erased: Callable[[Collection[str]], set[str]]) -> list[int]:
+    """The positions of the events that name no erased id (`erased` is the store's lookup). An alias names
+    two ids, and naming an erased one on either side drops it like any event of an erased id: it must not
+    bring the id back as another user's alias."""
+    named = {e.user_id for e in events} | {e.previous_id for e in events if e.previous_id is not None}
+    gone = erased(named) if named else set()
+    if not gone:
+        return list(range(len(events)))
+    return [i for i, e in enumerate(events) if e.user_id not in gone and e.previous_id not in gone]
+
+
 def _shape(raw: dict[str, Any]) -> BadMessage | None:
-    """Size in UTF-8 bytes, encoding and depth of one message, before its fields are read."""
+    """Size in UTF-8 bytes, encoding, depth and NUL characters of one message, before its fields are read."""
     try:
-        size = len(json.dumps(raw, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        text = json.dumps(raw, ensure_ascii=False, separators=(",", ":"))
+        size = len(text.encode("utf-8"))
     except UnicodeEncodeError:
-        where = _surrogate(raw, "") or "message"
+        where = _first(raw, "", lambda s: not _encodes(s)) or "message"
         return BadMessage(0, where, "invalid_encoding", "not valid Unicode (a lone surrogate such as \\ud800)")
     if size > MAX_MESSAGE:
         return BadMessage(0, "message", "too_large", f"{size} bytes, larger than {MAX_MESSAGE // 1024} KB")
     for key, value in raw.items():
         if _depth(value, MAX_DEPTH - 1) > MAX_DEPTH - 1:
             return BadMessage(0, key, "too_deep", f"nested deeper than {MAX_DEPTH} levels")
+    if _ESCAPED_NUL in text:  # JSON always escapes NUL, so a message without this text has none
+        nul_at = _first(raw, "", lambda s: "\x00" in s)
+        if nul_at is not None:
+            return BadMessage(0, nul_at, "invalid_character", "contains a NUL character (\\u0000): no text "
+                                                             "may carry one (PostgreSQL cannot store it)")
     return None
 
 
-def _surrogate(value: Any, path: str) -> str | None:
-    """The path of the first string (or key) that cannot be encoded as UTF-8."""
+def _first(value: Any, path: str, bad: Callable[[str], bool]) -> str | None:
+    """The path of the first string (or key) that is `bad`; a bad key is named with escapes (`{key!a}`)."""
     if isinstance(value, str):
-        return None if _encodes(value) else path
+        return path if bad(value) else None
     items: Iterable[tuple[str, Any]] = ()
     if isinstance(value, dict):
         for key in value:
-            if not _encodes(key):
+            if bad(key):
                 return f"{path}.{key!a}".lstrip(".")
         items = ((f"{path}.{k}".lstrip("."), v) for k, v in value.items())
     elif isinstance(value, list):
         items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
-    return next((found for p, v in items if (found := _surrogate(v, p)) is not None), None)
+    return next((found for p, v in items if (found := _first(v, p, bad)) is not None), None)
 
 
 def _encodes(text: str) -> bool:

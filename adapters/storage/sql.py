@@ -63,6 +63,7 @@ from .tables import (
 DEFAULT_URL = "sqlite:///journey.db"
 LEASE_SECONDS = 60.0
 SQLITE_SYNCHRONOUS = "FULL"  # durable commits: an acknowledged batch survives a power cut, not just a crash
+SQLITE_BUSY_MS = 5000  # how long a SQLite write waits for another writer's lock
 CONNECT_TIMEOUT = 5  # seconds: an unreachable PostgreSQL is an error, not a hang
 MIGRATION_LOCK = 0x6A6F75726E6579  # pg_advisory_xact_lock key: one process upgrades the schema at a time
 # PostgreSQL's deadlock and serialization failures: two workers' transactions crossed, nothing was committed,
@@ -282,6 +283,15 @@ class SqlStore:
         query = sa.select(sa.func.count()).select_from(profiles_t).where(profiles_t.c.wake_at <= until.timestamp())
         with self._reading() as conn:
             return int(conn.execute(query).scalar_one())
+
+    def overdue(self, now: datetime) -> tuple[int, datetime | None]:
+        """How many users' wake-up is due by `now`, and the earliest of them: the backlog after downtime."""
+        c = profiles_t.c
+        query = sa.select(sa.func.count(), sa.func.min(c.wake_at)).select_from(profiles_t).where(
+            c.wake_at <= now.timestamp())
+        with self._reading() as conn:
+            count, earliest = conn.execute(query).one()
+        return int(count), None if earliest is None else datetime.fromtimestamp(float(earliest), UTC)
 
     def load(self, users: Collection[str]) -> dict[str, Profile]:
         """Remembers the versions of this load only (a thread loads, then commits what it loaded): the
@@ -539,9 +549,17 @@ class SqlStore:
 
     def erase(self, user: str, now: datetime) -> bool:
         """Erase a user everywhere (profile, aliases, trace, outbox, history, processed messageIds) and refuse
-        their later events. An id that was aliased to a user erases that user, with all their ids."""
-        target = self.aliases([user]).get(user, user)
-        users = {user, target} | {prev for prev, _ in self.aliases_to(target)}
+        their later events. An id that was aliased to a user erases that user, with all their ids. The
+        aliases of an id erased before are not followed (events naming it are dropped, so none should
+        exist; one left from before that rule must not lead a second erasure to another user). An id
+        with a NUL character cannot have been stored: nothing to erase."""
+        if "\x00" in user:
+            return False
+        if self.erased([user]):
+            users = {user}
+        else:
+            target = self.aliases([user]).get(user, user)
+            users = {user, target} | {prev for prev, _ in self.aliases_to(target)}
         with self._tx() as conn:
             bodies = conn.execute(sa.select(profiles_t.c.body).where(profiles_t.c.user_id.in_(users))).scalars().all()
             deltas: dict[tuple[str, str], int] = {}
@@ -556,6 +574,37 @@ class SqlStore:
                 conn.execute(sa.delete(table).where(table.c.user_id.in_(users)))
             self._upsert(conn, erased_t, [{"user_id": u, "at": now.timestamp()} for u in users], ["user_id"], [])
         return bool(bodies)
+
+    def unwritable(self, timeout: float = 1.0) -> str | None:
+        """Why the database cannot take a write now, or None: what `/healthz` reports. The probe writes a
+        trace row larger than a page (so it needs new pages, as a batch does) and rolls it back, waiting at
+        most `timeout` seconds for locks: it sees a locked, full, read-only or unreachable database."""
+        try:
+            with self.engine.connect() as conn:
+                self._probe(conn, timeout)
+        except DBAPIError as exc:
+            return _reason(exc)
+        return None
+
+    def _probe(self, conn: Connection, timeout: float) -> None:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        if self.dialect == "sqlite":
+            raw.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        try:
+            with conn.begin() as tx:
+                if self.dialect == "postgresql":
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(timeout * 1000)}")
+                    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout * 2000)}")
+                conn.exec_driver_sql(self._sql["insert_trace"], ("", "", "healthz", None, "x" * 8192))
+                tx.rollback()
+        finally:
+            if self.dialect == "sqlite":
+                try:
+                    raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+                except Exception:
+                    conn.invalidate()
+                    raise
 
     def aliases_to(self, user: str) -> list[tuple[str, str]]:
         with self._reading() as conn:
@@ -732,7 +781,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # commit; pages written again and again between checkpoints are copied once (`journey bench --store sqlite
     # --days 1`, 20k users: 8.4-9.0k events/s with the default, 10.0-10.4k with this)
     cursor.execute("PRAGMA wal_autocheckpoint=20000")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
     cursor.close()
 
 
