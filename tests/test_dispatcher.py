@@ -164,7 +164,7 @@ def test_a_crash_mid_batch_repeats_only_the_send_in_flight(store: SqlStore) -> N
     restarted = ScriptedChannel()
     with closing(store.twin()) as twin:  # a new process: the dead one's thread-local claims are gone
         assert Dispatcher(twin, runtime.engine, {"email": restarted}, clock=clock).run_once() == {"delivered": 3}
-    assert [d.key for d in restarted.got][0] == dying.got[2].key
+    assert restarted.got[0].key == dying.got[2].key
     assert {d.key for d in restarted.got}.isdisjoint(d.key for d in dying.got[:2])
     assert [r["status"] for r in store.outbox()] == ["delivered"] * 5
     assert Dispatcher(store, runtime.engine, {"email": restarted}, clock=clock).run_once() == {}
