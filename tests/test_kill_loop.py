@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from adapters.storage.sql import SqlStore
@@ -74,6 +75,10 @@ def run_until(db: Path, smtp_port: int, condition: Callable[[], bool], context: 
         proc.wait()
 
 
+def holds(inbox: Inbox, emails: int) -> bool:
+    return len(inbox.messages) >= emails
+
+
 def undelivered(db: Path) -> int:
     with sqlite3.connect(db) as conn:
         return int(conn.execute("SELECT count(*) FROM outbox WHERE status != 'delivered'").fetchone()[0])
@@ -92,7 +97,7 @@ def test_each_kill_repeats_at_most_one_email(tmp_path: Path, smtp: tuple[Inbox, 
     killed, began = 0, time.monotonic()
     while killed < kills and undelivered(db):
         target = min(emails, len(inbox.messages) + rng.randint(1, step))  # copies count: `emails` is reached
-        run_until(db, smtp_port, lambda target=target: len(inbox.messages) >= target, f"seed {seed}")
+        run_until(db, smtp_port, partial(holds, inbox, target), f"seed {seed}")
         killed += 1
     run_until(db, smtp_port, lambda: undelivered(db) == 0, f"seed {seed}")
     copies = Counter(m["Message-ID"] for m in inbox.messages)
