@@ -7,7 +7,9 @@ tested against real SMTP and HTTP servers in test_channels.py."""
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +23,8 @@ from journey_engine.engine import Engine
 from journey_engine.events import Event
 from journey_engine.ports import Delivery, DeliveryResult
 from journey_engine.runtime import Runtime
+
+from .conftest import postgres_or_skip
 
 COMPILED = load_workspace(Path(__file__).parent / "workspaces" / "basic")
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -193,3 +197,50 @@ def test_a_batch_that_outlasts_half_its_lease_gives_the_rest_back(store: SqlStor
     with closing(store.twin()) as twin:
         assert Dispatcher(twin, runtime.engine, {"email": other}, clock=clock).run_once() == {"delivered": 3}
     assert len({d.key for d in slow.got + other.got}) == 5
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'shared.db'}" if request.param == "sqlite" else postgres_or_skip()
+
+
+class MeetingChannel(ScriptedChannel):
+    """The first send of each of `threads` dispatchers (threads) waits for the others' first: all of them
+    hold claims at once. Notes which thread each send came from."""
+
+    def __init__(self, threads: int) -> None:
+        super().__init__()
+        self.meeting = threading.Barrier(threads, timeout=30)
+        self.threads: list[str] = []
+
+    def send(self, delivery: Delivery) -> DeliveryResult:
+        name = threading.current_thread().name
+        if name not in self.threads:
+            self.meeting.wait()
+        self.threads.append(name)
+        return super().send(delivery)
+
+
+def test_dispatchers_sharing_one_outbox_hand_each_send_over_once(url: str) -> None:
+    """Three dispatchers draining one outbox at once in small batches, each with its own connections,
+    hand every send to a channel exactly once (PostgreSQL claims skip locked rows; SQLite's wait)."""
+    stores = [SqlStore(url, defaults=dict(COMPILED.metrics.defaults)) for _ in range(3)]
+    try:
+        runtime = Runtime(Engine(COMPILED), stores[0], claim=100)
+        sign_up(runtime, [f"u{i}" for i in range(90)])
+        channel = MeetingChannel(threads=3)
+
+        def drain(store: SqlStore) -> None:
+            dispatcher = Dispatcher(store, runtime.engine, {"email": channel})
+            while dispatcher.run_once(limit=7):
+                pass
+
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(drain, stores))
+        keys = [d.key for d in channel.got]
+        assert len(keys) == len(set(keys)) == 90
+        assert len(set(channel.threads)) == 3
+        assert {r["status"] for r in stores[0].outbox()} == {"delivered"}
+    finally:
+        for store in stores:
+            store.close()
