@@ -63,7 +63,7 @@ class Dispatcher:
             if now.timestamp() > row["next_attempt_at"] - self.lease / 2:  # too little lease left for a call
                 self._give_back(rows[i:], now)
                 break
-            # the batch's last settle is flushed to disk, and with it the ones before (a power cut loses none)
+            # the batch's last settle is flushed to disk, the ones before with it: a power cut repeats a batch at most
             status = self._dispatch(row, now, durable=i == len(rows) - 1)
             counts[status] = counts.get(status, 0) + 1
         return counts
