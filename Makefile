@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # changes; the package uses them only while they match its sources, and runs as Python otherwise
 NATIVE := $(VENV)/native/manifest.json
 
-.PHONY: install system demo test lint typecheck bench clean native
+.PHONY: install system demo test lint typecheck bench clean native kill-loop
 
 install: $(NATIVE)
 
@@ -44,6 +44,10 @@ typecheck: $(STAMP)
 test: system lint typecheck $(NATIVE)
 	$(BIN)/pytest
 	JOURNEY_NATIVE=0 $(BIN)/pytest
+
+# the CI kill loop's long variant: 150 SIGKILLs of a dispatcher during 10,000 emails to a real SMTP server
+kill-loop: $(STAMP)
+	JOURNEY_KILL_LOOP=long $(BIN)/pytest -s tests/test_kill_loop.py
 
 bench: $(NATIVE)
 	$(BIN)/journey bench --store memory --users 100000 --events 1000000 --json

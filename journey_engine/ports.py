@@ -24,6 +24,22 @@ Store contract (every adapter passes tests/test_store_contract.py):
   duplicates); its events must not be acknowledged before the rerun commits.
 Errors: `StoreUnavailable` when the database cannot be reached or is locked, `StoreVersionError` when
 it was written by a newer version. Both are JourneyErrors with a message for the operator.
+
+Outbox contract (the SQL store; tests/test_store_contract.py, tests/test_dispatcher.py):
+- A send committed with its decision waits in the outbox until a dispatcher claims it. A claim is a
+  lease under a fresh token: no other dispatcher gets the send until the lease runs out (a killed
+  dispatcher's claims come back), and only the latest claim's token can settle it.
+- Once, as far as a kill allows: the dispatcher settles each send in its own commit as soon as its
+  channel answered, and hands the next send over only after that commit. A kill (SIGKILL, a crash)
+  at any instant therefore repeats at most the one send whose channel call had begun and was not yet
+  settled; sends settled before it stay settled, and the claimed sends not yet handed over are sent
+  once, when their lease has run out. A repeat carries the same `Delivery.key`, which channels pass to
+  their provider (Message-ID, Idempotency-Key), but not every provider deduplicates (SMTP servers do
+  not). Settles may skip the flush to disk (`durable=False`): a power cut, unlike a kill, can also
+  repeat the sends settled since the last durable settle, which the dispatcher makes at the end of
+  each batch.
+- A channel call must finish within half the lease: the dispatcher hands a send over only while its
+  claim has that long left, and gives the rest of its batch back for any dispatcher to claim at once.
 """
 
 from __future__ import annotations
@@ -32,7 +48,7 @@ import zlib
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from .batch import BanditDelta as BanditDelta  # re-exported: adapters and tests take them from here
 from .batch import Batch as Batch
@@ -124,6 +140,28 @@ class Store(Protocol):
         ...
 
 
+class Outbox(Protocol):
+    """Where committed sends wait for their channel (see the Outbox contract above). Both methods may
+    raise `StoreUnavailable`, and `ConflictError` when another dispatcher's transaction crossed (nothing
+    was written)."""
+
+    def claim_outbox(self, now: datetime, limit: int, lease: float = ...) -> list[dict[str, Any]]:
+        """Claim up to `limit` pending sends due at `now` (not in-app), earliest first, for `lease` seconds
+        under a fresh token: rows with `key`, `payload`, `attempts`, `token`, and the lease's end as
+        `next_attempt_at`."""
+        ...
+
+    def settle_outbox(self, updates: list[dict[str, Any]], records: list[dict[str, Any]], *,
+                      durable: bool = True) -> set[str]:
+        """Record what channels answered — each update's `status` (pending, delivered, dead), `attempts`,
+        `next_attempt_at`, `last_error`, under its claim's `token` — with the trace `records`, in one
+        transaction. A send whose claim is no longer the latest (the lease ran out and another dispatcher
+        claimed it) is left alone, with its records (those whose `send_key` is that send's key). Returns
+        the keys settled. `durable=False`: the commit survives a kill, and a power cut only once a later
+        durable commit flushed it."""
+        ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Delivery:
     """A send ready for its channel: rendered and addressed. `key` is the idempotency key (user,
@@ -160,7 +198,8 @@ class Channel(Protocol):
     - `send` never raises for a provider's answer: it maps it to a DeliveryResult. An exception is
       treated as `retry` by the dispatcher.
     - It passes `delivery.key` to the provider as an idempotency key where the provider has one
-      (webhook-id, Idempotency-Key, Message-ID), so a retry after a crash is not a second message.
+      (webhook-id, Idempotency-Key, Message-ID): the one send a crash may repeat (see the Outbox
+      contract) is then not a second message at the providers that deduplicate.
     - It does no retrying itself: the dispatcher owns backoff, jitter, caps and dead letters.
     - It may keep a connection between sends (SMTP does); then it has a `close()` that releases it,
       which the service calls at shutdown. Sends come from one thread at a time.

@@ -2,8 +2,9 @@
 retries (exponential backoff with jitter and a cap), a dead letter after the last attempt, and the
 outcome in the trace.
 
-A send is marked delivered only after its channel said so; a crash in between resends it with the
-same idempotency key, which the channel passes to its provider. A delivered key is never sent again.
+Sends go out one at a time, each settled in a commit of its own as soon as its channel answered and
+before the next is handed over: a kill at any instant repeats at most the one send whose channel call
+was under way (with the same idempotency key), never a batch (the Outbox contract in ports.py).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from adapters.storage.sql import SqlStore, send_from_payload
+from adapters.storage.sql import LEASE_SECONDS, send_from_payload
 from journey_engine import trace
 from journey_engine.engine import BOUNCE_EVENTS, Engine, SendMessage
 from journey_engine.events import Event
 from journey_engine.policies import ADDRESS
-from journey_engine.ports import Channel, Delivery, DeliveryResult
+from journey_engine.ports import Channel, Delivery, DeliveryResult, Outbox
 from journey_engine.templates import TemplateError
 
 log = logging.getLogger("journey.dispatch")
@@ -40,35 +41,50 @@ class RetryPolicy:
 
 
 class Dispatcher:
-    def __init__(self, store: SqlStore, engine: Engine, channels: Mapping[str, Channel], *,
+    def __init__(self, store: Outbox, engine: Engine, channels: Mapping[str, Channel], *,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC), retry: RetryPolicy | None = None,
-                 rng: random.Random | None = None, feedback: Callable[[list[Event]], Any] | None = None) -> None:
-        """`feedback` takes events back to the engine: a hard bounce, so the address is suppressed."""
+                 rng: random.Random | None = None, feedback: Callable[[list[Event]], Any] | None = None,
+                 lease: float = LEASE_SECONDS) -> None:
+        """`feedback` takes events back to the engine: a hard bounce, so the address is suppressed.
+        `lease`: seconds a claim keeps a send from other dispatchers; a channel call must take less than half."""
         self.store, self.engine, self.channels, self.clock = store, engine, channels, clock
         self.retry = retry or RetryPolicy()
         self.rng = rng or random.Random()
         self.feedback = feedback
+        self.lease = lease
 
     def run_once(self, limit: int = 200) -> dict[str, int]:
-        """Hand every due send to its channel once; return how many ended in each status."""
-        now = self.clock()
-        rows = self.store.claim_outbox(now, limit)
-        updates: list[dict[str, Any]] = []
-        records: list[dict[str, Any]] = []
+        """Claim up to `limit` due sends and hand them to their channels one at a time, each settled as
+        soon as its channel answered; return how many ended in each status."""
+        rows = self.store.claim_outbox(self.clock(), limit, self.lease)
         counts: dict[str, int] = {}
-        for row in rows:
-            send = send_from_payload(row["payload"])
-            attempt = row["attempts"] + 1
-            result = self._attempt(send, attempt)
-            update, record = self._settle(row, send, attempt, result, now)
-            updates.append(update)
-            if record is not None:
-                records.append(record)
-            counts[update["status"]] = counts.get(update["status"], 0) + 1
-        if rows:
-            settled = self.store.settle_outbox(updates, records)  # a late answer (lease lost) is dropped
-            self._bounces([r for r in records if r.get("send_key") in settled], now)
+        for i, row in enumerate(rows):
+            now = self.clock()
+            if now.timestamp() > row["next_attempt_at"] - self.lease / 2:  # too little lease left for a call
+                self._give_back(rows[i:], now)
+                break
+            # the batch's last settle is flushed to disk, the ones before with it: a power cut repeats a batch at most
+            status = self._dispatch(row, now, durable=i == len(rows) - 1)
+            counts[status] = counts.get(status, 0) + 1
         return counts
+
+    def _dispatch(self, row: dict[str, Any], now: datetime, *, durable: bool) -> str:
+        """One send: its channel call, then its outcome and trace record committed before anything else
+        happens, so that a kill from here on can repeat this send and no other."""
+        send = send_from_payload(row["payload"])
+        attempt = row["attempts"] + 1
+        result = self._attempt(send, attempt)
+        update, record = self._settle(row, send, attempt, result, now)
+        records = [] if record is None else [record]
+        if self.store.settle_outbox([update], records, durable=durable):  # a late answer (lease lost) is dropped
+            self._bounces(records, now)
+        return str(update["status"])
+
+    def _give_back(self, rows: list[dict[str, Any]], now: datetime) -> None:
+        """Claimed sends not handed over: due again at once, for whichever dispatcher claims first."""
+        self.store.settle_outbox([{"key": r["key"], "token": r["token"], "status": "pending",
+                                   "attempts": r["attempts"], "next_attempt_at": now.timestamp(),
+                                   "last_error": r["last_error"]} for r in rows], [])
 
     def _bounces(self, records: list[dict[str, Any]], now: datetime) -> None:
         """A hard bounce goes back to the engine as the event a provider would send: `Email Bounced`."""
@@ -113,7 +129,8 @@ class Dispatcher:
 
     def _settle(self, row: dict[str, Any], send: SendMessage, attempt: int, result: DeliveryResult,
                 now: datetime) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        base = {"key": row["key"], "attempts": attempt, "last_error": None, "next_attempt_at": now.timestamp()}
+        base = {"key": row["key"], "token": row["token"], "attempts": attempt, "last_error": None,
+                "next_attempt_at": now.timestamp()}
         fields = dict(send_key=send.idempotency_key, detail=result.detail, attempt=attempt)
         kind = None
         if result.status == "delivered":

@@ -88,6 +88,9 @@ _SQL = {
     "insert_outbox": "INSERT INTO outbox (key, user_id, at, channel, message, journey, payload, status, attempts, "
                      "next_attempt_at, last_error, token) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, NULL, NULL) "
                      "ON CONFLICT (key) DO NOTHING",
+    # only the holder of the send's latest claim (its token) settles it: a late answer changes nothing
+    "settle_outbox": "UPDATE outbox SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?, token = NULL "
+                     "WHERE key = ? AND status = 'pending' AND token = ?",
     "history_left": "UPDATE segment_history SET left_at = ? WHERE user_id = ? AND segment = ? AND left_at IS NULL",
     "history_entered": "INSERT INTO segment_history (user_id, segment, entered_at, left_at) VALUES (?, ?, ?, NULL)",
 }
@@ -637,10 +640,9 @@ class SqlStore:
                                 .values(status="read")).rowcount
         return bool(done)
 
-    def claim_outbox(self, now: datetime, limit: int) -> list[dict[str, Any]]:
-        """Pending sends whose time has come, leased to this dispatcher under a fresh token (others skip
-        them until the lease runs out, so a crashed dispatcher's claims come back). The token is in each
-        row and remembered for `settle_outbox` on this thread."""
+    def claim_outbox(self, now: datetime, limit: int, lease: float = LEASE_SECONDS) -> list[dict[str, Any]]:
+        """See `Outbox.claim_outbox`. The token is in each row, and remembered for `settle_outbox` on this
+        thread; the lease is the row's `next_attempt_at`."""
         o = outbox_t.c
         pending, not_in_app = sa.literal_column("'pending'"), sa.literal_column("'in_app'")  # match ix_outbox_claim
         pick = (sa.select(o.key).where(o.status == pending, o.channel != not_in_app,
@@ -649,11 +651,11 @@ class SqlStore:
         if self.dialect == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
         token = secrets.token_hex(8)
-        lease = (sa.update(outbox_t).where(o.key.in_(pick.scalar_subquery()))
-                 .values(next_attempt_at=now.timestamp() + LEASE_SECONDS, token=token)
+        claim = (sa.update(outbox_t).where(o.key.in_(pick.scalar_subquery()))
+                 .values(next_attempt_at=now.timestamp() + lease, token=token)
                  .returning(*outbox_t.c))
         with self._tx() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(lease)]
+            rows = [dict(r._mapping) for r in conn.execute(claim)]
         claims = self._claims
         claims.update((row["key"], token) for row in rows)
         return sorted(rows, key=lambda r: (r["at"], r["key"]))
@@ -665,33 +667,18 @@ class SqlStore:
             claims = self._local.claims = {}
         return claims
 
-    def settle_outbox(self, updates: list[dict[str, Any]], records: list[dict[str, Any]]) -> set[str]:
-        """Record what channels answered (status, attempts, next attempt, error) with its trace, at once.
-
-        Only sends still pending under the claim's token are settled (each update's `token`, else the one
-        this thread's `claim_outbox` got): an answer that comes after the lease ran out and another
-        dispatcher claimed the send again is ignored, with its trace records. Returns the keys settled.
-        """
+    def settle_outbox(self, updates: list[dict[str, Any]], records: list[dict[str, Any]], *,
+                      durable: bool = True) -> set[str]:
+        """See `Outbox.settle_outbox`. An update without a `token` uses the one this thread's
+        `claim_outbox` got. One conditional UPDATE per send, in key order (two dispatchers' settles
+        lock rows in the same order)."""
         claims = self._claims
         tokens = {u["key"]: u.get("token") or claims.get(u["key"]) for u in updates}
-        o = outbox_t.c
-        with self._tx() as conn:
-            held = set()
-            for chunk in _chunks(list(tokens)):
-                query = sa.select(o.key, o.token).where(o.key.in_(chunk), o.status == "pending")
-                if self.dialect == "postgresql":
-                    query = query.with_for_update()
-                held.update(key for key, token in conn.execute(query) if token is not None and token == tokens[key])
-            mine = [u for u in updates if u["key"] in held]
-            if mine:
-                conn.execute(sa.update(outbox_t)
-                             .where(o.key == sa.bindparam("k"), o.status == "pending", o.token == sa.bindparam("t"))
-                             .values(status=sa.bindparam("status"), attempts=sa.bindparam("attempts"),
-                                     next_attempt_at=sa.bindparam("next_attempt_at"),
-                                     last_error=sa.bindparam("last_error"), token=None),
-                             [{"k": u["key"], "t": tokens[u["key"]],
-                               **{f: u[f] for f in ("status", "attempts", "next_attempt_at", "last_error")}}
-                              for u in mine])
+        sql = self._sql["settle_outbox"]
+        with self._tx(durable=durable) as conn:
+            held = {u["key"] for u in sorted(updates, key=lambda u: u["key"])
+                    if conn.exec_driver_sql(sql, (u["status"], u["attempts"], u["next_attempt_at"], u["last_error"],
+                                                  u["key"], tokens[u["key"]])).rowcount == 1}
             late = set(tokens) - held
             kept = [r for r in records if r.get("send_key") not in late]
             if kept:
