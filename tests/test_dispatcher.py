@@ -231,7 +231,7 @@ def test_dispatchers_sharing_one_outbox_hand_each_send_over_once(url: str) -> No
         channel = MeetingChannel(threads=3)
 
         def drain(store: SqlStore) -> None:
-            dispatcher = Dispatcher(store, runtime.engine, {"email": channel})
+            dispatcher = Dispatcher(store, runtime.engine, {"email": channel}, clock=lambda: T0)
             while dispatcher.run_once(limit=7):
                 pass
 
@@ -244,3 +244,27 @@ def test_dispatchers_sharing_one_outbox_hand_each_send_over_once(url: str) -> No
     finally:
         for store in stores:
             store.close()
+
+
+def test_a_send_left_in_the_outbox_past_its_expiry_is_suppressed_not_sent(store: SqlStore) -> None:
+    """The dispatcher was down for two days: the welcome email, decided then, is never handed over; its row
+    is `expired` and the trace says `message_suppressed reason=expired` with the time it was due."""
+    runtime, clock = setup(store), Clock()
+    channel = ScriptedChannel()
+    dispatcher = Dispatcher(store, runtime.engine, {"email": channel}, clock=clock)
+    clock.now = T0 + timedelta(days=2)
+    assert dispatcher.run_once() == {"expired": 1}
+    assert channel.got == []
+    [record] = [r for r in store.trace("u1") if r["kind"] == "message_suppressed"]
+    assert (record["message"], record["reason"], record["due"]) == ("welcome_email", "expired",
+                                                                    "2026-01-05T09:00:00Z")
+    assert dispatcher.run_once() == {}
+
+
+def test_a_send_within_its_expiry_still_goes_after_a_short_outage(store: SqlStore) -> None:
+    """An hour down is within the default 24 h: the email goes."""
+    runtime, clock = setup(store), Clock()
+    channel = ScriptedChannel()
+    dispatcher = Dispatcher(store, runtime.engine, {"email": channel}, clock=clock)
+    clock.now = T0 + timedelta(hours=1)
+    assert dispatcher.run_once() == {"delivered": 1}

@@ -13,7 +13,7 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from adapters.storage.sql import LEASE_SECONDS, send_from_payload
@@ -73,8 +73,12 @@ class Dispatcher:
         happens, so that a kill from here on can repeat this send and no other."""
         send = send_from_payload(row["payload"])
         attempt = row["attempts"] + 1
-        result = self._attempt(send, attempt)
-        update, record = self._settle(row, send, attempt, result, now)
+        expiry = self.engine.expiries.get(send.message)
+        if expiry is not None and now - send.at > expiry:  # late is not always better than never
+            update, record = self._expired(row, send, attempt, now, expiry)
+        else:
+            result = self._attempt(send, attempt)
+            update, record = self._settle(row, send, attempt, result, now)
         records = [] if record is None else [record]
         if self.store.settle_outbox([update], records, durable=durable):  # a late answer (lease lost) is dropped
             self._bounces(records, now)
@@ -126,6 +130,19 @@ class Dispatcher:
                         locale=send.locale, attempt=attempt,
                         data={"user_id": send.user, "traits": traits,
                               "journey": send.context.get("journey", {})})
+
+    @staticmethod
+    def _expired(row: dict[str, Any], send: SendMessage, attempt: int, now: datetime,
+                 expiry: timedelta) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A send still in the outbox more than its expiry after it was decided (the dispatcher was down or
+        retrying): never handed over, traced like the engine's own expired sends (SPEC §3 item 10)."""
+        why = f"decided at {trace.iso(send.at)}, more than {expiry} before {trace.iso(now)}"
+        update = {"key": row["key"], "token": row["token"], "attempts": attempt - 1, "status": "expired",
+                  "last_error": why, "next_attempt_at": now.timestamp()}
+        record = trace.message("message_suppressed", now, send.user, send.journey, send.key, send.state,
+                               send.message, send.channel, send.locale, reason="expired", due=trace.iso(send.at),
+                               why=why, send_key=send.idempotency_key)
+        return update, record
 
     def _settle(self, row: dict[str, Any], send: SendMessage, attempt: int, result: DeliveryResult,
                 now: datetime) -> tuple[dict[str, Any], dict[str, Any] | None]:

@@ -541,7 +541,7 @@ class SqlStore:
                 trace_t.c.at < horizon.isoformat().replace("+00:00", "Z"))).rowcount
             o = outbox_t.c
             sent = conn.execute(sa.delete(outbox_t).where(  # next_attempt_at is the last attempt's time once settled
-                o.status.in_(["delivered", "dead"]), o.next_attempt_at < horizon.timestamp())).rowcount
+                o.status.in_(["delivered", "dead", "expired"]), o.next_attempt_at < horizon.timestamp())).rowcount
         return {"processed": ids, "trace": old, "outbox": sent}
 
     def trace(self, user: str, limit: int = 200) -> list[dict[str, Any]]:
