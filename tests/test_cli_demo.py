@@ -66,3 +66,30 @@ def test_report_of_one_journey_and_of_an_unknown_one(demo_run: tuple[Path, str],
     unknown = runner.invoke(app, ["report", "winbak", *args])
     assert unknown.exit_code == 1
     assert "winback" in unknown.output
+
+
+def test_serve_refuses_the_demo_database(demo_run: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's database holds simulated sends to made-up people: `journey serve` on it exits 1 and says
+    why and what to do, before it listens or sends anything (SPEC §3 item 10)."""
+    folder, _ = demo_run
+    monkeypatch.chdir(folder)
+    monkeypatch.delenv("JOURNEY_DATABASE_URL", raising=False)
+    result = runner.invoke(app, ["serve", "--workspace", str(EXAMPLES), "--database", "sqlite:///journey-demo.db",
+                                 "--port", "1"])
+    assert result.exit_code == 1
+    assert "was written by `journey demo`" in result.output
+    assert "--allow-simulated" in result.output
+
+
+def test_the_demo_and_bench_mark_their_databases_as_simulated(tmp_path: Path) -> None:
+    """A database written by `journey bench` is marked too; a fresh one is not."""
+    from adapters.storage.sql import SqlStore
+    fresh = SqlStore(f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert fresh.simulated() is None
+    fresh.close()
+    result = runner.invoke(app, ["bench", "--store", "sqlite", "--users", "20", "--events", "50", "--json",
+                                 "--database", f"sqlite:///{tmp_path / 'bench.db'}", "--workspace", str(EXAMPLES)])
+    assert result.exit_code == 0, result.output
+    bench = SqlStore(f"sqlite:///{tmp_path / 'bench.db'}")
+    assert bench.simulated() == "journey bench"
+    bench.close()

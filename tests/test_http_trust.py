@@ -103,10 +103,10 @@ def test_a_timer_round_isolates_the_user_it_fails_on_and_the_others_move_on(
     assert post(client, {"batch": cart}).json() == {"success": True}
     real = worker.runtime.engine.wake
 
-    def wake(profile: Any, now: Any) -> Any:
+    def wake(profile: Any, now: Any, **more: Any) -> Any:
         if profile.user_id == "u5":
             raise RuntimeError("engine bug on u5")
-        return real(profile, now)
+        return real(profile, now, **more)
 
     monkeypatch.setattr(worker.runtime.engine, "wake", wake)
     monkeypatch.setattr(worker, "clock", lambda: NOW + timedelta(hours=2))

@@ -46,7 +46,8 @@ def refusal(path: Path) -> str:
                      "s.yaml:6:5: steps.1.wait: `2x` is not a duration: write it like 30s, 5m, 4h, 2d, 1w, 1h30m "
                      "or PT90M", id="bad-duration"),
         pytest.param("  - expect: {user: u1, state: done}\n",
-                     "s.yaml:6:5: steps.1.expect: `state`, `exited` and `key` belong to a journey: add `journey: <name>`",
+                     "s.yaml:6:5: steps.1.expect: `state`, `exited` and `key` belong to a journey: "
+                     "add `journey: <name>`",
                      id="state-without-journey"),
     ],
 )
