@@ -288,3 +288,32 @@ def test_healthz_is_503_while_the_sqlite_database_is_full(tmp_path: Path) -> Non
         down = client.get("/healthz")
         assert down.status_code == 503 and "full" in down.json()["down"]["store"], down.text
     store.close()
+
+
+# --- catching up after downtime (issue 22) ----------------------------------------------------------------
+
+
+def test_after_downtime_the_backlog_shows_in_metrics_and_stale_sends_expire(store: SqlStore) -> None:
+    """Three days down: /metrics shows the due wake-ups and how long the oldest waited; draining moves the
+    carts through to the end as their timers say, and the reminders, days late, are suppressed `expired`."""
+    now = [NOW]
+    app = create_app(COMPILED, store, Settings(write_keys=[KEY], admin_key=ADMIN), clock=lambda: now[0],
+                     scheduler=False)
+    with TestClient(app) as client:
+        users = ["a", "b"]
+        post(client, {"batch": [identify(u) for u in users]
+                      + [track(u, "Product Added", properties={"cartId": "c1", "name": "lamp"}) for u in users]})
+        now[0] = NOW + timedelta(days=3)
+        worker = client.app.state.worker  # type: ignore[attr-defined]
+        worker.clock = lambda: now[0]
+        text = client.get("/metrics").text
+        assert "journey_timers_due 2.0" in text
+        lag = next(float(line.split()[1]) for line in text.splitlines()
+                   if line.startswith("journey_timers_lag_seconds"))
+        assert lag == pytest.approx(timedelta(days=3, hours=-1).total_seconds(), abs=60)
+        worker.timers()
+        assert [state(client, u, "cart") for u in users] == [None, None]  # reminded, then done a day later
+        assert [r["reason"] for u in users for r in store.trace(u) if r["kind"] == "journey_exited"] == ["final"] * 2
+        expired = [r for u in users for r in store.trace(u) if r["kind"] == "message_suppressed"]
+        assert [r["reason"] for r in expired] == ["expired", "expired"]
+        assert "journey_timers_due 0.0" in client.get("/metrics").text

@@ -303,6 +303,9 @@ class Metrics:
         self.deliveries = Counter("journey_deliveries", "Channel outcomes by status", ["status"], registry=r)
         self.timers_due = Gauge("journey_timers_due", "Users whose wake-up (timer, window, deferred send) is due",
                                 registry=r)
+        self.timers_lag = Gauge("journey_timers_lag_seconds", "How long the oldest due wake-up has waited: the "
+                                "backlog after downtime, drained between requests", registry=r)
+        self.outbox_due = Gauge("journey_outbox_due", "Sends due and waiting for their channel", registry=r)
 
     def observe(self, outcome: Outcome, events: int, seconds: float) -> None:
         self.add(Observed.of(outcome, events, seconds))
@@ -494,6 +497,8 @@ def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings 
     app.state.worker, app.state.store, app.state.engine = worker, store, engine
     app.add_middleware(RawUserPaths)
     metrics.timers_due.set_function(lambda: timers_due(store, clock()))
+    metrics.timers_lag.set_function(lambda: timers_lag(store, clock()))
+    metrics.outbox_due.set_function(lambda: _or_nan(lambda: store.outbox_due(clock())))
     _answer_errors_as_code_and_message(app)
     app.openapi = lambda: _openapi_with_security(app)  # type: ignore[method-assign]
 
@@ -712,6 +717,21 @@ def storable(text: str) -> bool:
     """Whether a store can hold this id: events naming a NUL character are refused, so no user has one
     (and PostgreSQL would raise on the lookup)."""
     return "\x00" not in text
+
+
+def timers_lag(store: SqlStore, now: datetime) -> float:
+    """Seconds the oldest due wake-up has waited (0 when none is due, NaN while the store is down)."""
+    def lag() -> float:
+        _, earliest = store.overdue(now)
+        return 0.0 if earliest is None else max(0.0, (now - earliest).total_seconds())
+    return _or_nan(lag)
+
+
+def _or_nan(read: Callable[[], float]) -> float:
+    try:
+        return float(read())
+    except StoreUnavailable:
+        return math.nan
 
 
 def timers_due(store: SqlStore, now: datetime) -> float:

@@ -287,6 +287,14 @@ class SqlStore:
         with self._reading() as conn:
             return int(conn.execute(query).scalar_one())
 
+    def outbox_due(self, now: datetime) -> int:
+        """Sends due by `now` and waiting for their channel (in-app messages wait for the app instead)."""
+        o = outbox_t.c
+        query = sa.select(sa.func.count()).select_from(outbox_t).where(
+            o.status == "pending", o.channel != "in_app", o.next_attempt_at <= now.timestamp())
+        with self._reading() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def overdue(self, now: datetime) -> tuple[int, datetime | None]:
         """How many users' wake-up is due by `now`, and the earliest of them: the backlog after downtime."""
         c = profiles_t.c
