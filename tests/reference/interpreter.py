@@ -154,16 +154,13 @@ class Reference:
         if event.type == "alias":
             self._alias(user, event, now)
             return
-        before = self._metrics(user, now)
-        traits_before = dict(user.traits)
         if event.traits:
             user.traits.update(event.traits)
         if event.name is not None:
             self.arrivals += 1
             user.events.append((self.arrivals, event))
             self._subscription(user, event, now)
-        self._segments(user, now, new_user=is_new and self._metrics(user, now) == before
-                       and user.traits == traits_before)
+        self._segments(user, now, new_user=is_new)
         self._journeys(user, now, event)
         self._settle(user, now)
 

@@ -40,7 +40,7 @@ def _settings(kind: str) -> Callable[[Any], Any]:
                     derandomize=True, database=None)
 
 
-def _store(kind: str, folder: Path) -> Callable[[], Store] | None:
+def _store(kind: str, folder: Path, defaults: dict[str, Any]) -> Callable[[], Store] | None:
     if kind == "harness":
         return None
     if kind == "memory-cold":
@@ -48,19 +48,10 @@ def _store(kind: str, folder: Path) -> Callable[[], Store] | None:
     from adapters.storage.sql import SqlStore
 
     if kind == "sqlite":
-        counter = iter(range(10**9))
-        return lambda: SqlStore(f"sqlite:///{folder / f'ref{next(counter)}.db'}")
+        return lambda: SqlStore(f"sqlite:///{folder / 'journey.db'}", defaults=defaults)
     from tests.conftest import postgres_or_skip
 
-    url = postgres_or_skip()
-    return lambda: SqlStore(url, reset=True) if _takes_reset() else SqlStore(url)
-
-
-def _takes_reset() -> bool:
-    import inspect
-
-    from adapters.storage.sql import SqlStore
-    return "reset" in inspect.signature(SqlStore).parameters
+    return lambda: SqlStore(postgres_or_skip(), defaults=defaults)  # emptied for every example
 
 
 def _check(kind: str, files: dict[str, str], stream: tuple[datetime, list[dict[str, Any]]]) -> None:
@@ -68,7 +59,7 @@ def _check(kind: str, files: dict[str, str], stream: tuple[datetime, list[dict[s
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         compiled = load_workspace(write_workspace(files, folder / "workspace"))
-        store = _store(kind, folder)
+        store = _store(kind, folder, dict(compiled.metrics.defaults))
         problems, touched = compare(compiled, start, steps, store, ignore=PENDING)
         if touched:
             hevent(f"not compared: pending {sorted(touched)}")
