@@ -31,6 +31,7 @@ from journey_engine.loading import Workspace
 from journey_engine.model import AttributeTime, Choose, Journey, Message, SendWindow, clock_minutes, parse_duration
 
 TICK = timedelta(microseconds=1)
+QUIET_EXEMPT = ("in_app", "webhook")  # QUESTIONS.md #4: shown when the user opens the app, not pushed at night
 MAX_CHAIN = 100
 _DURATION = re.compile(r"t'(-?P[0-9A-Z.]+)'")
 SPEC_KINDS = ("segment_entered", "segment_left", "journey_entered", "transition", "message_sent",
@@ -599,24 +600,26 @@ class Reference:
                            **extra})
 
     def _deliver(self, user: User, inst: Inst, message: str, state: str, now: datetime) -> str:
-        """Holdout, subscription, quiet hours / window / optimal time, caps: send, defer or suppress."""
+        """Holdout, subscription, caps, then quiet hours / window / optimal time: send, defer or suppress."""
         msg = self.ws.messages[message]
         if msg.transactional:
             self.touched.add("transactional")
-        if inst.holdout and not msg.transactional:
+            return self._go(user, inst, message, state, now)
+        if inst.holdout:
             return self._suppress(user, inst, state, message, now, "holdout")
-        if not msg.transactional and not self._subscribed(user, msg):
+        if not self._subscribed(user, msg):
             return self._suppress(user, inst, state, message, now, "unsubscribed")
-        if not msg.transactional:
-            reason, until = self._deferral(user, msg, now)
-            if reason == "drop":
-                return self._suppress(user, inst, state, message, now, "quiet_hours")
-            if reason is not None:
-                assert until is not None
-                user.deferred.append(Deferred(until=until, journey=inst.journey, key=inst.key, state=state,
-                                              message=message, visit=inst.visit, run=inst.run))
-                self._record("message_deferred", user, inst, state, message, now, until=iso(until), reason=reason)
-                return "deferred"
+        if self._capped(user, msg, now):  # QUESTIONS.md #3: a capped send is suppressed now, not deferred
+            return self._suppress(user, inst, state, message, now, "frequency_cap")
+        reason, until = self._deferral(user, msg, now)
+        if reason in ("drop", "closed"):
+            return self._suppress(user, inst, state, message, now, "quiet_hours" if reason == "drop" else "window")
+        if reason is not None:
+            assert until is not None
+            user.deferred.append(Deferred(until=until, journey=inst.journey, key=inst.key, state=state,
+                                          message=message, visit=inst.visit, run=inst.run))
+            self._record("message_deferred", user, inst, state, message, now, until=iso(until), reason=reason)
+            return "deferred"
         return self._go(user, inst, message, state, now)
 
     def _suppress(self, user: User, inst: Inst | Deferred, state: str, message: str, now: datetime,
@@ -653,34 +656,51 @@ class Reference:
                 return True
         return False
 
+    def _gates(self, user: User, msg: Message) -> list[tuple[str, int, int]]:
+        """Local [start, end) spans a send may go in: its timing (window, optimal hour), then quiet hours."""
+        gates = []
+        qh = self.policies.quiet_hours if msg.channel not in QUIET_EXEMPT else None
+        if isinstance(msg.send_at, SendWindow):
+            gates.append(("window", *msg.send_at.bounds))
+        elif msg.send_at == "optimal":
+            hour = self._open_hour(user, qh)
+            gates.append(("send_time", hour * 60, (hour + 1) * 60 % 1440))
+        if qh is not None:
+            gates.append(("quiet_hours", clock_minutes(qh.to), clock_minutes(qh.from_)))
+        return gates
+
     def _deferral(self, user: User, msg: Message, now: datetime) -> tuple[str | None, datetime | None]:
-        """The first reason this send cannot go now, and the first instant it may (QUESTIONS.md #4)."""
+        """Why this send cannot go now (the timing first, then quiet hours: QUESTIONS.md #4), and the
+        first instant every span allows; `drop` when quiet hours hold it and drop, `closed` when no
+        instant is ever allowed."""
+        gates = self._gates(user, msg)
+        closed = [name for name, start, end in gates if not self._within(user, now, start, end)]
+        if not closed:
+            return None, None
         qh = self.policies.quiet_hours
-        reason = None
+        if closed[0] == "quiet_hours" and qh is not None and qh.action == "drop":
+            return "drop", None
         at = now
-        for _ in range(10):
-            moved = False
-            if qh is not None and self._within(user, at, clock_minutes(qh.from_), clock_minutes(qh.to)):
-                if qh.action == "drop" and at == now:
-                    return "drop", None
-                reason = reason or "quiet_hours"
-                at = self._next_local(user, at, clock_minutes(qh.to), strictly=True)
-                moved = True
-            if isinstance(msg.send_at, SendWindow):
-                start, end = msg.send_at.bounds
-                if not self._within(user, at, start, end):
-                    reason = reason or "window"
-                    at = self._next_local(user, at, start, strictly=False)
-                    moved = True
-            elif msg.send_at == "optimal":
-                hour = self.policies.send_time.default_hour  # no engagement history in generated streams
-                if at.astimezone(self._zone(user)).hour != hour:
-                    reason = reason or "send_time"
-                    at = self._next_local(user, at, hour * 60, strictly=False)
-                    moved = True
-            if not moved:
-                break
-        return (reason, at) if reason is not None else (None, None)
+        for _ in range(30):
+            shut = [(start, end) for _, start, end in gates if not self._within(user, at, start, end)]
+            if not shut:
+                return closed[0], at
+            at = min(self._next_local(user, at, start, strictly=False) for start, _ in shut)
+        return "closed", None
+
+    def _open_hour(self, user: User, qh: Any) -> int:
+        """The best hour (no engagement history in generated streams: the default hour), or when it is
+        quiet, the nearest hour that is not, the earlier on a tie (QUESTIONS.md #5)."""
+        hour = self.policies.send_time.default_hour
+        if qh is None:
+            return hour
+        start, end = clock_minutes(qh.from_), clock_minutes(qh.to)
+        for distance in range(13):
+            for h in ((hour - distance) % 24, (hour + distance) % 24):
+                minute = h * 60
+                if not (start <= minute < end if start < end else minute >= start or minute < end):
+                    return h
+        return hour
 
     def _within(self, user: User, at: datetime, start: int, end: int) -> bool:
         """Local [start, end), across midnight when end <= start."""
