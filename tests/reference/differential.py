@@ -139,7 +139,8 @@ def _plain(value: Any) -> Any:
 
 
 def compare(compiled: CompiledWorkspace, start: datetime, steps: list[dict[str, Any]],
-            store: Callable[[], Store] | None = None, ignore: frozenset[str] = frozenset()) -> tuple[list[str], set[str]]:
+            store: Callable[[], Store] | None = None,
+            ignore: frozenset[str] = frozenset()) -> tuple[list[str], set[str]]:
     """The differences between the engine and the reference (empty: they agree), and what the reference
     touched that is pending (then the caller does not hold the engine to this example)."""
     h = run_engine(compiled, start, steps, store() if store else None)

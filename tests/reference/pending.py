@@ -11,7 +11,7 @@ import os
 
 PENDING: frozenset[str] = frozenset({
     "final_deferred",          # SPEC §3 item 10: a final state's (or a `to:`-only hop's) deferred send is still sent
-    "deferred_state_left",     # item 10: leaving the state later, by an event, rule or timer, cancels its deferred sends
+    "deferred_state_left",     # item 10: leaving the state later (event, rule, timer) cancels its deferred sends
     "same_instant_entries",    # item 12: two entries at one instant are two runs (own sends, keys, draws)
     "new_user_segments",       # item 13: a first event no metric counts still evaluates segments
     "numeric_ids",             # item 14: a number is the same user as its decimal string

@@ -123,8 +123,9 @@ def _journey(draw: st.DrawFn, name: str, messages: list[str], segments: list[str
     elif kind == "segment":
         entry["segment"] = draw(st.sampled_from(segments))
     else:
-        entry["if"] = draw(st.sampled_from(["traits.plan == 'pro'", "metrics.orders >= 1", "traits.age != null and traits.age >= 30"]
-                                           + [f"'{s}' in segments" for s in segments]))
+        entry["if"] = draw(st.sampled_from(["traits.plan == 'pro'", "metrics.orders >= 1",
+                                            "traits.age != null and traits.age >= 30",
+                                            *(f"'{s}' in segments" for s in segments)]))
     if kind != "if" and draw(st.integers(0, 3)) == 0:
         entry["if"] = "traits.status != 'blocked'"
     entry["reentry"] = draw(st.sampled_from(["never", "always", {"after": "1d"}, {"after": "3h"}]))
@@ -222,7 +223,7 @@ def streams(draw: st.DrawFn, pending: frozenset[str]) -> tuple[datetime, list[di
                 clock += timedelta(minutes=minutes)
                 steps.append({"wait": f"{minutes}m"})
             continue
-        user: Any = draw(st.sampled_from(users + ["anon1"]))
+        user: Any = draw(st.sampled_from([*users, "anon1"]))
         if "numeric_ids" not in pending and draw(st.integers(0, 5)) == 0:
             user = {"u1": 1, "u2": 2}.get(user, user)
         step: dict[str, Any]

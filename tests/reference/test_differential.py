@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +17,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import event as hevent
-from hypothesis import strategies as st
 
 from journey_engine.compiler import load_workspace
 from journey_engine.ports import Store
@@ -34,8 +34,7 @@ BUDGET = {"harness": 110, "memory-cold": 40, "sqlite": 35, "postgres": 15}
 
 def _settings(kind: str) -> Callable[[Any], Any]:
     if SOAK:
-        return settings(max_examples=10**9, deadline=None, suppress_health_check=list(HealthCheck),
-                        database=None)
+        return settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     return settings(max_examples=BUDGET[kind], deadline=None, suppress_health_check=list(HealthCheck),
                     derandomize=True, database=None)
 
@@ -79,7 +78,13 @@ def _test(kind: str) -> Callable[..., None]:
     @given(files=workspaces(PENDING), stream=streams(PENDING))
     def run(files: dict[str, str], stream: tuple[datetime, list[dict[str, Any]]]) -> None:
         _check(kind, files, stream)
-    return run
+
+    def soak() -> None:
+        """Rounds of fresh random examples until JOURNEY_SOAK_SECONDS have passed (split over the stores)."""
+        deadline = time.monotonic() + SOAK * BUDGET[kind] / sum(BUDGET.values())
+        while time.monotonic() < deadline:
+            run()
+    return soak if SOAK else run
 
 
 test_harness_agrees_with_the_reference = _test("harness")

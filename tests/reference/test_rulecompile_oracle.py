@@ -103,6 +103,6 @@ def test_compiled_rules_agree_with_rule_engine(text: str, scope: dict[str, Any])
     fast, expected = _outcome(lambda: compiled.fast(scope, NOW)), _outcome(slow)
     hevent(expected[0])
     if expected[0] == "error":
-        assert fast[0] == "error", f"{text} over {scope}: rule-engine fails with {expected[1]}, the closure gives {fast}"
+        assert fast[0] == "error", f"{text} over {scope}: rule-engine fails ({expected[1]}), the closure gives {fast}"
     else:
         assert fast == expected, f"{text} over {scope}: rule-engine {expected}, closure {fast}"
