@@ -69,7 +69,8 @@ MUTANTS = (
                               "send_list_priority,transactional,rule_error,unsubscribe_all,send_expiry,"
                               "deferred_state_left"),)),
     Mutant("caps_per_journey", "frequency caps counted per journey instead of across journeys",
-           ((ENGINE, "decision = self._decide(run, msg, deferred)", "decision = self._decide(run, msg, deferred, cj.name)"),
+           ((ENGINE, "decision = self._decide(run, msg, deferred)",
+             "decision = self._decide(run, msg, deferred, cj.name)"),
             (ENGINE, "def _decide(self, run: _Run, msg: Message, deferred: bool) -> Decision:",
              "def _decide(self, run: _Run, msg: Message, deferred: bool, journey: str = '') -> Decision:"),
             (ENGINE, "ledger=profile.ledger or (), subscribed=subscribed",
@@ -92,7 +93,8 @@ MUTANTS = (
              "        profile.note_entry(ikey, clock.epoch(run.now))"),),
            (DIFFERENTIAL, f"{BEHAVIOURS}::test_reentry_after_counts_from_the_last_entry")),
     Mutant("identify_dedupe_removed", "an identify's messageId no longer deduplicated",
-           (("journey_engine/runtime.py", "        if event.message_id is not None:\n            if event.message_id in",
+           (("journey_engine/runtime.py",
+             "        if event.message_id is not None:\n            if event.message_id in",
              '        if event.message_id is not None and event.type != "identify":\n'
              "            if event.message_id in"),),
            (DIFFERENTIAL, f"{BEHAVIOURS}::test_a_repeated_identify_is_a_duplicate")),
