@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # changes; the package uses them only while they match its sources, and runs as Python otherwise
 NATIVE := $(VENV)/native/manifest.json
 
-.PHONY: install system demo test lint typecheck bench clean native kill-loop
+.PHONY: install system demo test lint typecheck bench clean native kill-loop reference soak mutants
 
 install: $(NATIVE)
 
@@ -54,3 +54,16 @@ bench: $(NATIVE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# the engine against the reference model of the SPEC (tests/reference/), ~200 examples
+reference: $(STAMP)
+	JOURNEY_NATIVE=0 $(BIN)/pytest tests/reference
+
+# the same for as long as asked: make soak SECONDS=1800
+SECONDS ?= 1800
+soak: $(STAMP)
+	JOURNEY_NATIVE=0 JOURNEY_SOAK_SECONDS=$(SECONDS) $(BIN)/pytest tests/reference/test_differential.py -x
+
+# each mutant of tools/mutants.py against the tests that should catch it; prints a table
+mutants: $(STAMP)
+	JOURNEY_NATIVE=0 $(BIN)/python tools/mutants.py

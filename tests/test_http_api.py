@@ -93,6 +93,12 @@ def test_write_keys_cannot_read_users(client: TestClient) -> None:
     assert client.get("/v1/users/u1", headers=BEARER).status_code == 200
 
 
+def test_a_write_key_as_bearer_cannot_read_users(client: TestClient) -> None:
+    """Admin routes take only the admin key: `Authorization: Bearer <write key>` is refused (SPEC §6)."""
+    post(client, {"batch": [track()]})
+    assert client.get("/v1/users/u1", headers={"Authorization": f"Bearer {KEY}"}).status_code == 401
+
+
 def test_single_calls_and_gzip(client: TestClient) -> None:
     """/v1/track, /v1/identify ... take one message; gzip bodies are inflated."""
     assert post(client, identify(), "/v1/identify").json() == {"success": True}

@@ -1,0 +1,125 @@
+"""Direct tests of behaviours the mutation check (tools/mutants.py) asks about, each on a tiny workspace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from journey_engine.testing import Harness
+
+START = "2026-01-05T09:00:00Z"
+
+
+def harness(tmp_path: Path, *journeys: dict[str, Any], start: str = START, **shared: Any) -> Harness:
+    messages = {"m": {"channel": "sms", "body": "hi"}, "n": {"channel": "sms", "body": "ho"}}
+    doc = {"version": 1, "messages": messages, "policies": {"timezone": "UTC"}, **shared}
+    (tmp_path / "shared.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+    for j in journeys:
+        (tmp_path / f"{j['journey']}.yaml").write_text(yaml.safe_dump({"version": 1, **j}), encoding="utf-8")
+    return Harness.load(tmp_path, start=start)
+
+
+def journey(name: str = "j", on: str = "Signed Up", **more: Any) -> dict[str, Any]:
+    doc = {"journey": name, "entry": {"on": on}, "initial": "s0",
+           "states": {"s0": {"transitions": [{"after": "30d", "to": "done"}]}, "done": {"final": True}}}
+    doc.update(more)
+    return doc
+
+
+def kinds(h: Harness, kind: str) -> list[dict[str, Any]]:
+    return h.records(kind=kind)
+
+
+def test_an_exit_wins_over_a_transition_on_the_same_event(tmp_path: Path) -> None:
+    """Exit criteria come before the state's transitions (SPEC §3 item 2)."""
+    h = harness(tmp_path, journey(exit=[{"on": "Order Completed"}], states={
+        "s0": {"transitions": [{"on": "Order Completed", "to": "done"}]}, "done": {"final": True, "send": "m"}}))
+    h.track("u1", "Signed Up")
+    h.track("u1", "Order Completed")
+    assert [r["reason"] for r in kinds(h, "journey_exited")] == ["exit"]
+    assert h.sent("u1") == []
+
+
+def test_an_event_without_the_key_reaches_every_keyed_instance(tmp_path: Path) -> None:
+    """An event that does not carry the key property reaches all of the user's instances (item 5)."""
+    h = harness(tmp_path, journey(on="Cart Updated", entry={"on": "Cart Updated", "key": "cartId"}, states={
+        "s0": {"transitions": [{"on": "Checkout", "to": "done"}]}, "done": {"final": True}}))
+    h.track("u1", "Cart Updated", {"cartId": "A"})
+    h.track("u1", "Cart Updated", {"cartId": "B"})
+    h.track("u1", "Checkout")
+    assert sorted(r["key"] for r in kinds(h, "journey_exited")) == ["A", "B"]
+
+
+def test_at_is_the_users_local_time(tmp_path: Path) -> None:
+    """`at: "09:00"` is the next 09:00 in traits.timezone, not the workspace zone (item 4)."""
+    h = harness(tmp_path, journey(states={"s0": {"transitions": [{"at": "09:00", "to": "done"}]},
+                                          "done": {"final": True}}))
+    h.identify("u1", timezone="Asia/Seoul")  # 18:00 there
+    h.track("u1", "Signed Up")
+    h.wait("15h1m")  # 09:01 the next day in Seoul, 00:01 UTC
+    assert [r["at"] for r in kinds(h, "journey_exited")] == ["2026-01-06T00:00:00Z"]
+
+
+def test_a_window_closes_at_its_end_minute(tmp_path: Path) -> None:
+    """A send at the window's end minute waits for the next opening (windows are [start, end))."""
+    h = harness(tmp_path, journey(states={"s0": {"send": "m", "transitions": [{"after": "30d", "to": "done"}]},
+                                          "done": {"final": True}}),
+                start="2026-01-05T18:00:00Z",
+                messages={"m": {"channel": "sms", "body": "hi", "send_at": {"window": "09:00-18:00"}}})
+    h.track("u1", "Signed Up")
+    assert [r["until"] for r in kinds(h, "message_deferred")] == ["2026-01-06T09:00:00Z"]
+
+
+def test_a_cap_counts_sends_of_every_journey(tmp_path: Path) -> None:
+    """Frequency caps are across all journeys (SPEC §3: `policies`, item 6)."""
+    sends = {"s0": {"send": "m", "transitions": [{"after": "30d", "to": "done"}]}, "done": {"final": True}}
+    h = harness(tmp_path, journey("a", states=sends), journey("b", on="Clicked", states=sends),
+                policies={"timezone": "UTC", "frequency_caps": [{"channel": "any", "max": 1, "per": "1d"}]})
+    h.track("u1", "Signed Up")
+    h.track("u1", "Clicked")
+    assert h.sent("u1") == ["m"]
+    assert [r["reason"] for r in kinds(h, "message_suppressed")] == ["frequency_cap"]
+
+
+def test_a_segment_is_left_when_each_event_leaves_the_window(tmp_path: Path) -> None:
+    """A sliding window changes membership at the very minute an event leaves it (SPEC §3 item 3)."""
+    h = harness(tmp_path, journey(entry={"on": "Signed Up", "if": "'clicky' in segments"}),
+                metrics={"clicks": {"count": "Clicked", "within": "1h"}}, segments={"clicky": "metrics.clicks >= 2"})
+    for _ in range(3):
+        h.track("u1", "Clicked")
+        h.wait("10m")
+    h.wait("2h")
+    assert [r["at"] for r in kinds(h, "segment_left")] == ["2026-01-05T10:10:00Z"]
+
+
+def test_reentry_after_counts_from_the_last_entry(tmp_path: Path) -> None:
+    """`reentry: {after: 1d}` counts from the last entry, not from the exit."""
+    h = harness(tmp_path, journey(entry={"on": "Signed Up", "reentry": {"after": "1d"}},
+                                  states={"s0": {"transitions": [{"after": "20h", "to": "done"}]},
+                                          "done": {"final": True}}))
+    h.track("u1", "Signed Up")
+    h.wait("1d1m")
+    h.track("u1", "Signed Up")
+    assert len(kinds(h, "journey_entered")) == 2
+
+
+def test_a_repeated_identify_is_a_duplicate(tmp_path: Path) -> None:
+    """An identify whose messageId was seen is ignored, like any event (SPEC §3 item 2)."""
+    h = harness(tmp_path, journey())
+    h.identify("u1", {"plan": "pro"}, message_id="m-1")
+    h.identify("u1", {"plan": "free"}, message_id="m-1")
+    profile = h.runtime.profile("u1")
+    assert profile is not None and profile.traits["plan"] == "pro"
+
+
+def test_quiet_hours_are_the_users_local_hours(tmp_path: Path) -> None:
+    """Quiet hours are in the user's zone (traits.timezone), not the workspace's (item 6)."""
+    h = harness(tmp_path, journey(states={"s0": {"send": "m", "transitions": [{"after": "30d", "to": "done"}]},
+                                          "done": {"final": True}}),
+                start="2026-01-05T14:00:00Z",
+                policies={"timezone": "UTC", "quiet_hours": {"from": "21:00", "to": "08:00"}})
+    h.identify("u1", timezone="Asia/Seoul")  # 23:00 there
+    h.track("u1", "Signed Up")
+    assert [r["until"] for r in kinds(h, "message_deferred")] == ["2026-01-05T23:00:00Z"]
