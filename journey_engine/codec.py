@@ -79,7 +79,7 @@ def encode(profile: Profile, defaults: Mapping[str, Any] | None = None, names: N
             [[d.due, d.journey, d.key, d.state, d.message, d.visit, d.run, d.data] for d in profile.deferred]
             if profile.deferred
             else None, profile.engagements or None, profile.wake_at, profile.segments_due_at, profile.bounced,
-            profile.held]
+            profile.held, profile.stamps]
         return _packer().pack(body)  # type: ignore[no-any-return]
     code = names.code
     entries: list[Any] | None = None
@@ -101,7 +101,8 @@ def encode(profile: Profile, defaults: Mapping[str, Any] | None = None, names: N
         [[d.due, code(d.journey), d.key, code(d.state), code(d.message), d.visit, d.run, d.data]
          for d in profile.deferred]
         if profile.deferred else None, profile.engagements or None, profile.wake_at, profile.segments_due_at,
-        profile.bounced, [code(j) for j in profile.held] if profile.held else None]
+        profile.bounced, [code(j) for j in profile.held] if profile.held else None,
+        _flat(profile.stamps, names) if profile.stamps else None]
     return _packer().pack(body)  # type: ignore[no-any-return]
 
 
@@ -133,8 +134,10 @@ def decode(blob: bytes, defaults: Mapping[str, Any] | None = None, names: Names 
                          "upgrade journey-engine")
     if version == 2:
         body.extend((None, None))
+    if len(body) == 17:  # written before `last` metrics kept their events' times
+        body.append(None)
     (_, user_id, traits, metrics, windows, segments, for_since, instances, entries, ledger, choices,
-     deferred, engagements, wake_at, segments_due_at, bounced, held) = body
+     deferred, engagements, wake_at, segments_due_at, bounced, held, stamps) = body
     table: list[str] | None = names.names if local and names is not None else None
     profile = Profile(user_id, defaults)
     profile.traits = traits
@@ -172,6 +175,8 @@ def decode(blob: bytes, defaults: Mapping[str, Any] | None = None, names: Names 
     profile.bounced = tuple(bounced) if bounced else None
     if held:
         profile.held = tuple(held) if table is None else tuple([table[j] for j in held])
+    if stamps:
+        profile.stamps = stamps if table is None else _keyed(stamps, table)
     return profile
 
 

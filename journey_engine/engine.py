@@ -265,7 +265,7 @@ class Engine:
         if event.traits:
             traits_changed = self._set_traits(profile, event.traits)
         if event.name is not None:
-            changed_metrics |= self.cw.metrics.apply(profile, event, now)
+            changed_metrics |= self.cw.metrics.apply(profile, event, now, run.scope)
             sent = self._feedback(run, event) if event.name in FEEDBACK else None
             self._subscription(run, event, sent)
         if fresh:  # a user exists from their first event: every segment is evaluated (SPEC §3 item 13)
@@ -392,12 +392,11 @@ class Engine:
         name = event.properties.get("subscription")
         if name is None and sent is not None:
             name = self.messages[sent.message].subscription
-        if name is None:
-            if not choice:
-                for every in self._subscribed_by_default:
-                    self._choose(run, every, choice)
+        if name is None and not choice:
+            for every in self._subscribed_by_default:
+                self._choose(run, every, choice)
             return
-        if not isinstance(name, str) or name not in self._subscribed_by_default:
+        if not isinstance(name, str) or name not in self._subscribed_by_default:  # `Subscribed` to nothing too
             run.out.records.append(trace.other("unknown_subscription", run.now, run.profile.user_id,
                                                subscription=name, event=event.name,
                                                known=sorted(self._subscribed_by_default)))

@@ -18,7 +18,7 @@ from .events import Event
 from .model import Metric
 from .profile import Profile
 from .rulecompile import Threshold, holds
-from .rules import METRIC_DEFAULTS, CompiledRule
+from .rules import METRIC_DEFAULTS, RULE_ERRORS, CompiledRule
 
 _NOTHING: frozenset[str] = frozenset()
 _INF = float("inf")
@@ -67,8 +67,9 @@ class MetricBook:
         else:
             profile.metric_values[name] = value
 
-    def apply(self, profile: Profile, event: Event, now: datetime) -> set[str]:
-        """Fold one track event into the profile's metrics; return the names that changed."""
+    def apply(self, profile: Profile, event: Event, now: datetime, errors: dict[str, Any] | None = None) -> set[str]:
+        """Fold one track event into the profile's metrics; return the names that changed. A `where` rule
+        that fails at run time is noted in `errors` (a rule scope) under RULE_ERRORS, for the caller to trace."""
         assert event.name is not None
         names = self._fed.get(event.name, self.for_any)
         if not names:
@@ -87,6 +88,8 @@ class MetricBook:
                     continue
             if self._fold(profile, name, self.kinds[name], self.metrics[name], event, now):
                 changed.add(name)
+        if scope is not None and errors is not None and RULE_ERRORS in scope:
+            errors.setdefault(RULE_ERRORS, []).extend(scope[RULE_ERRORS])
         return changed
 
     def _fold(self, profile: Profile, name: str, kind: str, metric: Metric, event: Event, now: datetime) -> bool:
@@ -97,9 +100,17 @@ class MetricBook:
                 self._set(profile, name, ts)
                 return True
             return False
-        if kind == "last":
+        if kind == "last":  # the value of the latest event by its timestamp that carries the property (SPEC §4)
             assert metric.last is not None
-            self._set(profile, name, event.properties.get(metric.last))
+            if metric.last not in event.properties:
+                return False
+            epoch = ts.timestamp()
+            if profile.stamps is None:
+                profile.stamps = {}
+            elif profile.stamps.get(name, epoch) > epoch:
+                return False
+            profile.stamps[name] = epoch
+            self._set(profile, name, event.properties[metric.last])
             return True
         amount = 1.0 if kind == "count" else _number(event.properties.get(metric.sum or ""))
         if metric.within is None:
@@ -204,6 +215,11 @@ class MetricBook:
                 self._set(into, name, max((v for v in (a, b) if v is not None), default=None))
             elif kind == "first_seen":
                 self._set(into, name, min((v for v in (a, b) if v is not None), default=None))
+            elif kind == "last":
+                mine, theirs = (into.stamps or {}).get(name), (other.stamps or {}).get(name)
+                if theirs is not None and (mine is None or theirs > mine):
+                    self._set(into, name, b)
+                    into.stamps = {**(into.stamps or {}), name: theirs}
             elif a is None:
                 self._set(into, name, b)
 

@@ -87,8 +87,8 @@ class Profile:
     """
 
     __slots__ = ("bounced", "choices", "defaults", "deferred", "engagements", "entries", "for_since", "held",
-                 "instances", "ledger", "metric_values", "segments", "segments_due_at", "traits", "user_id", "wake_at",
-                 "windows")
+                 "instances", "ledger", "metric_values", "segments", "segments_due_at", "stamps", "traits", "user_id",
+                 "wake_at", "windows")
 
     def __init__(self, user_id: str, defaults: Mapping[str, Any] | None = None) -> None:
         self.user_id = user_id
@@ -96,6 +96,8 @@ class Profile:
         self.defaults = NO_DEFAULTS if defaults is None else defaults  # the workspace's metric defaults, shared
         self.metric_values: dict[str, Any] = {}  # only the metrics that differ from their default
         self.windows: dict[str, tuple[float, ...]] | None = None  # metric -> (event epoch, value, ...) by time
+        # `last` metric -> epoch of the event its value came from: an older event arriving late keeps it
+        self.stamps: dict[str, float] | None = None
         self.segments: tuple[str, ...] = ()
         self.for_since: dict[str, datetime] | None = None  # `for:` segments whose rule holds, since when
         self.instances: Mapping[InstanceKey, Instance] = NO_INSTANCES  # change through add/remove_instance

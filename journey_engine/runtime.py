@@ -354,13 +354,16 @@ class Runtime:
             # an id merged into another user once stays theirs: never fold two known customers together
             out.records.append(trace.other("alias_ignored", now, user, previous_id=event.previous_id,
                                            reason=f"`{event.previous_id}` was merged into `{merged_into}` before"))
+            out.extend(self.engine.apply(profile, event, now))
             return
         aliases[event.previous_id] = user
         batch.aliases[event.previous_id] = user
-        old = profiles.pop(event.previous_id, None)
-        if old is not None and event.previous_id != user:
+        old = profiles.pop(event.previous_id, None) if event.previous_id != user else None
+        if old is not None:
             batch.deleted.add(event.previous_id)
             out.extend(self.engine.merge(profile, old, now))
+        else:  # nothing to fold in: the alias is this user's event like any other (SPEC §3 item 13)
+            out.extend(self.engine.apply(profile, event, now))
 
     def _catch_up(self, profile: Profile, now: datetime, out: Outcome) -> None:
         """Whatever fell due for this user before `now`, at its own time (live: its sends expire by `now`)."""

@@ -257,6 +257,7 @@ def test_a_profile_with_every_field_set_survives_the_codec(names: codec.Names | 
     profile.wake = at
     profile.segments_due_at = 12.5
     profile.bounced, profile.held = ("a@example.com",), ("j",)
+    profile.stamps = {"n": 1.5}
     back = codec.decode(codec.encode(profile, names=names), {"n": 0}, names)
     for name in native.fields(Profile):
         if name not in ("instances", "deferred", "windows"):

@@ -119,11 +119,19 @@ def _norm_trace(records: list[dict[str, Any]]) -> Counter[tuple[Any, ...]]:
     out: Counter[tuple[Any, ...]] = Counter()
     for r in records:
         kind = r["kind"]
-        if kind not in SPEC_KINDS:
+        if kind not in SPEC_KINDS or kind == "rule_error":  # compared as a set: see _rule_errors
             continue
         values = tuple(minute(r[f]) if f == "until" else r.get(f) for f in _FIELDS[kind])
         out[(r["user"], minute(r["at"]), kind, *values)] += 1
     return out
+
+
+def _rule_errors(records: list[dict[str, Any]], field: str, aliases: dict[str, str]) -> set[tuple[str, str]]:
+    """Which rules failed for which users (an id merged by an alias counted as the user it joined). How often
+    a failing rule is traced depends on how often it is evaluated, which the SPEC leaves to the engine (it
+    re-runs a rule only when its inputs change); that each failing rule is traced is the contract
+    (QUESTIONS.md)."""
+    return {(aliases.get(r["user"], r["user"]), r[field]) for r in records if r["kind"] == "rule_error"}
 
 
 def _norm_sends(sends: list[dict[str, Any]]) -> Counter[tuple[Any, ...]]:
@@ -155,6 +163,9 @@ def compare(compiled: CompiledWorkspace, start: datetime, steps: list[dict[str, 
         only_ref = sorted((ref_trace - engine_trace).elements())
         problems.append("trace differs:\n  engine only: " + "\n    ".join(map(str, only_engine[:12]))
                         + "\n  reference only: " + "\n    ".join(map(str, only_ref[:12])))
+    failed = _rule_errors(h.trace, "text", ref.aliases), _rule_errors(ref.trace, "rule", ref.aliases)
+    if failed[0] != failed[1]:
+        problems.append(f"rule errors differ: engine {sorted(failed[0])}, reference {sorted(failed[1])}")
     engine_sends = [{"user": s.user, "at": _iso(s.at), "journey": s.journey, "key": s.key, "message": s.message,
                      "channel": s.channel} for s in h.channel.sent]
     if _norm_sends(engine_sends) != _norm_sends(ref.sends):

@@ -180,6 +180,9 @@ class Reference:
         self.aliases[prev] = user.id
         other = self.users.pop(prev, None) if prev != user.id else None
         if other is not None:
+            # the anonymous id ceases to exist: its memberships end (the history of §4 stays true)
+            for name in sorted(other.segments):
+                self.trace.append({"kind": "segment_left", "at": iso(now), "user": other.id, "segment": name})
             user.events.extend(other.events)
             for k, v in other.traits.items():
                 user.traits.setdefault(k, v)
@@ -265,11 +268,11 @@ class Reference:
         out: dict[str, Any] = {}
         for name, m in self.ws.metrics.items():
             events = [(e.timestamp, n, e) for n, e in user.events if m.event in ("any", e.name)]
+            if m.where is not None:  # a `where` looks at each event of the name as it is counted, in a window or not
+                events = [x for x in events if self._where(user, m.where, x[2], now)]
             if m.within is not None:
                 # a window slides over event times against the engine clock: in it while now - within < t <= now
                 events = [x for x in events if now - m.within < x[0] <= now]
-            if m.where is not None:
-                events = [x for x in events if self._where(user, m.where, x[2], now)]
             events.sort(key=lambda x: (x[0], x[1]))
             if m.kind == "count":
                 out[name] = len(events)
@@ -602,14 +605,15 @@ class Reference:
     def _deliver(self, user: User, inst: Inst, message: str, state: str, now: datetime) -> str:
         """Holdout, subscription, caps, then quiet hours / window / optimal time: send, defer or suppress."""
         msg = self.ws.messages[message]
+        # item 11: a transactional message ignores holdouts, subscriptions, caps and quiet hours; its own
+        # `send_at` (a window, the optimal hour) still holds, as the SPEC lists nothing else it ignores
         if msg.transactional:
             self.touched.add("transactional")
-            return self._go(user, inst, message, state, now)
-        if inst.holdout:
+        elif inst.holdout:
             return self._suppress(user, inst, state, message, now, "holdout")
-        if not self._subscribed(user, msg):
+        elif not self._subscribed(user, msg):
             return self._suppress(user, inst, state, message, now, "unsubscribed")
-        if self._capped(user, msg, now):  # QUESTIONS.md #3: a capped send is suppressed now, not deferred
+        elif self._capped(user, msg, now):  # QUESTIONS.md #3: a capped send is suppressed now, not deferred
             return self._suppress(user, inst, state, message, now, "frequency_cap")
         reason, until = self._deferral(user, msg, now)
         if reason in ("drop", "closed"):
@@ -659,7 +663,7 @@ class Reference:
     def _gates(self, user: User, msg: Message) -> list[tuple[str, int, int]]:
         """Local [start, end) spans a send may go in: its timing (window, optimal hour), then quiet hours."""
         gates = []
-        qh = self.policies.quiet_hours if msg.channel not in QUIET_EXEMPT else None
+        qh = self.policies.quiet_hours if msg.channel not in QUIET_EXEMPT and not msg.transactional else None
         if isinstance(msg.send_at, SendWindow):
             gates.append(("window", *msg.send_at.bounds))
         elif msg.send_at == "optimal":
@@ -678,7 +682,7 @@ class Reference:
         if not closed:
             return None, None
         qh = self.policies.quiet_hours
-        if closed[0] == "quiet_hours" and qh is not None and qh.action == "drop":
+        if closed[0] == "quiet_hours" and qh is not None and qh.action == "drop":  # never for transactional
             return "drop", None
         at = now
         for _ in range(30):
