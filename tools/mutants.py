@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DIFFERENTIAL = "tests/reference/test_differential.py::test_harness_agrees_with_the_reference"
 BEHAVIOURS = "tests/reference/test_behaviours.py"
+TRUST = "tests/test_trust.py"
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,36 @@ MUTANTS = (
              "            return self.start <= minute <= self.end"),),
            (DIFFERENTIAL, f"{BEHAVIOURS}::test_a_window_closes_at_its_end_minute")),
     Mutant("deferred_dropped_on_final", "a deferred send dropped when the journey completes (SPEC §3 item 10)",
-           ((ENGINE, '                                                     reason="left_journey"))\n'
-                     "            else:\n                kept.append(d)",
-             '                                                     reason="left_journey"))\n'
-             "            else:\n                kept.append(d)  # mutant: the engine already drops them"),),
-           (DIFFERENTIAL,), (("JOURNEY_REFERENCE_PENDING", "same_instant_entries,new_user_segments,numeric_ids,"
-                              "send_list_priority,transactional,rule_error,unsubscribe_all,send_expiry,"
-                              "deferred_state_left"),)),
+           ((ENGINE, 'if reason != "final" and profile.deferred:', "if profile.deferred:"),),
+           (DIFFERENTIAL, TRUST + "::test_a_final_states_deferred_send_goes_out_after_the_journey_completed")),
+    Mutant("deferred_kept_on_leaving", "a deferred send kept when its state is left later (SPEC §3 item 10)",
+           ((ENGINE, 'self._cancel(run, inst, "left_state", inst.visit)', "pass"),),
+           (DIFFERENTIAL, TRUST + "::test_an_exit_or_a_later_move_cancels_a_deferred_send")),
+    Mutant("same_instant_one_run", "two entries in one millisecond share a run (SPEC §3 item 12)",
+           ((ENGINE, "run_id = int(last * 1000 + 0.01) + 1", "run_id = run_id"),),
+           (DIFFERENTIAL, TRUST + "::test_two_entries_at_the_same_instant_are_two_runs_with_their_own_send_keys")),
+    Mutant("new_user_no_segments", "a new user's segments evaluated only for the inputs that changed (item 13)",
+           ((ENGINE, "        fresh = _blank(profile)\n", "        fresh = False\n"),),
+           (DIFFERENTIAL, TRUST + "::test_a_new_user_is_in_the_segments_that_hold_for_them_from_their_first_event")),
+    Mutant("send_list_in_file_order", "a send list tried in file order, not by priority (item 11)",
+           ((ENGINE, "sorted(spec.candidates, key=lambda m: -messages[m].priority if m in messages else 0)",
+             "spec.candidates"),),
+           (DIFFERENTIAL, TRUST + "::test_a_send_list_under_a_cap_sends_the_highest_priority_message_first")),
+    Mutant("transactional_counts_toward_caps", "a transactional send counted toward caps (item 11)",
+           ((ENGINE, "        if not msg.transactional:  # transactional sends do not count toward caps",
+             "        if True:  # mutant"),),
+           (DIFFERENTIAL, TRUST + "::"
+            "test_a_transactional_message_ignores_quiet_hours_caps_and_subscriptions_and_counts_toward_no_cap")),
+    Mutant("expiry_ignored", "a send days late goes out anyway (item 10)",
+           ((ENGINE, "        if expiry is not None and run.current - due > expiry:",
+             "        if False:"),),
+           (TRUST + "::test_sends_due_during_an_outage_expire_while_the_journey_moves_on",
+            "tests/test_scenarios.py")),
+    Mutant("rule_error_silent", "a rule failing at run time is silently false (item 14)",
+           (("journey_engine/rules.py", "            if isinstance(scope, dict):\n",
+             "            if False:\n"),),
+           (DIFFERENTIAL, TRUST + "::"
+            "test_a_rule_that_fails_at_run_time_is_false_and_traced_with_its_file_and_line")),
     Mutant("caps_per_journey", "frequency caps counted per journey instead of across journeys",
            ((ENGINE, "decision = self._decide(run, msg, deferred)",
              "decision = self._decide(run, msg, deferred, cj.name)"),
@@ -89,8 +113,8 @@ MUTANTS = (
              "    return candidates[0]"),),
            ("tests/test_selection.py",)),
     Mutant("reentry_from_exit", "re-entry `after` counted from the exit instead of the entry",
-           ((ENGINE, "        profile.note_entry(ikey, inst.entered_at.timestamp())",
-             "        profile.note_entry(ikey, clock.epoch(run.now))"),),
+           ((ENGINE, "profile.note_entry(ikey, epoch if inst.run == int(epoch * 1000) else inst.run / 1000)",
+             "profile.note_entry(ikey, clock.epoch(run.now))"),),
            (DIFFERENTIAL, f"{BEHAVIOURS}::test_reentry_after_counts_from_the_last_entry")),
     Mutant("identify_dedupe_removed", "an identify's messageId no longer deduplicated",
            (("journey_engine/runtime.py",
