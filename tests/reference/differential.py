@@ -130,7 +130,7 @@ def _rule_errors(records: list[dict[str, Any]], field: str, aliases: dict[str, s
     """Which rules failed for which users (an id merged by an alias counted as the user it joined). How often
     a failing rule is traced depends on how often it is evaluated, which the SPEC leaves to the engine (it
     re-runs a rule only when its inputs change); that each failing rule is traced is the contract
-    (QUESTIONS.md)."""
+    (README, reading 12)."""
     return {(aliases.get(r["user"], r["user"]), r[field]) for r in records if r["kind"] == "rule_error"}
 
 

@@ -31,7 +31,7 @@ from journey_engine.loading import Workspace
 from journey_engine.model import AttributeTime, Choose, Journey, Message, SendWindow, clock_minutes, parse_duration
 
 TICK = timedelta(microseconds=1)
-QUIET_EXEMPT = ("in_app", "webhook")  # QUESTIONS.md #4: shown when the user opens the app, not pushed at night
+QUIET_EXEMPT = ("in_app", "webhook")  # README, reading 4: shown when the user opens the app, not pushed at night
 MAX_CHAIN = 100
 _DURATION = re.compile(r"t'(-?P[0-9A-Z.]+)'")
 SPEC_KINDS = ("segment_entered", "segment_left", "journey_entered", "transition", "message_sent",
@@ -456,7 +456,7 @@ class Reference:
         self._arrive(user, journey, inst, now)
 
     def _leaves_at_once(self, user: User, journey: Journey, inst: Inst, now: datetime) -> bool:
-        """QUESTIONS.md #1: an entrant who already meets a segment or rule exit, or the goal, leaves
+        """README, reading 1: an entrant who already meets a segment or rule exit, or the goal, leaves
         at once, before any message (exits come before entry in the order of work)."""
         scope = self._scope(user, now, None, inst)
         for criterion in journey.exit:
@@ -613,7 +613,7 @@ class Reference:
             return self._suppress(user, inst, state, message, now, "holdout")
         elif not self._subscribed(user, msg):
             return self._suppress(user, inst, state, message, now, "unsubscribed")
-        elif self._capped(user, msg, now):  # QUESTIONS.md #3: a capped send is suppressed now, not deferred
+        elif self._capped(user, msg, now):  # README, reading 3: a capped send is suppressed now, not deferred
             return self._suppress(user, inst, state, message, now, "frequency_cap")
         reason, until = self._deferral(user, msg, now)
         if reason in ("drop", "closed"):
@@ -651,7 +651,7 @@ class Reference:
         return user.choices.get(msg.subscription, default)
 
     def _capped(self, user: User, msg: Message, now: datetime) -> bool:
-        """SPEC §3 item 6: a cap counts this user's sends in the last `per` (QUESTIONS.md #3: now - per < t)."""
+        """SPEC §3 item 6: a cap counts this user's sends in the last `per` (README, reading 3: now - per < t)."""
         for cap in self.policies.frequency_caps:
             if cap.channel not in ("any", msg.channel):
                 continue
@@ -674,7 +674,7 @@ class Reference:
         return gates
 
     def _deferral(self, user: User, msg: Message, now: datetime) -> tuple[str | None, datetime | None]:
-        """Why this send cannot go now (the timing first, then quiet hours: QUESTIONS.md #4), and the
+        """Why this send cannot go now (the timing first, then quiet hours: README, reading 4), and the
         first instant every span allows; `drop` when quiet hours hold it and drop, `closed` when no
         instant is ever allowed."""
         gates = self._gates(user, msg)
@@ -694,7 +694,7 @@ class Reference:
 
     def _open_hour(self, user: User, qh: Any) -> int:
         """The best hour (no engagement history in generated streams: the default hour), or when it is
-        quiet, the nearest hour that is not, the earlier on a tie (QUESTIONS.md #5)."""
+        quiet, the nearest hour that is not, the earlier on a tie (README, reading 5)."""
         hour = self.policies.send_time.default_hour
         if qh is None:
             return hour
