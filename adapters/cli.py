@@ -416,7 +416,8 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
     for advice in store.advice():
         err.print(f"[yellow]{advice}[/yellow]", soft_wrap=True)
     settings = Settings(write_keys=keys, admin_key=admin, tick=float(os.environ.get("JOURNEY_TICK_SECONDS", "1")),
-                        trigger_window=window, queue_limit=limit, send_expiry=expiry)
+                        trigger_window=window, queue_limit=limit, send_expiry=expiry,
+                        outbox_lease=float(os.environ.get("JOURNEY_OUTBOX_LEASE_SECONDS") or 60))
     engines = f"  {workers} engine processes" if workers > 1 else ""
     err.print(f"journey-engine on http://{host}:{port}  workspace {folder}  database {_database(database)}{engines}")
     try:

@@ -1,5 +1,5 @@
-"""SIGKILL a dispatcher process again and again while it sends a burst of welcome emails to a real SMTP
-server, restarting it after each kill: every email arrives, and no more arrive twice than there were
+"""SIGKILL `journey serve` again and again while its dispatcher sends a burst of welcome emails to a real
+SMTP server, restarting it after each kill: every email arrives, and no more arrive twice than there were
 kills, since a kill repeats at most the send whose channel call was under way.
 
 CI size: 2,000 emails, 30 kills. `JOURNEY_KILL_LOOP=long` (`make kill-loop`): 10,000 emails, 150 kills.
@@ -26,33 +26,41 @@ from journey_engine.engine import Engine
 from journey_engine.events import Event
 from journey_engine.runtime import Runtime
 
-from .conftest import Inbox
+from .conftest import Inbox, free_port
 
 ROOT = Path(__file__).parent.parent
 WORKSPACE = ROOT / "tests" / "workspaces" / "basic"
-T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)  # past, and daytime in the workspace's zone: every email is due
 SIZES = {"ci": (2000, 30), "long": (10_000, 150)}  # emails, kills
 LEASE = 2.0  # seconds: a killed process's unsent claims come back soon after the restart
 POLL = 0.002  # seconds between looks at the inbox: a kill lands within a few sends of its target
 
 
 def fill(db: Path, emails: int) -> None:
-    """`emails` users sign up: a welcome email each waits in the outbox, due."""
+    """`emails` users sign up now, in a time zone where it is noon: a welcome email each waits in the
+    outbox, due (no quiet hours, nothing near its expiry, no timer due for days)."""
+    now = datetime.now(UTC)
+    offset = 12 - now.hour  # hours east of UTC where it is about noon now
+    zone = f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"  # the Etc/ names count the other way
     compiled = load_workspace(WORKSPACE)
     store = SqlStore(f"sqlite:///{db}", defaults=dict(compiled.metrics.defaults))
     runtime = Runtime(Engine(compiled), store, claim=500)
     for start in range(0, emails, 500):
         users = [f"u{i}" for i in range(start, min(emails, start + 500))]
         runtime.process([e for u in users for e in (
-            Event(type="identify", user_id=u, traits={"email": f"{u}@example.com"}, timestamp=T0),
-            Event(type="track", user_id=u, name="Signed Up", timestamp=T0))], T0)
+            Event(type="identify", user_id=u, traits={"email": f"{u}@example.com", "timezone": zone}, timestamp=now),
+            Event(type="track", user_id=u, name="Signed Up", timestamp=now))], now)
     store.close()
 
 
 def start(db: Path, smtp_port: int) -> subprocess.Popen[bytes]:
-    """A dispatcher process on this worktree's sources."""
-    return subprocess.Popen([sys.executable, "-m", "tests.dispatch_process", str(db), str(smtp_port), str(LEASE)],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    """`journey serve` on this tree's sources, its dispatcher sending to the SMTP server, with a lease of
+    seconds so that what a killed process had claimed comes back within the test."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JOURNEY_SMTP_URL": f"smtp://127.0.0.1:{smtp_port}",
+           "JOURNEY_EMAIL_FROM": "hello@example.com", "JOURNEY_OUTBOX_LEASE_SECONDS": str(LEASE),
+           "JOURNEY_TICK_SECONDS": "0.05"}
+    return subprocess.Popen([sys.executable, "-m", "adapters.cli", "serve", "--workspace", str(WORKSPACE),
+                             "--database", f"sqlite:///{db}", "--port", str(free_port())],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
@@ -65,11 +73,11 @@ def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
 
 
 def run_until(db: Path, smtp_port: int, condition: Callable[[], bool], context: str) -> None:
-    """Start a dispatcher, wait for `condition` (a minute at most), then SIGKILL it."""
+    """Start `journey serve`, wait for `condition` (a minute at most), then SIGKILL it."""
     proc = start(db, smtp_port)
     try:
         assert wait_for(lambda: condition() or proc.poll() is not None, 60), f"nothing for a minute ({context})"
-        assert proc.poll() is None, f"the dispatcher exited with {proc.returncode} ({context})"
+        assert proc.poll() is None, f"journey serve exited with {proc.returncode} ({context})"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

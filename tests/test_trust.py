@@ -64,7 +64,8 @@ def test_a_final_states_deferred_send_goes_out_after_the_journey_completed(tmp_p
 
 
 def test_a_deferred_send_survives_moving_on_at_once_through_a_fallback(tmp_path: Path) -> None:
-    """A state left in the same step by a `to:`-only transition keeps its deferred send."""
+    """A state left in the same step by a `to:`-only transition keeps its deferred send, and so does
+    completing the journey later in a final state."""
     h = harness(tmp_path, """
 version: 1
 journey: j
@@ -83,6 +84,8 @@ messages:
     h.identify("u1", {"email": "a@example.com"})
     h.track("u1", "Go")
     assert h.state("u1", "j") == "waiting"
+    h.track("u1", "Stop")  # the journey completes before the window opens: that cancels nothing either
+    assert h.exited("u1", "j") == "final"
     h.wait("1d")
     assert h.sent("u1") == ["hello_email"]
 

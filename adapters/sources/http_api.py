@@ -77,6 +77,7 @@ class Settings:
     queue_limit: int = 50_000  # events waiting for the engine before 429
     max_batch_events: int = 2_000  # events per commit
     tick: float = 1.0  # seconds between timer rounds
+    outbox_lease: float = 60.0  # JOURNEY_OUTBOX_LEASE_SECONDS: how long a claimed send is kept from other dispatchers
     send_expiry: timedelta | None = timedelta(hours=24)  # JOURNEY_SEND_EXPIRY: how late a send may go (None: never)
 
 
@@ -462,7 +463,8 @@ def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings 
         worker = ProcessWorkers(folder, store.url, workers, settings, metrics, store)
     else:
         worker = EngineWorker(Runtime(engine, store, claim=500, live=True), store, settings, metrics, clock)
-    dispatcher = Dispatcher(store, engine, channels or {}, clock=clock, feedback=worker.submit)
+    dispatcher = Dispatcher(store, engine, channels or {}, clock=clock, feedback=worker.submit,
+                            lease=settings.outbox_lease)
     timers = worker.timers
 
     def dispatch() -> int:
