@@ -45,7 +45,7 @@ test: system lint typecheck $(NATIVE)
 	$(BIN)/pytest
 	JOURNEY_NATIVE=0 $(BIN)/pytest
 
-# the CI kill loop's long variant: 150 SIGKILLs of a dispatcher during 10,000 emails to a real SMTP server
+# the CI kill loop's long variant: 150 SIGKILLs of journey serve during 10,000 emails to a real SMTP server
 kill-loop: $(STAMP)
 	JOURNEY_KILL_LOOP=long $(BIN)/pytest -s tests/test_kill_loop.py
 
