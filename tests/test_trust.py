@@ -399,3 +399,32 @@ steps:
 """)
     result = run_scenario(load_scenario(tmp_path / "scenarios" / "s.yaml"))
     assert result.passed, [f.describe("s.yaml") for f in result.failures]
+
+
+def test_a_morning_push_and_a_deferred_send_due_during_an_outage_expire(tmp_path: Path) -> None:
+    """An `at: "09:00"` push whose morning fell in the outage, and a send held by quiet hours whose `until`
+    passed during it, are both suppressed `expired` on resume; each journey still ends where its timers
+    lead."""
+    h = harness(tmp_path, """
+version: 1
+journey: morning
+entry: {on: Go}
+initial: night
+states:
+  night:
+    send: evening_email
+    transitions: [{at: "09:00", to: morning}]
+  morning: {send: morning_push, final: true}
+messages:
+  evening_email: {channel: email, subject: E, body: e}
+  morning_push: {channel: push, body: "Good morning", expires: 2h}
+""", start="2026-01-05T21:30:00Z")  # 22:30 in Berlin: quiet hours hold the email until 08:00
+    h.identify("u1", {"email": "a@example.com", "push_token": "t", "timezone": "Europe/Berlin"})
+    h.track("u1", "Go")
+    assert [r["kind"] for r in h.records("u1") if r["kind"].startswith("message_")] == ["message_deferred"]
+    h.outage("2d")
+    assert h.exited("u1", "morning") == "final"
+    assert h.sent("u1") == []
+    expired = [(r["message"], r["reason"], r["due"]) for r in h.records("u1", "message_suppressed")]
+    assert expired == [("evening_email", "expired", "2026-01-06T07:00:00Z"),
+                       ("morning_push", "expired", "2026-01-06T08:00:00Z")]
