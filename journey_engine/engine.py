@@ -849,7 +849,7 @@ class Engine:
         msg = self.messages[message_id]
         profile = run.profile
         base = (run.now, profile.user_id, cj.name, inst.key or None, state, message_id, msg.channel)
-        if not deferred and not msg.transactional and isinstance(inst, Instance) and inst.holdout:
+        if isinstance(inst, Instance) and inst.holdout and not msg.transactional:  # a Deferred was never held out
             run.out.records.append(trace.message("message_suppressed", *base, None, reason="holdout"))
             return False
         due = run.due if due is None else due
