@@ -807,7 +807,7 @@ class Engine:
     def _send_state(self, run: _Run, cj: CompiledJourney, inst: Instance, plan: _StatePlan) -> None:
         if not plan.candidates:
             return
-        eligible = [m for m in plan.candidates if self._eligible(run, cj, inst, m)]
+        eligible = [m for m in plan.candidates if self._eligible(run, cj, inst, inst.state, m)]
         if plan.choose is None:
             for message_id in eligible:
                 self._deliver(run, cj, inst, message_id, inst.state)
@@ -827,13 +827,14 @@ class Engine:
             return
         self._deliver(run, cj, inst, chosen, inst.state)
 
-    def _eligible(self, run: _Run, cj: CompiledJourney, inst: Instance, message_id: str) -> bool:
+    def _eligible(self, run: _Run, cj: CompiledJourney, inst: Instance | Deferred, state: str,
+                  message_id: str) -> bool:
         rule = self.cw.message_rules.get(message_id)
         if rule is None or rule(run.scope, run.now):
             return True
         msg = self.messages[message_id]
         run.out.records.append(trace.message("message_suppressed", run.now, run.profile.user_id, cj.name,
-                                             inst.key or None, inst.state, message_id, msg.channel, None,
+                                             inst.key or None, state, message_id, msg.channel, None,
                                              reason="ineligible"))
         return False
 
@@ -983,7 +984,19 @@ class Engine:
                                                      d.key or None, d.state, d.message, None, None,
                                                      reason="version"))
                 continue
-            self._deliver(run, cj, d, d.message, d.state, deferred=True, due=d.due)
+            self._deferred_scope(run, d)
+            if self._eligible(run, cj, d, d.state, d.message):  # eligibility may have changed since
+                self._deliver(run, cj, d, d.message, d.state, deferred=True, due=d.due)
+        run.scope.pop("journey", None)
+
+    def _deferred_scope(self, run: _Run, d: Deferred) -> None:
+        """`journey.*` for a deferred send's rules: its run's, or what the send kept of a run that ended."""
+        inst = run.profile.instances.get((d.journey, d.key))
+        if inst is not None and inst.run == d.run:
+            self._journey_scope(run, inst)
+        else:
+            run.scope["journey"] = {"entered_at": None, "state_entered_at": None, "key": d.key or None,
+                                    "data": d.data}
 
     def _deferred_order(self, d: Deferred) -> tuple[datetime, int]:
         msg = self.messages.get(d.message)

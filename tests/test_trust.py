@@ -428,3 +428,57 @@ messages:
     expired = [(r["message"], r["reason"], r["due"]) for r in h.records("u1", "message_suppressed")]
     assert expired == [("evening_email", "expired", "2026-01-06T07:00:00Z"),
                        ("morning_push", "expired", "2026-01-06T08:00:00Z")]
+
+
+def test_a_deferred_send_is_checked_again_for_eligibility_when_it_falls_due(tmp_path: Path) -> None:
+    """A message held overnight whose `if` no longer holds in the morning is suppressed `ineligible`."""
+    h = harness(tmp_path, """
+version: 1
+journey: j
+entry: {on: Go}
+initial: s
+states:
+  s: {send: offer, final: true}
+messages:
+  offer: {channel: email, subject: O, body: o, if: "traits.plan != 'pro'"}
+""")
+    h.identify("u1", {"email": "a@example.com", "plan": "free"})
+    h.wait("1h")  # 21:30 in Berlin: quiet hours
+    h.track("u1", "Go")
+    h.identify("u1", {"plan": "pro"})
+    h.wait("12h")
+    assert h.sent("u1") == []
+    assert [r["reason"] for r in h.records("u1", "message_suppressed")] == ["ineligible"]
+
+
+def test_an_alias_as_a_users_first_event_makes_them_exist(tmp_path: Path) -> None:
+    """An alias that merges nothing is the user's first event: their segments hold from it (item 13)."""
+    h = harness(tmp_path, "version: 1\n", more="""
+metrics:
+  orders: {count: Order Completed}
+segments:
+  no_orders: "metrics.orders == 0"
+""")
+    h.alias("u1", "anon-never-seen")
+    assert h.segments("u1") == {"no_orders"}
+
+
+def test_subscribed_to_nothing_is_traced_as_an_unknown_subscription(tmp_path: Path) -> None:
+    """`Subscribed` without a name changes nothing and says so."""
+    h = harness(tmp_path, "version: 1\n")
+    h.track("u1", "Subscribed")
+    [record] = h.records("u1", "unknown_subscription")
+    assert record["subscription"] is None and h.records("u1", "subscription_changed") == []
+
+
+def test_a_last_metric_keeps_the_latest_event_by_time_not_by_arrival(tmp_path: Path) -> None:
+    """`last: plan` is the plan of the latest event by its timestamp: an older event arriving late, or one
+    without the property, does not replace it (SPEC §4: metrics count an event at its timestamp)."""
+    h = harness(tmp_path, "version: 1\n", more="""
+metrics:
+  last_plan: {last: plan, of: Plan Changed}
+""", start="2026-01-05T10:00:00Z")
+    h.track("u1", "Plan Changed", {"plan": "free"})
+    h.track("u1", "Plan Changed", {"plan": "pro"}, timestamp="2026-01-05T09:58:00Z")
+    h.track("u1", "Plan Changed", {})
+    assert h.metrics("u1")["last_plan"] == "free"
