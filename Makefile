@@ -62,7 +62,7 @@ reference: $(STAMP)
 # the same for as long as asked: make soak SECONDS=1800
 SECONDS ?= 1800
 soak: $(STAMP)
-	JOURNEY_NATIVE=0 JOURNEY_SOAK_SECONDS=$(SECONDS) $(BIN)/pytest tests/reference/test_differential.py -x
+	JOURNEY_NATIVE=0 JOURNEY_SOAK_SECONDS=$(SECONDS) $(BIN)/pytest -s -x tests/reference/test_differential.py
 
 # each mutant of tools/mutants.py against the tests that should catch it; prints a table
 mutants: $(STAMP)

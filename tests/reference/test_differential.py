@@ -7,8 +7,10 @@ JOURNEY_SOAK_SECONDS=N runs each test for about N seconds instead of its default
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +32,7 @@ PENDING = pending()
 SOAK = float(os.environ.get("JOURNEY_SOAK_SECONDS", "0"))
 # ~200 examples in all by default: most through the Harness, fewer through each store
 BUDGET = {"harness": 110, "memory-cold": 40, "sqlite": 35, "postgres": 15}
+SEEN: Counter[str] = Counter()  # examples compared and not compared, for the soak's summary
 
 
 def _settings(kind: str) -> Callable[[Any], Any]:
@@ -62,8 +65,10 @@ def _check(kind: str, files: dict[str, str], stream: tuple[datetime, list[dict[s
         problems, touched = compare(compiled, start, steps, store, ignore=PENDING)
         if touched:
             hevent(f"not compared: pending {sorted(touched)}")
+            SEEN[f"{kind} not compared"] += 1
             return
         hevent("compared")
+        SEEN[f"{kind} compared"] += 1
         if problems:
             keep = Path(tempfile.mkdtemp(prefix="journey-differential-"))
             path = write_example(keep, files, start, steps)
@@ -81,9 +86,12 @@ def _test(kind: str) -> Callable[..., None]:
 
     def soak() -> None:
         """Rounds of fresh random examples until JOURNEY_SOAK_SECONDS have passed (split over the stores)."""
-        deadline = time.monotonic() + SOAK * BUDGET[kind] / sum(BUDGET.values())
+        began = time.monotonic()
+        deadline = began + SOAK * BUDGET[kind] / sum(BUDGET.values())
         while time.monotonic() < deadline:
             run()
+        print(f"soak {kind}: {SEEN[kind + ' compared']} examples compared, {SEEN[kind + ' not compared']} not, "
+              f"in {time.monotonic() - began:.0f} s", file=sys.__stderr__, flush=True)
     return soak if SOAK else run
 
 
