@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from adapters.demo import OFF_SITE, SESSION_TIMEOUT, DemoResult, Population, cdnow, run_demo
+from adapters.demo import DemoResult, run_demo
+from adapters.demo.data import cdnow
+from adapters.demo.population import OFF_SITE, SESSION_TIMEOUT, Population
 from adapters.storage.sql import SqlStore
 from journey_engine.compiler import CompiledWorkspace, load_workspace
 from journey_engine.events import Event
