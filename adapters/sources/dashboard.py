@@ -17,7 +17,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from adapters.reports import JourneyReport, Lift, Report, SegmentReport, build_report, iso_seconds
+from adapters.reporting.cells import iso_seconds
+from adapters.reporting.cohorts import SegmentReport
+from adapters.reporting.model import JourneyReport, Lift, Report, build_report
 from adapters.storage.sql import SqlStore
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.graph import format_duration
