@@ -1,6 +1,8 @@
-"""Journeys as pictures for `journey graph` and the dashboard: Mermaid flowcharts and Graphviz DOT.
+"""Journeys as pictures for `journey graph` and the dashboard: Mermaid flowcharts, Graphviz DOT (and
+through it SVG), and the dashboard's SVG with live counts.
 
-Both formats print one neutral layout of nodes and edges; each only escapes labels its own way.
+Every picture draws one neutral layout of nodes and edges (`layout`); each only escapes labels its own
+way. `places` puts the nodes on a grid for a drawer that positions them itself.
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ _UNITS = (("d", 86400), ("h", 3600), ("m", 60))
 
 
 @dataclass(frozen=True, slots=True)
-class _Node:
+class Node:
     id: str
-    lines: tuple[str, ...]
+    lines: tuple[str, ...]  # the first is the name
     kind: _NodeKind
+    state: str | None = None  # the journey state it stands for
 
 
 @dataclass(frozen=True, slots=True)
-class _Edge:
+class Edge:
     source: str
     target: str
     label: str
@@ -49,15 +52,48 @@ def format_duration(delta: timedelta) -> str:
 # --- layout ---------------------------------------------------------------------------------------
 
 
-def _layout(journey: Journey) -> tuple[list[_Node], list[_Edge]]:
+def layout(journey: Journey) -> tuple[list[Node], list[Edge]]:
+    """The journey's nodes (entry, states, and for exits and the goal `any state`, exit, goal reached)
+    and labelled edges (dashed: exits and the goal, which hold in every state)."""
     ids = _state_ids(journey)
-    nodes = [_Node("entry", ("entry",), "entry")]
+    nodes = [Node("entry", ("entry",), "entry")]
     nodes += [_state_node(journey, name, node_id) for name, node_id in ids.items()]
-    edges = [_Edge("entry", ids[journey.initial], _trigger_label(journey.entry))]
+    edges = [Edge("entry", ids[journey.initial], _trigger_label(journey.entry))]
     for name, state in journey.states.items():
         edges += _state_edges(ids[name], state, ids)
     leave_nodes, leave_edges = _leaving(journey)
     return nodes + leave_nodes, edges + leave_edges
+
+
+def places(nodes: list[Node], edges: list[Edge]) -> dict[str, tuple[int, int]]:
+    """(column, row) per node id, left to right: columns by the steps from the entry along solid edges;
+    `any state` in the first column, below the entry; states no solid edge reaches after the others;
+    exit and goal last. Rows in the order of `nodes`."""
+    targets: dict[str, list[str]] = {}
+    for edge in edges:
+        if not edge.dashed:
+            targets.setdefault(edge.source, []).append(edge.target)
+    depth = {"entry": 0}
+    queue = ["entry"]
+    for source in queue:  # breadth first: the list grows as it is read
+        for target in targets.get(source, []):
+            if target not in depth:
+                depth[target] = depth[source] + 1
+                queue.append(target)
+    unreached = max(depth.values()) + 1
+    last = unreached + any(n.id not in depth and n.kind == "state" for n in nodes)
+    rows: dict[int, int] = {}
+    placed: dict[str, tuple[int, int]] = {}
+    for node in nodes:
+        if node.kind == "any":
+            column = 0
+        elif node.kind == "exit":
+            column = last
+        else:
+            column = depth.get(node.id, unreached)
+        placed[node.id] = (column, rows.get(column, 0))
+        rows[column] = rows.get(column, 0) + 1
+    return placed
 
 
 def _state_ids(journey: Journey) -> dict[str, str]:
@@ -70,12 +106,12 @@ def _state_ids(journey: Journey) -> dict[str, str]:
     return {name: f"s{index}" for index, name in enumerate(unique)}
 
 
-def _state_node(journey: Journey, name: str, node_id: str) -> _Node:
+def _state_node(journey: Journey, name: str, node_id: str) -> Node:
     state = journey.states.get(name)
     if state is None:  # an unknown target: validation reports it, the picture still shows it
-        return _Node(node_id, (name, "(undefined)"), "state")
+        return Node(node_id, (name, "(undefined)"), "state", name)
     kind: _NodeKind = "final" if state.final else "initial" if name == journey.initial else "state"
-    return _Node(node_id, (name, *_state_details(state)), kind)
+    return Node(node_id, (name, *_state_details(state)), kind, name)
 
 
 def _state_details(state: State) -> tuple[str, ...]:
@@ -89,11 +125,11 @@ def _state_details(state: State) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def _state_edges(source: str, state: State, ids: dict[str, str]) -> list[_Edge]:
+def _state_edges(source: str, state: State, ids: dict[str, str]) -> list[Edge]:
     if state.split is not None:
-        return [_Edge(source, ids[to], label) for to, label in _split_labels(state.split)]
+        return [Edge(source, ids[to], label) for to, label in _split_labels(state.split)]
     return [
-        _Edge(source, ids[t.to], _transition_label(t, fallback=index > 0))
+        Edge(source, ids[t.to], _transition_label(t, fallback=index > 0))
         for index, t in enumerate(state.transitions)
     ]
 
@@ -105,18 +141,18 @@ def _split_labels(split: Split) -> list[tuple[str, str]]:
     return [(path.to, f"split {round(100 * path.weight / total, 1):g}%") for path in split.paths]
 
 
-def _leaving(journey: Journey) -> tuple[list[_Node], list[_Edge]]:
+def _leaving(journey: Journey) -> tuple[list[Node], list[Edge]]:
     """Exit criteria and the goal hold in every state: drawn once, from an `any state` node."""
-    edges = [_Edge("any", "exit", f"exit {_trigger_label(c)}", dashed=True) for c in journey.exit]
+    edges = [Edge("any", "exit", f"exit {_trigger_label(c)}", dashed=True) for c in journey.exit]
     goal = journey.goal
     if goal is not None:
         label = f"goal {_trigger_label(goal)} within {format_duration(goal.within)}"
-        edges.append(_Edge("any", "exit" if goal.exit else "goal", label, dashed=True))
+        edges.append(Edge("any", "exit" if goal.exit else "goal", label, dashed=True))
     if not edges:
         return [], []
     targets = dict.fromkeys(edge.target for edge in edges)
-    nodes = [_Node("any", ("any state",), "any")]
-    nodes += [_Node(target, ("goal reached" if target == "goal" else "exit",), "exit") for target in targets]
+    nodes = [Node("any", ("any state",), "any")]
+    nodes += [Node(target, ("goal reached" if target == "goal" else "exit",), "exit") for target in targets]
     return nodes, edges
 
 
@@ -180,7 +216,7 @@ def _mermaid_text(text: str) -> str:
 
 def to_mermaid(journey: Journey) -> str:
     """A Mermaid flowchart of the journey (initial state bold, final states double-bordered)."""
-    nodes, edges = _layout(journey)
+    nodes, edges = layout(journey)
     lines = ["flowchart LR"]
     for node in nodes:
         opening, closing = _MERMAID_SHAPES[node.kind]
@@ -193,7 +229,7 @@ def to_mermaid(journey: Journey) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _mermaid_classes(nodes: list[_Node]) -> list[str]:
+def _mermaid_classes(nodes: list[Node]) -> list[str]:
     initial = [node.id for node in nodes if node.kind == "initial"]
     if not initial:
         return []
@@ -223,7 +259,7 @@ def _dot_label(lines: tuple[str, ...] | list[str]) -> str:
 
 def to_dot(journey: Journey) -> str:
     """A Graphviz digraph of the journey (initial state bold, final states double-bordered)."""
-    nodes, edges = _layout(journey)
+    nodes, edges = layout(journey)
     lines = [
         f"digraph {_dot_label([journey.name])} {{",
         "  rankdir=LR;",
@@ -235,7 +271,7 @@ def to_dot(journey: Journey) -> str:
     return "\n".join([*lines, "}"]) + "\n"
 
 
-def _dot_edge(edge: _Edge) -> str:
+def _dot_edge(edge: Edge) -> str:
     style = ", style=dashed" if edge.dashed else ""
     return f"  {edge.source} -> {edge.target} [label={_dot_label([edge.label])}{style}];"
 

@@ -5,13 +5,13 @@ Thompson-sampling bandit over (sends, conversions) per arm. Randomness comes onl
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, TypedDict
 
+from journey_engine.stats import beta_posterior, credible_interval
+
 _CREDIBLE = 0.95
-_BISECTIONS = 60  # halves [0, 1] down to ~1e-18: far below what a report prints
 
 
 class ArmStats(NamedTuple):
@@ -81,61 +81,10 @@ def _require(candidates: Sequence[object]) -> None:
 
 
 def _posterior(arm: tuple[int, int]) -> tuple[float, float]:
-    sends, conversions = arm
-    # Clamped: late attribution can record a conversion the send count has not caught up with.
-    wins = min(max(conversions, 0), max(sends, 0))
-    return 1.0 + wins, 1.0 + max(sends, 0) - wins
+    return beta_posterior(*arm)
 
 
 def _estimate(sends: int, conversions: int) -> Estimate:
-    a, b = _posterior((sends, conversions))
-    tail = (1 - _CREDIBLE) / 2
-    return Estimate(
-        sends=sends,
-        conversions=conversions,
-        mean=a / (a + b),
-        low=_beta_quantile(tail, a, b),
-        high=_beta_quantile(1 - tail, a, b),
-    )
-
-
-def _beta_quantile(p: float, a: float, b: float) -> float:
-    # The CDF is monotone on [0, 1], so bisection is exact enough and needs no special cases.
-    low, high = 0.0, 1.0
-    for _ in range(_BISECTIONS):
-        middle = (low + high) / 2
-        low, high = (middle, high) if _beta_cdf(middle, a, b) < p else (low, middle)
-    return (low + high) / 2
-
-
-def _beta_cdf(x: float, a: float, b: float) -> float:
-    """The regularized incomplete beta function I_x(a, b) (Numerical Recipes, §6.4)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    front = math.exp(log_front)
-    # The continued fraction converges fast only on one side of the mean: use the symmetry on the other.
-    if x < (a + 1) / (a + b + 2):
-        return front * _beta_fraction(x, a, b) / a
-    return 1.0 - front * _beta_fraction(1 - x, b, a) / b
-
-
-def _beta_fraction(x: float, a: float, b: float) -> float:
-    """Lentz's evaluation of the continued fraction for I_x(a, b)."""
-    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    result = d
-    for m in range(1, 300):
-        even = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
-        odd = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
-        for numerator in (even, odd):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            result *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return result
+    a, b = beta_posterior(sends, conversions)
+    low, high = credible_interval(a, b, _CREDIBLE)
+    return Estimate(sends=sends, conversions=conversions, mean=a / (a + b), low=low, high=high)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from adapters.reports import Report
+from adapters.reporting import Report
 from adapters.sources.dashboard import ReportCache
 from adapters.sources.http_api import Settings, create_app
 from adapters.storage.sql import SqlStore
@@ -136,7 +136,7 @@ def test_the_dashboard_shows_every_journey_and_counts_move(server: str) -> None:
 
 def test_the_report_data_holds_the_bandits_estimates() -> None:
     """Each `choose: best` state's arms, with sends, conversions and the credible interval, reach the page."""
-    from adapters.reports import ArmEstimate, BanditReport, JourneyReport
+    from adapters.reporting.model import ArmEstimate, BanditReport, JourneyReport
     from adapters.sources.dashboard import report_json
 
     arm = ArmEstimate(arm="tips_push", kind="message", sends=20, conversions=5, mean=0.26, low=0.1, high=0.46)

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from adapters.demo import OFF_SITE, SESSION_TIMEOUT, DemoResult, Population, cdnow, run_demo
+from adapters.demo import DemoResult, run_demo
+from adapters.demo.data import cdnow
+from adapters.demo.population import OFF_SITE, SESSION_TIMEOUT, Population
 from adapters.storage.sql import SqlStore
 from journey_engine.compiler import CompiledWorkspace, load_workspace
 from journey_engine.events import Event
@@ -209,7 +211,7 @@ def test_html_report_of_the_demo_shows_the_choices_and_the_holdouts(compiled: Co
                                                                    tmp_path: Path) -> None:
     """render_html with the demo's result adds the run, the bandits against a fixed choice and the holdout
     summary to the self-contained page."""
-    from adapters.reports import build_report, render_html
+    from adapters.reporting import build_report, render_html
 
     store = SqlStore(f"sqlite:///{tmp_path / 'h.db'}", defaults=dict(compiled.metrics.defaults))
     try:

@@ -12,18 +12,13 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from adapters.reports import (
-    LIFT_METHOD,
-    Report,
-    build_report,
-    newcombe_interval,
-    render_html,
-    render_terminal,
-)
+from adapters.reporting import Report, build_report, render_html, render_terminal
+from adapters.reporting.model import LIFT_METHOD
 from adapters.storage.sql import SqlStore
 from journey_engine.compiler import CompiledWorkspace, load_workspace
 from journey_engine.errors import UnknownJourneyError
 from journey_engine.ports import Batch
+from journey_engine.stats import newcombe_interval
 from journey_engine.testing import Harness
 from journey_engine.trace import iso
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
 from html import escape
@@ -17,96 +16,62 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from adapters.reports import JourneyReport, Lift, Report, SegmentReport, build_report, iso_seconds
+from adapters.reporting.cells import iso_seconds
+from adapters.reporting.cohorts import SegmentReport
+from adapters.reporting.model import JourneyReport, Lift, Report, build_report
 from adapters.storage.sql import SqlStore
 from journey_engine.compiler import CompiledWorkspace
-from journey_engine.graph import format_duration
-from journey_engine.model import AttributeTime, Journey, Transition
+from journey_engine.graph import layout, places
+from journey_engine.model import Journey
 
 BOX_W, BOX_H, COL, ROW, TOP = 170, 46, 310, 84, 56
 
 
-def layers(journey: Journey) -> dict[str, tuple[int, int]]:
-    """(column, row) per state: columns by distance from the initial state, unreachable states last."""
-    depth = {journey.initial: 0}
-    queue = deque([journey.initial])
-    while queue:
-        name = queue.popleft()
-        state = journey.states.get(name)
-        if state is None:
-            continue
-        targets = [t.to for t in state.transitions] + ([p.to for p in state.split.paths] if state.split else [])
-        for target in targets:
-            if target in journey.states and target not in depth:
-                depth[target] = depth[name] + 1
-                queue.append(target)
-    last = max(depth.values(), default=0) + 1
-    rows: dict[int, int] = {}
-    placed = {}
-    for name in journey.states:
-        column = depth.get(name, last)
-        placed[name] = (column, rows.get(column, 0))
-        rows[column] = rows.get(column, 0) + 1
-    return placed
-
-
-def trigger_label(t: Transition) -> str:
-    if t.on is not None:
-        return f"on {t.on}" + (" if …" if t.if_ else "")
-    if t.segment is not None:
-        return f"segment {t.segment}"
-    if t.after is not None:
-        return f"after {format_duration(t.after)}"
-    if isinstance(t.at, AttributeTime):
-        return f"at {t.at.attribute}"
-    if t.at is not None:
-        return f"at {t.at}"
-    return "if …" if t.if_ else "else"
-
-
 def journey_svg(journey: Journey, counts: dict[str, int]) -> str:
-    """The journey as an SVG graph; each state shows how many users are in it now."""
-    place = layers(journey)
+    """The journey as an SVG graph, in the layout every picture of it uses (`journey_engine.graph`);
+    each state shows how many users are in it now."""
+    nodes, edges = layout(journey)
+    place = places(nodes, edges)
     width = (max(c for c, _ in place.values()) + 1) * COL + 40
     height = (max(r for _, r in place.values()) + 1) * ROW + TOP + 20
 
-    def anchor(name: str) -> tuple[float, float]:
-        column, row = place[name]
+    def anchor(node_id: str) -> tuple[float, float]:
+        column, row = place[node_id]
         return 20 + column * COL, TOP + row * ROW
 
-    edges: list[str] = []
-    for name, state in journey.states.items():
-        outs = [(t.to, trigger_label(t)) for t in state.transitions]
-        if state.split:
-            outs += [(p.to, f"split {p.weight:g}") for p in state.split.paths]
-        for target, label in outs:
-            if target not in place:
-                continue
-            x1, y1 = anchor(name)
-            x2, y2 = anchor(target)
-            sx, sy, tx, ty = x1 + BOX_W, y1 + BOX_H / 2, x2, y2 + BOX_H / 2
-            if target == name or x2 <= x1:  # back or self edge: loop above the boxes
-                path = f"M{sx},{sy} C{sx + 40},{sy - 60} {tx - 40},{ty - 60} {tx},{ty}"
-                lx, ly = (sx + tx) / 2, min(sy, ty) - 40
-            else:
-                mid = (sx + tx) / 2
-                path = f"M{sx},{sy} C{mid},{sy} {mid},{ty} {tx},{ty}"
-                lx, ly = mid, (sy + ty) / 2 - 4
-            edges.append(f'<path d="{path}" class="edge" marker-end="url(#arrow)"/>'
-                         f'<text x="{lx}" y="{ly}" class="label" text-anchor="middle">{escape(label)}</text>')
-    nodes: list[str] = []
-    for name, state in journey.states.items():
-        x, y = anchor(name)
-        kind = "final" if state.final else ("initial" if name == journey.initial else "state")
-        count = counts.get(name, 0)
-        nodes.append(f'<g class="node {kind}" data-state="{escape(name)}"><rect x="{x}" y="{y}" width="{BOX_W}" '
-                     f'height="{BOX_H}" rx="8"/><text x="{x + 10}" y="{y + 19}" class="name">{escape(name)}</text>'
-                     f'<text x="{x + 10}" y="{y + 37}" class="count" data-count="{count}">{count} users</text></g>')
+    drawn: list[str] = []
+    for edge in edges:
+        x1, y1 = anchor(edge.source)
+        x2, y2 = anchor(edge.target)
+        sx, sy, tx, ty = x1 + BOX_W, y1 + BOX_H / 2, x2, y2 + BOX_H / 2
+        if edge.target == edge.source or x2 <= x1:  # back or self edge: loop above the boxes
+            path = f"M{sx},{sy} C{sx + 40},{sy - 60} {tx - 40},{ty - 60} {tx},{ty}"
+            lx, ly = (sx + tx) / 2, min(sy, ty) - 40
+        else:
+            mid = (sx + tx) / 2
+            path = f"M{sx},{sy} C{mid},{sy} {mid},{ty} {tx},{ty}"
+            lx, ly = mid, (sy + ty) / 2 - 4
+        kind = "edge dashed" if edge.dashed else "edge"
+        drawn.append(f'<path d="{path}" class="{kind}" marker-end="url(#arrow)"/>'
+                     f'<text x="{lx}" y="{ly}" class="label" text-anchor="middle">{escape(edge.label)}</text>')
+    for node in nodes:
+        x, y = anchor(node.id)
+        name = escape(node.lines[0])
+        if node.state is None:  # entry, any state, exit, goal: no users in them
+            drawn.append(f'<g class="node {node.kind}"><rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" '
+                         f'rx="23"/><text x="{x + 10}" y="{y + 28}" class="name">{name}</text></g>')
+            continue
+        count = counts.get(node.state, 0)
+        detail = "".join(f"<title>{escape(line)}</title>" for line in node.lines[1:2])
+        drawn.append(f'<g class="node {node.kind}" data-state="{escape(node.state)}">{detail}<rect x="{x}" y="{y}" '
+                     f'width="{BOX_W}" height="{BOX_H}" rx="8"/><text x="{x + 10}" y="{y + 19}" class="name">{name}'
+                     f'</text><text x="{x + 10}" y="{y + 37}" class="count" data-count="{count}">{count} users</text>'
+                     "</g>")
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
             f'viewBox="0 0 {width} {height}" role="img" aria-label="journey {escape(journey.name)}">'
             '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
             'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#667"/></marker></defs>'
-            + "".join(edges) + "".join(nodes) + "</svg>")
+            + "".join(drawn) + "</svg>")
 
 
 SIZE_DAYS = 60  # days of segment size the dashboard draws
@@ -199,7 +164,8 @@ section.journey,section.segments,section.user{background:#fff;border:1px solid #
 section h2{margin:0 0 4px;font-size:16px}h3{font-size:14px;margin:12px 0 2px}.muted{color:#667}
 .graph,.scroll{overflow-x:auto}.edge{fill:none;stroke:#889;stroke-width:1.4}.label{font-size:11px;fill:#445;paint-order:stroke;stroke:#fff;stroke-width:4px}
 .node rect{fill:#eef3ff;stroke:#4a68d8;stroke-width:1.5}.node.final rect{fill:#eefbf1;stroke:#2f9e55;stroke-width:3}
-.node.initial rect{stroke-width:3}.name{font-weight:600;font-size:13px}.count{font-size:12px;fill:#4a68d8}
+.node.initial rect{stroke-width:3}.edge.dashed{stroke-dasharray:5 4}
+.node.entry rect,.node.exit rect{fill:#f0f1f4;stroke:#99a}.node.any rect{fill:none;stroke:none}.name{font-weight:600;font-size:13px}.count{font-size:12px;fill:#4a68d8}
 table{border-collapse:collapse;margin:8px 0}td,th{border-bottom:1px solid #e3e5ea;padding:3px 10px;text-align:left}
 table.figures td:not(:first-child):not(.text),table.figures th:not(:first-child):not(.text){text-align:right}
 .bar{position:relative;width:220px;height:14px;background:#f0f1f4;border-radius:3px}

@@ -741,6 +741,15 @@ class SqlStore:
             for (body,) in conn.execute(sa.select(profiles_t.c.body).order_by(profiles_t.c.user_id)):
                 yield codec.decode(body, self.defaults)
 
+    @contextmanager
+    def snapshot(self) -> Iterator[SqlSnapshot]:
+        """Reads that all see one state of the database while the engine writes (PostgreSQL: one
+        REPEATABLE READ transaction), for a report that takes several queries."""
+        with self._reading() as conn:
+            if self.dialect == "postgresql":
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            yield SqlSnapshot(conn)
+
 
 def state_deltas(records: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
     """How the trace of a batch moves users between journey states."""
@@ -825,3 +834,52 @@ def _reason(exc: DBAPIError) -> str:
 
 def _redact(url: str) -> str:
     return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+class SqlSnapshot:
+    """The reads of `SqlStore.snapshot`, on its one connection: the trace and segment history streamed
+    (memory stays flat however long they are), and the live state counts and bandit arms."""
+
+    STREAM_ROWS = 2000  # rows fetched per round trip
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        yield self.conn
+
+    # the store's own reads, on this connection
+    state_counts = SqlStore.state_counts
+    bandit = SqlStore.bandit
+
+    def trace_records(self, kinds: Collection[str], journey: str | None = None) -> Iterator[dict[str, Any]]:
+        """Trace records of these kinds in commit order; with `journey`, that journey's and every
+        `alias_merged` (a merge moves the runs of every journey)."""
+        t = trace_t.c
+        query = sa.select(t.body).where(t.kind.in_(list(kinds))).order_by(t.id)
+        if journey is not None:
+            query = query.where(sa.or_(t.journey == journey, t.kind == "alias_merged"))
+        for (body,) in self.conn.execute(query.execution_options(yield_per=self.STREAM_ROWS)):
+            yield json.loads(body)
+
+    def latest(self) -> datetime | None:
+        """The time of the newest trace record or segment change."""
+        h = history_t.c
+        found = [self.conn.execute(sa.select(sa.func.max(c))).scalar() for c in (trace_t.c.at, h.entered_at,
+                                                                                 h.left_at)]
+        return max((parse_time(text) for text in found if text), default=None)
+
+    def segment_history(self) -> Iterator[tuple[str, str, str, str | None]]:
+        """(segment, user, entered_at, left_at) of every stay in a segment, by segment, user and entry."""
+        h = history_t.c
+        query = sa.select(h.segment, h.user_id, h.entered_at, h.left_at).order_by(h.segment, h.user_id,
+                                                                                  h.entered_at)
+        rows = self.conn.execute(query.execution_options(yield_per=self.STREAM_ROWS))
+        yield from ((segment, user, entered, left) for segment, user, entered, left in rows)
+
+
+def parse_time(text: str) -> datetime:
+    """A stored ISO time; one without a zone is UTC."""
+    at = datetime.fromisoformat(text)
+    return at if at.tzinfo else at.replace(tzinfo=UTC)

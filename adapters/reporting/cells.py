@@ -1,0 +1,78 @@
+"""The report's figures as text: the cells and sentences that the terminal and the page both show."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from adapters.reporting.model import (
+    EXIT_REASONS,
+    LIFT_METHOD,
+    ArmEstimate,
+    BanditReport,
+    Lift,
+    MessageStats,
+    StateFunnel,
+)
+
+
+def pct(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.1f}%"
+
+
+def points(value: float | None) -> str:
+    """A difference of two rates, in percentage points."""
+    return "–" if value is None else f"{value * 100:+.1f} pp"
+
+
+def signed_pct(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:+.1f}%"
+
+
+def reasons(row: MessageStats) -> str:
+    if not row.suppressed:
+        return "0"
+    detail = ", ".join(f"{reason} {n}" for reason, n in sorted(row.suppressed.items()))
+    return f"{row.suppressed_total} ({detail})"
+
+
+def lift_sentence(lift: Lift) -> str:
+    interval = lift.interval
+    if interval is None:
+        return "no lift yet: it needs treated and held-out entrants"
+    return (f"difference {points(lift.difference)} (95% CI {points(interval[0])} to {points(interval[1])}, "
+            f"{LIFT_METHOD}); relative lift {signed_pct(lift.relative)}")
+
+
+def iso_seconds(at: datetime) -> str:
+    """ISO-8601 UTC to the second, with a Z: how reports and the dashboard show times."""
+    return at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+FUNNEL_COLUMNS = ("state", "entered", "now in", "moved on", "exit: final", "exit: exit", "exit: goal", "converted",
+                  "conversion")
+MESSAGE_COLUMNS = ("message", "channel", "sent", "deferred", "suppressed", "delivered", "failed", "opened",
+                   "clicked", "bounced", "unsubscribed", "conversions", "per send")
+BANDIT_COLUMNS = ("state", "strategy", "arm", "sends", "conversions", "mean", "95% credible interval")
+
+
+def funnel_cells(row: StateFunnel) -> list[str]:
+    return [row.state, str(row.entered), str(row.now_in), str(row.moved_on),
+            *(str(row.exited.get(reason, 0)) for reason in EXIT_REASONS), str(row.converted),
+            pct(row.conversion_rate)]
+
+
+def message_cells(row: MessageStats) -> list[str]:
+    return [row.message, row.channel, str(row.sent), str(row.deferred), reasons(row), str(row.delivered),
+            str(row.failed), str(row.opened), str(row.clicked), str(row.bounced), str(row.unsubscribed),
+            str(row.conversions), pct(row.conversion_rate)]
+
+
+def arm_cells(bandit: BanditReport, arm: ArmEstimate) -> list[str]:
+    label = f"→ {arm.arm}" if arm.kind == "path" else arm.arm
+    return [bandit.state, bandit.strategy, label, str(arm.sends), str(arm.conversions), pct(arm.mean),
+            f"{pct(arm.low)} – {pct(arm.high)}"]
+
+
+def lift_rows(lift: Lift) -> list[list[str]]:
+    return [["treated", str(lift.treated), str(lift.treated_converted), pct(lift.treated_rate)],
+            ["held out", str(lift.held_out), str(lift.held_out_converted), pct(lift.held_out_rate)]]

@@ -1,0 +1,418 @@
+"""The report as plain data: per journey a funnel over states, message performance, holdout lift and
+bandit arms; per segment its size over time and retention by week of entry. Built from one streamed
+pass over the store's trace and segment history, read through `SqlStore.snapshot`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from adapters.reporting.cohorts import SegmentReport, segment_reports
+from adapters.storage.sql import SqlStore, parse_time
+from journey_engine.compiler import CompiledJourney, CompiledWorkspace
+from journey_engine.errors import UnknownJourneyError
+from journey_engine.graph import format_duration
+from journey_engine.model import Choose
+from journey_engine.selection import estimates
+from journey_engine.stats import newcombe_interval, rate
+
+EXIT_REASONS = ("final", "exit", "goal")
+ENGAGEMENTS = ("delivered", "opened", "clicked", "bounced", "unsubscribed")
+LIFT_METHOD = "Newcombe hybrid score interval (Wilson score per group), 95%"
+COHORT_WEEKS = 12
+_KINDS = ("journey_entered", "transition", "journey_exited", "goal_reached", "message_sent", "message_deferred",
+          "message_suppressed", "message_delivered", "message_failed", "message_engaged", "alias_merged")
+
+
+# --- the report -----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StateFunnel:
+    """One state of a journey's funnel. Counts are journey runs: one per `journey_entered` record, so a
+    user who re-enters, or a keyed journey's second cart, counts again."""
+
+    state: str
+    entered: int = 0  # runs that were in this state at least once
+    now_in: int = 0
+    moved_on: int = 0  # runs that left it for another state
+    exited: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXIT_REASONS, 0))
+    converted: int = 0  # runs that reached the goal after being in this state
+
+    @property
+    def conversion_rate(self) -> float | None:
+        return rate(self.converted, self.entered)
+
+
+@dataclass(slots=True)
+class MessageStats:
+    """What happened to one message on one channel. Engagements count once per send and event."""
+
+    message: str
+    channel: str
+    sent: int = 0
+    deferred: int = 0
+    suppressed: dict[str, int] = field(default_factory=dict)  # reason -> sends not made
+    delivered: int = 0
+    failed: int = 0
+    opened: int = 0
+    clicked: int = 0
+    bounced: int = 0
+    unsubscribed: int = 0
+    conversions: int = 0  # goals reached within the goal window after a send of it
+
+    @property
+    def suppressed_total(self) -> int:
+        return sum(self.suppressed.values())
+
+    @property
+    def conversion_rate(self) -> float | None:
+        return rate(self.conversions, self.sent)
+
+
+@dataclass(frozen=True, slots=True)
+class Lift:
+    """Goal conversion of treated entrants against held-out ones (sent nothing), with the 95%
+    interval of the difference `treated rate - held-out rate` (see LIFT_METHOD)."""
+
+    treated: int
+    treated_converted: int
+    held_out: int
+    held_out_converted: int
+
+    @property
+    def treated_rate(self) -> float | None:
+        return rate(self.treated_converted, self.treated)
+
+    @property
+    def held_out_rate(self) -> float | None:
+        return rate(self.held_out_converted, self.held_out)
+
+    @property
+    def difference(self) -> float | None:
+        if self.treated_rate is None or self.held_out_rate is None:
+            return None
+        return self.treated_rate - self.held_out_rate
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        if not self.treated or not self.held_out:
+            return None
+        return newcombe_interval(self.treated_converted, self.treated, self.held_out_converted, self.held_out)
+
+    @property
+    def relative(self) -> float | None:
+        """The difference as a share of the held-out rate: +0.25 is 25% more conversions than without."""
+        if self.difference is None or not self.held_out_rate:
+            return None
+        return self.difference / self.held_out_rate
+
+
+@dataclass(frozen=True, slots=True)
+class ArmEstimate:
+    """A bandit arm: a message id, or for a bandit split the target state (`kind` says which)."""
+
+    arm: str
+    kind: str  # message | path
+    sends: int
+    conversions: int
+    mean: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True, slots=True)
+class BanditReport:
+    state: str
+    strategy: str  # "choose: best" | "split: bandit"
+    arms: list[ArmEstimate]
+
+
+@dataclass(slots=True)
+class JourneyReport:
+    name: str
+    description: str | None
+    goal: str | None  # "Order Completed within 7d"; None for a journey without a goal
+    funnel: list[StateFunnel]
+    messages: list[MessageStats]
+    lift: Lift | None  # None for a journey without a goal or without a holdout
+    bandits: list[BanditReport]
+    entered: int  # runs started
+    converted: int  # runs that reached the goal
+
+    @property
+    def conversion_rate(self) -> float | None:
+        return rate(self.converted, self.entered)
+
+    @property
+    def exited(self) -> dict[str, int]:
+        total = dict.fromkeys(EXIT_REASONS, 0)
+        for row in self.funnel:
+            for reason, n in row.exited.items():
+                total[reason] = total.get(reason, 0) + n
+        return total
+
+
+@dataclass(slots=True)
+class Report:
+    now: datetime
+    journeys: list[JourneyReport]
+    segments: list[SegmentReport]
+
+
+# --- building -------------------------------------------------------------------------------------
+
+
+def build_report(store: SqlStore, compiled: CompiledWorkspace, journey: str | None = None,
+                 now: datetime | None = None, *, weeks: int = COHORT_WEEKS) -> Report:
+    """The report of one journey (or all) and of every segment, from what `store` holds.
+
+    `now` cuts the data off: later records are left out and "now in" is computed from the trace.
+    Without it the report is as of the latest record, and "now in" comes from the store's live
+    state counts (right even when old trace rows have been pruned).
+    """
+    if journey is not None and journey not in compiled.journeys:
+        raise UnknownJourneyError(journey, compiled.journeys)
+    chosen = [compiled.journeys[journey]] if journey else list(compiled.journeys.values())
+    tallies = {cj.name: _JourneyTally(cj, compiled) for cj in chosen}
+    walk = _TraceWalk(tallies, now)
+    with store.snapshot() as reads:  # every read below sees the same data while the engine writes
+        for record in reads.trace_records(_KINDS, journey):
+            walk.feed(record)
+        walk.finish()
+        cutoff = now or reads.latest() or datetime.now(UTC)  # no data at all: an empty report of today
+        segments = segment_reports(reads.segment_history(), compiled.workspace.segments, cutoff, weeks)
+        if now is None:
+            counts = reads.state_counts()
+            for tally in tallies.values():
+                tally.live(counts.get(tally.cj.name, {}))
+        bandits = reads.bandit()
+    return Report(now=cutoff, journeys=[t.report(bandits) for t in tallies.values()], segments=segments)
+
+
+_time = parse_time
+
+
+class _Run:
+    """One run through a journey while the walk is inside it."""
+
+    __slots__ = ("converted", "holdout", "moved", "sends", "state", "visited")
+
+    def __init__(self, state: str, holdout: bool) -> None:
+        self.state = state
+        self.holdout = holdout
+        self.converted = False
+        self.visited = {state}
+        self.moved: set[str] = set()
+        self.sends: list[tuple[datetime, str, str]] = []  # since the last goal: (at, message, channel)
+
+
+class _JourneyTally:
+    """The counters of one journey."""
+
+    def __init__(self, cj: CompiledJourney, compiled: CompiledWorkspace) -> None:
+        self.cj = cj
+        self.messages_known = compiled.workspace.messages
+        goal = cj.journey.goal
+        self.within = goal.within if goal is not None else None
+        self.funnel = {name: StateFunnel(name) for name in cj.journey.states}
+        self.messages: dict[tuple[str, str], MessageStats] = {}
+        for state in cj.journey.states.values():
+            for message in state.candidates:
+                self.message(message, self.messages_known[message].channel)
+        self.entrants = {False: 0, True: 0}  # holdout -> runs
+        self.converted = {False: 0, True: 0}
+
+    def state(self, name: str) -> StateFunnel:
+        """A state's row; a state since removed from the file still gets one, after the others."""
+        row = self.funnel.get(name)
+        if row is None:
+            row = self.funnel[name] = StateFunnel(name)
+        return row
+
+    def message(self, message: str, channel: str) -> MessageStats:
+        row = self.messages.get((message, channel))
+        if row is None:
+            row = self.messages[(message, channel)] = MessageStats(message, channel)
+        return row
+
+    def live(self, counts: dict[str, int]) -> None:
+        for row in self.funnel.values():
+            row.now_in = 0
+        for state, users in counts.items():
+            if users:
+                self.state(state).now_in = users
+
+    def report(self, bandits: dict[tuple[str, str], dict[str, tuple[int, int]]]) -> JourneyReport:
+        journey = self.cj.journey
+        goal = journey.goal
+        lift = None
+        if goal is not None and (journey.holdout > 0 or self.entrants[True]):  # no holdout, nothing to compare
+            lift = Lift(treated=self.entrants[False], treated_converted=self.converted[False],
+                        held_out=self.entrants[True], held_out_converted=self.converted[True])
+        described = None
+        if goal is not None:
+            trigger = goal.on or (f"segment {goal.segment}" if goal.segment else goal.if_ or "")
+            described = f"{trigger} within {format_duration(goal.within)}"
+        return JourneyReport(name=journey.name, description=journey.description, goal=described,
+                             funnel=list(self.funnel.values()), messages=list(self.messages.values()), lift=lift,
+                             bandits=_bandits(self.cj, bandits), entered=sum(self.entrants.values()),
+                             converted=sum(self.converted.values()))
+
+
+class _TraceWalk:
+    """Feeds trace records, in commit order, to the counters; keeps only the runs still open."""
+
+    def __init__(self, tallies: dict[str, _JourneyTally], cutoff: datetime | None) -> None:
+        self.tallies = tallies
+        self.cutoff = cutoff
+        self.runs: dict[str, dict[tuple[str, str], _Run]] = {}  # user -> (journey, key) -> run
+        self.engaged: set[str] = set()  # "event:send_key": a second open of one email is not a second open
+        self.handlers = {
+            "journey_entered": self._entered, "transition": self._transition, "journey_exited": self._exited,
+            "goal_reached": self._goal, "message_sent": self._sent, "message_deferred": self._deferred,
+            "message_suppressed": self._suppressed, "message_delivered": self._delivered,
+            "message_failed": self._failed, "message_engaged": self._engaged,
+        }
+
+    def feed(self, r: dict[str, Any]) -> None:
+        if self.cutoff is not None and _time(r["at"]) > self.cutoff:
+            return
+        if r["kind"] == "alias_merged":
+            self._merged(r)
+            return
+        tally = self.tallies.get(r.get("journey") or "")
+        if tally is not None:
+            self.handlers[r["kind"]](tally, r)
+
+    def finish(self) -> None:
+        for runs in self.runs.values():
+            for (journey, _), run in runs.items():
+                self.tallies[journey].state(run.state).now_in += 1
+
+    def _run(self, r: dict[str, Any]) -> _Run | None:
+        return self.runs.get(r["user"], {}).get((r["journey"], r.get("key") or ""))
+
+    def _entered(self, tally: _JourneyTally, r: dict[str, Any]) -> None:
+        run = _Run(r["state"], bool(r.get("holdout")))
+        self.runs.setdefault(r["user"], {})[(r["journey"], r.get("key") or "")] = run
+        tally.state(run.state).entered += 1
+        tally.entrants[run.holdout] += 1
+
+    def _transition(self, tally: _JourneyTally, r: dict[str, Any]) -> None:
+        run = self._run(r)
+        if run is None:  # its entry is older than the trace kept: the funnel counts whole runs only
+            return
+        src, dst = r["from"], r["to"]
+        if src != dst and src not in run.moved:
+            run.moved.add(src)
+            tally.state(src).moved_on += 1
+        if dst not in run.visited:
+            run.visited.add(dst)
+            tally.state(dst).entered += 1
+        run.state = dst
+
+    def _exited(self, tally: _JourneyTally, r: dict[str, Any]) -> None:
+        user = self.runs.get(r["user"], {})
+        run = user.pop((r["journey"], r.get("key") or ""), None)
+        if not user:
+            self.runs.pop(r["user"], None)
+        if run is None:
+            return
+        exited = tally.state(r.get("state") or run.state).exited
+        exited[r["reason"]] = exited.get(r["reason"], 0) + 1
+
+    def _goal(self, tally: _JourneyTally, r: dict[str, Any]) -> None:
+        run = self._run(r)
+        if run is None:
+            return
+        if not run.converted:  # a goal that does not exit may be reached again: the funnel counts it once
+            run.converted = True
+            tally.converted[run.holdout] += 1
+            for state in run.visited:
+                tally.state(state).converted += 1
+        for message, channel in self._credited(tally, run, _time(r["at"]), r.get("attributed") or []):
+            tally.message(message, channel).conversions += 1
+        run.sends = []  # as the engine does: a later goal is credited to later sends only
+
+    def _credited(self, tally: _JourneyTally, run: _Run, at: datetime, attributed: list[str]) -> set[tuple[str, str]]:
+        """Messages sent in this run within the goal window, and those the engine credited by name
+        (bandit arms; split arms name states and are reported with the bandits instead)."""
+        within = tally.within or timedelta(0)
+        credited = {(message, channel) for sent, message, channel in run.sends if at - sent <= within}
+        known = tally.messages_known
+        credited.update((name, known[name].channel) for name in attributed if name in known)
+        return credited
+
+    def _sent(self, tally: _JourneyTally, r: dict[str, Any]) -> None:
+        tally.message(r["message"], r["channel"]).sent += 1
+        run = self._run(r)
+        if run is not None and tally.within is not None:
+            at = _time(r["at"])
+            run.sends = [s for s in run.sends if at - s[0] <= tally.within]  # older ones can no longer convert
+            run.sends.append((at, r["message"], r["channel"]))
+
+    def _deferred(self, tally: _JourneyTally, r: dict[str, Any]) -> None:
+        tally.message(r["message"], r["channel"]).deferred += 1
+
+    def _suppressed(self, tally: _JourneyTally, r: dict[str, Any]) -> None:
+        reasons = tally.message(r["message"], r["channel"]).suppressed
+        reason = str(r.get("reason") or "unknown")
+        reasons[reason] = reasons.get(reason, 0) + 1
+
+    def _delivered(self, tally: _JourneyTally, r: dict[str, Any]) -> None:
+        if self._first_time("delivered", r):
+            tally.message(r["message"], r["channel"]).delivered += 1
+
+    def _failed(self, tally: _JourneyTally, r: dict[str, Any]) -> None:
+        tally.message(r["message"], r["channel"]).failed += 1
+
+    def _engaged(self, tally: _JourneyTally, r: dict[str, Any]) -> None:
+        event = r.get("event")
+        if event in ENGAGEMENTS and self._first_time(event, r):
+            row = tally.message(r["message"], r["channel"])
+            setattr(row, event, getattr(row, event) + 1)
+
+    def _first_time(self, event: str, r: dict[str, Any]) -> bool:
+        """Whether this send has not had this event yet (the dispatcher and a provider's receipt may
+        both say `delivered`)."""
+        send_key = r.get("send_key")
+        if not send_key:
+            return True
+        mark = f"{event}:{send_key}"
+        if mark in self.engaged:
+            return False
+        self.engaged.add(mark)
+        return True
+
+    def _merged(self, r: dict[str, Any]) -> None:
+        """alias: the anonymous user's runs continue under the known id, unless the known user was
+        already in that journey (then the engine drops the anonymous run)."""
+        moved = self.runs.pop(r.get("previous_id") or "", None)
+        if not moved:
+            return
+        into = self.runs.setdefault(r["user"], {})
+        for ikey, run in moved.items():
+            into.setdefault(ikey, run)
+
+
+def _bandits(cj: CompiledJourney, stats: dict[tuple[str, str], dict[str, tuple[int, int]]]) -> list[BanditReport]:
+    found = []
+    for name, state in cj.journey.states.items():
+        learned = stats.get((cj.name, name), {})
+        if isinstance(state.send, Choose) and state.send.choose == "best":
+            arms = {m: learned.get(m, (0, 0)) for m in state.send.from_}
+            strategy = "choose: best"
+        elif state.split is not None and state.split.strategy == "bandit":
+            arms = {"->" + p.to: learned.get("->" + p.to, (0, 0)) for p in state.split.paths}
+            strategy = "split: bandit"
+        else:
+            continue
+        arms.update(learned)  # arms the file no longer lists still show what they learnt
+        found.append(BanditReport(state=name, strategy=strategy, arms=[
+            ArmEstimate(arm=arm.removeprefix("->"), kind="path" if arm.startswith("->") else "message",
+                        sends=e["sends"], conversions=e["conversions"], mean=e["mean"], low=e["low"], high=e["high"])
+            for arm, e in estimates(arms).items()]))
+    return found

@@ -1,0 +1,118 @@
+"""The report as rich tables, for `journey report` and `journey demo` in a terminal."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from adapters.reporting.cells import (
+    BANDIT_COLUMNS,
+    FUNNEL_COLUMNS,
+    MESSAGE_COLUMNS,
+    arm_cells,
+    funnel_cells,
+    iso_seconds,
+    lift_rows,
+    lift_sentence,
+    message_cells,
+    pct,
+)
+from adapters.reporting.model import JourneyReport, Report, SegmentReport
+
+_SPARKS = "▁▂▃▄▅▆▇█"
+_SPARK_DAYS = 60
+
+
+def render_terminal(report: Report, console: Console) -> None:
+    """The report as rich tables: per journey funnel, messages, lift and bandits; then segments."""
+    console.rule(f"journey report · as of {iso_seconds(report.now)}")
+    for journey in report.journeys:
+        _terminal_journey(journey, console)
+    if report.segments:
+        console.rule("segments")
+        console.print(_table("segment size (members at the close of each UTC day)",
+                             ("segment", "now", "min", "max", f"last {_SPARK_DAYS} days"),
+                             [_size_cells(s) for s in report.segments]))
+        for segment in report.segments:
+            if segment.cohorts:
+                # A line of its own, not the table's title: rich wraps a title to the narrow table's width.
+                console.print(Text(f"{segment.segment}: share of each week's new members still in it at the close "
+                                   "of each week since", style="italic"))
+                console.print(_cohort_table(segment))
+
+
+def _terminal_journey(journey: JourneyReport, console: Console) -> None:
+    console.rule(f"[bold]{journey.name}[/bold]")
+    summary = f"{journey.entered} entered"
+    if journey.goal:
+        summary += f", {journey.converted} reached the goal ({pct(journey.conversion_rate)}) · goal: {journey.goal}"
+    console.print(Text(summary))
+    console.print(_table("funnel", FUNNEL_COLUMNS, [funnel_cells(r) for r in journey.funnel]))
+    # two tables of half the columns each: thirteen columns are unreadable in an 80-column terminal
+    cells = [message_cells(r) for r in journey.messages]
+    split = MESSAGE_COLUMNS.index("opened")
+    console.print(_table("messages: sending", MESSAGE_COLUMNS[:split], [c[:split] for c in cells]))
+    console.print(_table("messages: answers", MESSAGE_COLUMNS[:1] + MESSAGE_COLUMNS[split:],
+                         [c[:1] + c[split:] for c in cells]))
+    if journey.lift is not None:
+        console.print(_table("holdout lift (goal conversion)", ("group", "entrants", "converted", "rate"),
+                             lift_rows(journey.lift)))
+        console.print(Text(lift_sentence(journey.lift)))
+    if journey.bandits:
+        console.print(_table("bandits (posterior of goal conversion per send)", BANDIT_COLUMNS,
+                             [arm_cells(b, arm) for b in journey.bandits for arm in b.arms]))
+
+
+def _table(title: str, columns: Iterable[str], rows: Iterable[list[str]]) -> Table:
+    """No vertical rules; a column of single words (numbers, ids) as wide as its longest header word or
+    value, while the first column and columns of text take what is left and wrap: a table of nine
+    numbers fits an 80-column terminal instead of losing its last columns off the edge."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    rows = list(rows)
+    for index, name in enumerate(columns):
+        justify = "left" if index == 0 or name in ("channel", "strategy", "arm") else "right"
+        words = max(len(word) for word in name.split())
+        if index == 0 or any(" " in row[index] for row in rows):
+            table.add_column(name, justify=justify, overflow="fold", min_width=words)
+        else:
+            table.add_column(name, justify=justify, width=max([words, *(len(row[index]) for row in rows)]))
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _size_cells(segment: SegmentReport) -> list[str]:
+    counts = [n for _, n in segment.sizes]
+    if not counts:
+        return [segment.segment, "0", "–", "–", ""]
+    return [segment.segment, str(counts[-1]), str(min(counts)), str(max(counts)), _sparkline(counts[-_SPARK_DAYS:])]
+
+
+def _sparkline(values: list[int]) -> str:
+    low, high = min(values), max(values)
+    span = (high - low) or 1
+    return "".join(_SPARKS[round((v - low) / span * (len(_SPARKS) - 1))] for v in values)
+
+
+def _cohort_table(segment: SegmentReport) -> Table:
+    table = Table()
+    table.add_column("week of entry")
+    table.add_column("users", justify="right")
+    for k in range(segment.weeks):
+        table.add_column(f"week {k}", justify="right")
+    for cohort in segment.cohorts:
+        cells = [_heat_text(share) for share in cohort.shares]
+        cells += [Text("")] * (segment.weeks - len(cells))
+        table.add_row(cohort.week, str(cohort.users), *cells)
+    return table
+
+
+def _heat_text(share: float | None) -> Text:
+    if share is None:
+        return Text("")
+    shade = 40 + round(share * 180)  # darker blue for higher retention, readable on both backgrounds
+    return Text(pct(share), style=f"white on rgb(30,{shade // 2},{shade})")
