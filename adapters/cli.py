@@ -538,7 +538,7 @@ def report(journey: Annotated[str | None, typer.Argument(help="one journey (defa
            html: Annotated[Path | None, typer.Option(help="also write one self-contained HTML file")] = None,
            database: DatabaseOpt = None, workspace: WorkspaceOpt = None) -> None:
     """Funnel per state, message performance, holdout lift, bandit estimates and segment cohorts."""
-    from adapters.reports import build_report, render_html, render_terminal
+    from adapters.reporting import build_report, render_html, render_terminal
 
     compiled = _load(_workspace(workspace))
     store = _open_store(database, compiled.metrics.defaults)
@@ -568,7 +568,7 @@ def demo(users: Annotated[int, typer.Option(help="synthetic users")] = 10_000,
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from adapters.demo import run_demo
-    from adapters.reports import build_report, render_html, render_terminal
+    from adapters.reporting import build_report, render_html, render_terminal
 
     compiled = _load(_workspace(workspace), long_running=True)
     if database.startswith("sqlite:///"):
