@@ -124,7 +124,7 @@ MUTANTS = (
              "            if event.message_id in"),),
            (DIFFERENTIAL, f"{BEHAVIOURS}::test_a_repeated_identify_is_a_duplicate")),
     Mutant("quiet_hours_workspace_zone", "the user's time zone ignored in quiet hours",
-           ((ENGINE, "policies=self.policies, timezone=timezone,", "policies=self.policies, timezone=None,"),),
+           ((ENGINE, "policies=policies, timezone=timezone,", "policies=policies, timezone=None,"),),
            (DIFFERENTIAL, f"{BEHAVIOURS}::test_quiet_hours_are_the_users_local_hours")),
 )
 
