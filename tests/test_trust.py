@@ -482,3 +482,14 @@ metrics:
     h.track("u1", "Plan Changed", {"plan": "pro"}, timestamp="2026-01-05T09:58:00Z")
     h.track("u1", "Plan Changed", {})
     assert h.metrics("u1")["last_plan"] == "free"
+
+
+def test_an_alias_brings_the_deferred_send_of_an_anonymous_run_that_completed(tmp_path: Path) -> None:
+    """An anonymous visitor's final-state receipt, held by a send window, goes to the known user they
+    turn out to be (SPEC §3 items 8 and 10)."""
+    h = harness(tmp_path, RECEIPT)
+    h.identify("anon-1", {"email": "a@example.com"})
+    h.track("anon-1", "Order Completed", {"order": "A-1"})
+    h.alias("u1", "anon-1")
+    h.wait("1d")
+    assert h.sent("u1") == ["thanks_email"]

@@ -186,10 +186,14 @@ class Reference:
             user.events.extend(other.events)
             for k, v in other.traits.items():
                 user.traits.setdefault(k, v)
-            for ikey, inst in other.instances.items():
-                if ikey not in user.instances:
-                    user.instances[ikey] = inst
-                    user.deferred.extend(d for d in other.deferred if (d.journey, d.key) == ikey)
+            taken = [ikey for ikey in other.instances if ikey not in user.instances]
+            for ikey in taken:
+                user.instances[ikey] = other.instances[ikey]
+            # pending sends come with their runs, and so do those of runs that ended (item 10: a final
+            # state's deferred send still goes): they are the known user's now
+            user.deferred.extend(d for d in other.deferred if (d.journey, d.key) in taken
+                                 or (d.journey, d.key) not in other.instances
+                                 or other.instances[(d.journey, d.key)].run != d.run)
             for ikey, at in other.last_entry.items():
                 user.last_entry[ikey] = max(at, user.last_entry.get(ikey, at))
             for name, choice in other.choices.items():
