@@ -6,7 +6,6 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -228,8 +227,8 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
         err.print("[red]--days must be more than 0[/red]")
         raise typer.Exit(2)
     if workers > 1 and store == "memory":
-        err.print("[red]--workers is more than 1 only with --store sqlite or postgres (processes share a "
-                  "database, not memory)[/red]")
+        err.print("[red]--workers is 1 or more, and more than 1 only with --store sqlite or postgres (processes "
+                  "share a database, not memory)[/red]")
         raise typer.Exit(2)
     if hot is not None and (store != "memory" or hot < 1):
         err.print("[red]--hot is a number of profiles (1 or more), with --store memory[/red]")
@@ -372,6 +371,7 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
     import uvicorn
 
     from adapters.channels import ChannelConfigError, ChannelSettings, build_channels
+    from adapters.service.reload import watch_workspace
     from adapters.service.settings import Settings
     from adapters.sources.http_api import create_app
     from journey_engine.model import parse_duration
@@ -419,11 +419,16 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
             store.defaults = dict(compiled.metrics.defaults)  # a reloaded workspace may add metrics
             served = create_app(compiled, store, settings, channels=channels, workers=workers, folder=folder)
             server = uvicorn.Server(uvicorn.Config(served, host=host, port=port, log_level="warning"))
-            changed = _watch(folder, server) if reload else None
+            changed = watch_workspace(folder, server, _reload_refused, err.print) if reload else None
             server.run()
             compiled = changed() if changed is not None else None
     finally:
         store.close()
+
+
+def _reload_refused(exc: WorkspaceError) -> None:
+    err.print("[yellow]the changed workspace does not load; still serving the last one:[/yellow]")
+    _problems(exc)
 
 
 def _overdue(store: Any) -> None:
@@ -436,40 +441,6 @@ def _overdue(store: Any) -> None:
         err.print(f"{count} user(s) have timers or deferred sends overdue, the oldest by {late}: they fire now, "
                   "between requests; what would go out more than its expiry late is suppressed `expired`",
                   soft_wrap=True)
-
-
-def _watch(folder: Path, server: Any) -> Callable[[], Any]:
-    """Watch the workspace; when it changes and loads, stop `server` so serve starts again with it.
-    Returns what to serve next: the new workspace, or None when the server stopped for another reason."""
-    import threading
-
-    import watchfiles
-
-    from journey_engine.compiler import load_workspace
-    from journey_engine.errors import WorkspaceError
-
-    found: list[Any] = []
-    stop = threading.Event()
-
-    def watch() -> None:
-        for _ in watchfiles.watch(folder, stop_event=stop, debounce=300):
-            try:
-                found.append(load_workspace(folder))
-            except WorkspaceError as exc:
-                err.print("[yellow]the changed workspace does not load; still serving the last one:[/yellow]")
-                _problems(exc)
-                continue
-            err.print(f"workspace {folder} changed: reloading")
-            server.should_exit = True
-            return
-
-    threading.Thread(target=watch, name="workspace-watch", daemon=True).start()
-
-    def next_workspace() -> Any:
-        stop.set()
-        return found[-1] if found else None
-
-    return next_workspace
 
 
 @app.command()
