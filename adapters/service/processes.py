@@ -20,6 +20,7 @@ started again.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import multiprocessing
@@ -396,7 +397,10 @@ def _engine_process(folder: str, url: str, index: int, count: int, settings: Set
                       part=(index, count), live=options.live)
     replies = _Replies(pipe)
     tally = _Tally(replies)
-    clock = lambda: datetime.now(UTC)  # noqa: E731
+
+    def clock() -> datetime:
+        return datetime.now(UTC)
+
     # the HTTP process enforces the queue limit; this one takes whatever it was given
     worker = InProcessHost(runtime, store, replace(settings, queue_limit=2**62), tally, clock)  # type: ignore[arg-type]
     worker.start()
@@ -422,7 +426,7 @@ def _engine_process(folder: str, url: str, index: int, count: int, settings: Set
             if item is None:
                 break
             request, kind, payload = item
-            jobs[kind](payload).add_done_callback(lambda f, r=request: _reply(replies, r, f))
+            jobs[kind](payload).add_done_callback(functools.partial(_reply, replies, request))
     finally:
         side.shutdown(wait=True)
         worker.stop()
