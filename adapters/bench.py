@@ -7,22 +7,26 @@ timers, windows and time-driven segments fire as they would in production.
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import random
 import resource
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
+from adapters.service.metrics import Metrics, Observed
+from adapters.service.processes import ProcessHost
 from adapters.storage.sql import SqlStore
 from journey_engine import native
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Engine, Outcome
 from journey_engine.events import Event
-from journey_engine.ports import Part, Store, partition
+from journey_engine.ports import Store
 from journey_engine.runtime import MemoryStore, Runtime
 
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -154,7 +158,7 @@ def events_stream(users: int, events: int, seed: int, span: timedelta = SPAN) ->
 
 
 def run_bench(compiled: CompiledWorkspace, *, users: int, events: int, seed: int = 1, store: Store | None = None,
-              batch: int = 1, span: timedelta = SPAN, workers: int = 1,
+              batch: int = 1, span: timedelta = SPAN, workers: int = 1, folder: Path | None = None,
               progress: Progress | None = None) -> dict[str, Any]:
     """Process the stream through `store` in batches of `batch` events (one commit each).
 
@@ -165,9 +169,10 @@ def run_bench(compiled: CompiledWorkspace, *, users: int, events: int, seed: int
     Latency is from the start of a batch to its commit: every event of the batch is acknowledged
     then, so it bounds each event's wait once the batch is formed.
 
-    `workers` > 1 (SQL stores): that many engine processes share the database, each applying the events
-    of its partition of the users and claiming only their wake-ups (`Store.due(part=...)`); the rate is
-    then all events over the time from the first batch to the last commit of any worker.
+    `workers` > 1 (SQL stores): the engine processes `journey serve --workers` runs (ProcessHost, loading
+    the workspace from `folder`) share the database, each applying the events of its partition of the
+    users and claiming only their wake-ups (`Store.due(part=...)`); each call carries `batch` events per
+    process. The rate is then all events over the time from the first batch to the last commit.
     """
     target: Store = MemoryStore() if store is None else store
     if isinstance(target, SqlStore):
@@ -177,8 +182,10 @@ def run_bench(compiled: CompiledWorkspace, *, users: int, events: int, seed: int
     if workers > 1:
         if not isinstance(target, SqlStore):
             raise ValueError("several workers share a database: use a SQL store")
-        run = _run_workers(compiled, target, workers, users=users, events=events, seed=seed, batch=batch,
-                           span=span)
+        if folder is None:
+            raise ValueError("engine processes load the workspace from its folder: pass `folder`")
+        run = _run_hosted(folder, target, workers, users=users, events=events, seed=seed, batch=batch,
+                          span=span)
     else:
         run = _drive(compiled, target, events_stream(users, events, seed, span), seed=seed, batch=batch,
                      progress=progress)
@@ -222,11 +229,11 @@ class _Run:
 
 
 def _drive(compiled: CompiledWorkspace, store: Store, stream: Iterable[Event], *, seed: int, batch: int,
-           part: Part | None = None, progress: Progress | None = None) -> _Run:
+           progress: Progress | None = None) -> _Run:
     """Feed `stream` to an engine on `store` in batches, then fire what is due at its last event."""
     counter = _Counter()
     memory = isinstance(store, MemoryStore)
-    runtime = Runtime(Engine(compiled, seed=seed), store, sink=counter, claim=1 if memory else 500, part=part)
+    runtime = Runtime(Engine(compiled, seed=seed), store, sink=counter, claim=1 if memory else 500)
     run = _Run()
     clock = time.perf_counter
     pending: list[Event] = []
@@ -259,53 +266,58 @@ def _drive(compiled: CompiledWorkspace, store: Store, stream: Iterable[Event], *
     return run
 
 
-def _run_workers(compiled: CompiledWorkspace, store: SqlStore, workers: int, *, users: int, events: int, seed: int,
-                 batch: int, span: timedelta) -> _Run:
-    """The stream split by partition before the clock starts (as the one-process run does not time
-    making events), then one forked process per partition, each on its own connections."""
-    parts: list[list[Event]] = [[] for _ in range(workers)]
-    for event in events_stream(users, events, seed, span):
-        parts[partition(event.user_id, workers)].append(event)
-    context = multiprocessing.get_context("fork")  # the compiled workspace and the events are inherited
-    pipes, processes = [], []
-    began = time.monotonic()
-    for index, part in enumerate(parts):
-        receive, send = context.Pipe(duplex=False)
-        process = context.Process(target=_worker, daemon=True,
-                                  args=(compiled, store, part, (index, workers), seed, batch, send, began))
-        process.start()
-        send.close()
-        pipes.append(receive)
-        processes.append(process)
-    del parts
-    total = _Run()
-    for index, pipe in enumerate(pipes):
-        try:
-            run, busy_until, done_at = pipe.recv()
-        except EOFError:
-            raise RuntimeError(f"bench worker {index} failed; its error is printed above") from None
-        total.busy = max(total.busy, busy_until)
-        total.seconds = max(total.seconds, done_at)
-        total.latencies.extend(run.latencies)
-        total.timers += run.timers
-        total.sends += run.sends
-        total.records += run.records
-    for process in processes:
-        process.join()
-    return total
+IN_FLIGHT = 4  # calls the engine processes may still be running while the next batch is sent
 
 
-def _worker(compiled: CompiledWorkspace, store: SqlStore, events: list[Event], part: Part, seed: int, batch: int,
-            send: Any, began: float) -> None:
-    """One engine process: its own store on the same database (connections never cross a fork)."""
-    store.engine.dispose(close=False)  # the parent's pooled connections stay the parent's
-    own = store.twin()
+def _run_hosted(folder: Path, store: SqlStore, workers: int, *, users: int, events: int, seed: int, batch: int,
+                span: timedelta) -> _Run:
+    """The stream cut into batches before the clock starts (as the one-process run does not time making
+    events), then fed through the engine processes of `journey serve --workers` (ProcessHost) on the
+    event clock: each batch after firing what fell due before it, up to IN_FLIGHT calls at once. A batch's
+    latency is from its sending to its commit by every process it touched."""
+    size = batch * workers
+    stream = list(events_stream(users, events, seed, span))
+    batches = [stream[i:i + size] for i in range(0, len(stream), size)]
+    del stream
+    tally = _Tally()
+    host = ProcessHost(folder, store, workers, metrics=tally, live=False, seed=seed)
+    host.start()  # loading the workspace in every process is not timed
+    run = _Run()
+    calls: deque[Future[Any]] = deque()
     try:
-        run = _drive(compiled, own, events, seed=seed, batch=batch, part=part)
-        finished = time.monotonic() - began
-        send.send((run, finished - (run.seconds - run.busy), finished))
+        began = time.perf_counter()
+        for chunk in batches:
+            sent = time.perf_counter()
+            calls.append(host.advance(chunk[0].timestamp))
+            done = host.process(chunk)
+            done.add_done_callback(lambda _, t=sent: run.latencies.append(time.perf_counter() - t))  # type: ignore[misc]
+            calls.append(done)
+            while len(calls) > 2 * IN_FLIGHT:
+                calls.popleft().result()
+        while calls:
+            calls.popleft().result()
+        run.busy = time.perf_counter() - began
+        if batches:
+            host.advance(batches[-1][-1].timestamp).result()
+        run.seconds = time.perf_counter() - began
     finally:
-        own.close()
+        host.stop()
+    run.timers, run.sends, run.records = tally.fired, tally.effects, tally.records
+    return run
+
+
+class _Tally(Metrics):
+    """The metrics of the engine processes, summed for the report."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fired = self.effects = self.records = 0
+
+    def add(self, seen: Observed) -> None:
+        super().add(seen)
+        self.fired += seen.timers
+        self.effects += seen.effects
+        self.records += seen.records
 
 
 def _disk(sizes: dict[str, int], users: int, events: int) -> dict[str, Any]:

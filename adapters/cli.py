@@ -6,14 +6,15 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
+from adapters.service.tuning import tune_gc
 from journey_engine.errors import JourneyError, ScenarioError, UnknownJourneyError, WorkspaceError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -21,18 +22,38 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
-WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", "-w", help="workspace folder "
-                                                   "(default: $JOURNEY_WORKSPACE or journeys/)")]
+WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", "-w", envvar="JOURNEY_WORKSPACE",
+                                                   help="workspace folder (default: journeys/)")]
+ScenarioWorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", "-w", help="workspace folder "
+                                                           "(default: the scenario's own)")]
 
 
-DatabaseOpt = Annotated[str | None, typer.Option("--database", "-d", help="database URL (default: "
-                                                 "$JOURNEY_DATABASE_URL or sqlite:///journey.db)")]
+DatabaseOpt = Annotated[str | None, typer.Option("--database", "-d", envvar="JOURNEY_DATABASE_URL",
+                                                 help="database URL (default: sqlite:///journey.db)")]
+
+
+class Format(StrEnum):
+    mermaid = "mermaid"
+    dot = "dot"
+    svg = "svg"
+
+
+class StoreKind(StrEnum):
+    memory = "memory"
+    sqlite = "sqlite"
+    postgres = "postgres"
+
+
+class Clock(StrEnum):
+    wall = "wall"
+    event = "event"
 
 
 def _database(url: str | None) -> str:
+    """The URL given (--database or $JOURNEY_DATABASE_URL, see DatabaseOpt), or the embedded default."""
     from adapters.storage.sql import DEFAULT_URL
 
-    return url or os.environ.get("JOURNEY_DATABASE_URL") or DEFAULT_URL
+    return url or DEFAULT_URL
 
 
 def _open_store(url: str | None, defaults: dict[str, object] | None = None,  # type: ignore[no-untyped-def]
@@ -48,7 +69,8 @@ def _open_store(url: str | None, defaults: dict[str, object] | None = None,  # t
 
 
 def _workspace(path: Path | None) -> Path:
-    return path or Path(os.environ.get("JOURNEY_WORKSPACE", "journeys"))
+    """The folder given (--workspace or $JOURNEY_WORKSPACE, see WorkspaceOpt), or journeys/."""
+    return path or Path("journeys")
 
 
 def _load(path: Path, *, long_running: bool = False):  # type: ignore[no-untyped-def]
@@ -64,24 +86,6 @@ def _load(path: Path, *, long_running: bool = False):  # type: ignore[no-untyped
     return compiled
 
 
-def tune_gc() -> None:
-    """For commands that go on processing events: the loaded workspace (compiled rules, machines,
-    templates) is moved out of the collector's sight, and the collector runs less often.
-
-    Every event allocates a few hundred short-lived objects, so the default thresholds (700, 10, 10)
-    start a collection every few events, and the older generations are rescanned again and again.
-    `journey bench --timers 100000 --store sqlite` drained the spike in 10.8 s with the defaults,
-    10.1 s with the freeze alone, 8.05 s with (10000, 10, 10). Higher thresholds gained ~8% more in
-    the memory bench but let `journey serve` hold more garbage between collections (RSS +40 MB over
-    300k events through HTTP, against +20 MB with the defaults and with these).
-    """
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
-
-
 def _problems(exc: WorkspaceError) -> None:
     for p in exc.problems:
         style = "red" if p.severity == "error" else "yellow"
@@ -91,7 +95,9 @@ def _problems(exc: WorkspaceError) -> None:
 
 
 @app.command()
-def validate(workspace: Annotated[Path | None, typer.Argument(help="workspace folder")] = None) -> None:
+def validate(workspace: Annotated[Path | None, typer.Argument(envvar="JOURNEY_WORKSPACE",
+                                                               help="workspace folder (default: journeys/)")]
+             = None) -> None:
     """Load and lint a workspace; print every problem as file:line:col; exit 1 on error."""
     from journey_engine.compiler import load_workspace
 
@@ -121,7 +127,7 @@ def schema() -> None:
 
 @app.command()
 def graph(journey: Annotated[str, typer.Argument(help="journey name")],
-          format: Annotated[str, typer.Option("--format", "-f", help="mermaid | dot | svg")] = "mermaid",
+          format: Annotated[Format, typer.Option("--format", "-f", help="the drawing's format")] = Format.mermaid,
           workspace: WorkspaceOpt = None) -> None:
     """Draw a journey as mermaid, dot, or svg (svg needs graphviz's `dot`)."""
     from journey_engine.graph import to_dot, to_mermaid
@@ -135,7 +141,7 @@ def graph(journey: Annotated[str, typer.Argument(help="journey name")],
         sys.stdout.write(to_mermaid(journeys[journey]) + "\n")
     elif format == "dot":
         sys.stdout.write(to_dot(journeys[journey]) + "\n")
-    elif format == "svg":
+    else:
         from adapters.graphviz import to_svg
 
         try:
@@ -143,14 +149,11 @@ def graph(journey: Annotated[str, typer.Argument(help="journey name")],
         except JourneyError as exc:
             err.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None
-    else:
-        err.print(f"[red]unknown format `{format}`: use mermaid, dot or svg[/red]")
-        raise typer.Exit(2)
 
 
 @app.command()
 def simulate(scenario: Annotated[list[Path], typer.Argument(help="scenario file(s)")],
-             workspace: WorkspaceOpt = None,
+             workspace: ScenarioWorkspaceOpt = None,
              as_json: Annotated[bool, typer.Option("--json", help="the trace as JSON lines")] = False) -> None:
     """Run scenarios on a virtual clock: exit 0 when every expect holds, 1 when one fails, 2 when one
     does not load."""
@@ -189,12 +192,13 @@ def simulate(scenario: Annotated[list[Path], typer.Argument(help="scenario file(
 @app.command()
 def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
           events: Annotated[int, typer.Option(help="events to process")] = 1_000_000,
-          store: Annotated[str, typer.Option(help="memory | sqlite | postgres")] = "memory",
+          store: Annotated[StoreKind, typer.Option(help="where the profiles are kept")] = StoreKind.memory,
           batch: Annotated[int | None, typer.Option(help="events per commit (1 in memory, 500 on disk)")] = None,
           days: Annotated[float, typer.Option(help="virtual days the events are spread over (30: every journey "
                                                    "runs to its end; 1: mostly the event path)")] = 30,
-          workers: Annotated[int, typer.Option(help="with --store sqlite|postgres: engine processes sharing the "
-                                                    "database, each owning a partition of the users")] = 1,
+          workers: Annotated[int, typer.Option(min=1, help="with --store sqlite|postgres: engine processes (as "
+                                                           "`serve --workers` runs them) sharing the database, "
+                                                           "each owning a partition of the users")] = 1,
           hot: Annotated[int | None, typer.Option(help="with --store memory: profiles kept as live objects; the "
                                                        "others are kept encoded (less memory, slower)")] = None,
           workspace: WorkspaceOpt = None, seed: int = 1, database: DatabaseOpt = None,
@@ -222,15 +226,16 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
     if not days > 0:
         err.print("[red]--days must be more than 0[/red]")
         raise typer.Exit(2)
-    if workers < 1 or (workers > 1 and store == "memory"):
+    if workers > 1 and store == "memory":
         err.print("[red]--workers is 1 or more, and more than 1 only with --store sqlite or postgres (processes "
                   "share a database, not memory)[/red]")
         raise typer.Exit(2)
     if hot is not None and (store != "memory" or hot < 1):
         err.print("[red]--hot is a number of profiles (1 or more), with --store memory[/red]")
         raise typer.Exit(2)
-    compiled = _load(_workspace(workspace), long_running=True)
-    target = None
+    folder = _workspace(workspace)
+    compiled = _load(folder, long_running=True)
+    target: Any = None
     scratch = None
     if store == "sqlite":
         scratch = tempfile.TemporaryDirectory(prefix="journey-bench-")
@@ -241,10 +246,7 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
             err.print("[red]--store postgres needs JOURNEY_DATABASE_URL (or --database): a postgresql:// URL[/red]")
             raise typer.Exit(2)
         target = _open_store(url, compiled.metrics.defaults, schema=f"journey_bench_{os.getpid()}")
-    elif store != "memory":
-        err.print(f"[red]unknown store `{store}`: memory, sqlite or postgres[/red]")
-        raise typer.Exit(2)
-    if store == "memory":
+    else:
         target = MemoryStore(hot=hot)
     try:
         if timers:
@@ -253,7 +255,7 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
         else:
             report = run_bench(compiled, users=users, events=events, seed=seed, store=target,
                                batch=batch or (1 if store == "memory" else 500), span=timedelta(days=days),
-                               workers=workers, progress=None if as_json else err)
+                               workers=workers, folder=folder, progress=None if as_json else err)
     finally:
         if target is not None:
             if store == "postgres":
@@ -261,7 +263,7 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
             target.close()
         if scratch is not None:
             scratch.cleanup()
-    report["store"] = store
+    report["store"] = store.value
     if store == "memory":
         report["hot"] = hot
     if as_json:
@@ -286,26 +288,22 @@ def db_upgrade(database: DatabaseOpt = None) -> None:
 @app.command()
 def ingest(source: Annotated[str, typer.Argument(help="a .jsonl file of Segment messages, or - for stdin")],
            database: DatabaseOpt = None, workspace: WorkspaceOpt = None,
-           clock: Annotated[str, typer.Option(help="wall: apply at ingestion time; event: replay each event "
-                                                   "at its own timestamp (backfills, tests)")] = "wall",
+           clock: Annotated[Clock, typer.Option(help="wall: apply at ingestion time; event: replay each event "
+                                                     "at its own timestamp (backfills, tests)")] = Clock.wall,
            batch: Annotated[int, typer.Option(help="events per commit (per engine process)")] = 500,
-           workers: Annotated[int, typer.Option(help="engine processes, each applying its partition of the "
-                                                     "users' events (SQL stores)")] = 1) -> None:
+           workers: Annotated[int, typer.Option(min=1, help="engine processes, each applying its partition of "
+                                                            "the users' events (SQL stores)")] = 1) -> None:
     """Feed Segment-format events from a file or stdin, validated like the HTTP API, with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from adapters.service.host import EngineHost, InProcessHost
+    from adapters.service.processes import ProcessHost
     from adapters.sources.jsonl import BadLine, IngestReport, open_source
     from adapters.sources.jsonl import ingest as ingest_lines
     from journey_engine.engine import Engine
     from journey_engine.ports import StoreUnavailable
     from journey_engine.runtime import Runtime
 
-    if clock not in ("wall", "event"):
-        err.print("[red]--clock is wall or event[/red]")
-        raise typer.Exit(2)
-    if workers < 1:
-        err.print("[red]--workers is 1 or more[/red]")
-        raise typer.Exit(2)
     try:
         handle, total = open_source(source)
     except OSError as exc:
@@ -314,13 +312,12 @@ def ingest(source: Annotated[str, typer.Argument(help="a .jsonl file of Segment 
     folder = _workspace(workspace)
     compiled = _load(folder, long_running=True)
     store = _open_store(database, compiled.metrics.defaults)
-    runtime: Any = Runtime(Engine(compiled), store, claim=500)
-    if workers > 1:  # the same calls, each split by the users' partitions over engine processes
-        from adapters.sources.http_api import Metrics, Settings
-        from adapters.sources.processes import ProcessWorkers
-
-        runtime = ProcessWorkers(folder, store.url, workers, Settings(), Metrics(), store)
-        runtime.start()
+    host: EngineHost  # with workers, the same calls, each split by the users' partitions over engine processes
+    if workers > 1:
+        host = ProcessHost(folder, store, workers)
+    else:
+        host = InProcessHost(Runtime(Engine(compiled), store, claim=500), store)
+    host.start()
     report = IngestReport()
 
     def bad(item: BadLine) -> None:
@@ -330,7 +327,7 @@ def ingest(source: Annotated[str, typer.Argument(help="a .jsonl file of Segment 
     try:
         with handle, Progress(*columns, console=err, disable=not err.is_terminal) as bar:
             task = bar.add_task("ingest", total=total)
-            ingest_lines(handle, runtime, erased=store.erased, clock="event" if clock == "event" else "wall",
+            ingest_lines(handle, host, erased=store.erased, clock="event" if clock == Clock.event else "wall",
                          batch=batch * workers, on_bad=bad, report=report, read_ahead=workers > 1,
                          on_progress=lambda r: bar.update(task, completed=r.lines))
             bar.update(task, completed=report.lines)
@@ -340,8 +337,7 @@ def ingest(source: Annotated[str, typer.Argument(help="a .jsonl file of Segment 
                   "(duplicates are ignored)")
         raise typer.Exit(1) from None
     finally:
-        if workers > 1:
-            runtime.stop()
+        host.stop()
         store.close()
     dropped = f", {report.erased} of erased users dropped" if report.erased else ""
     out.print(f"{report.accepted} events committed, {report.refused} refused{dropped}")
@@ -353,19 +349,19 @@ def ingest(source: Annotated[str, typer.Argument(help="a .jsonl file of Segment 
 def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="port")] = 8000,
           workspace: WorkspaceOpt = None, database: DatabaseOpt = None,
-          write_keys: Annotated[str | None, typer.Option(help="comma-separated; default $JOURNEY_WRITE_KEYS")] = None,
-          admin_key: Annotated[str | None, typer.Option(help="default $JOURNEY_ADMIN_KEY")] = None,
-          trigger_window: Annotated[str | None, typer.Option(
-              help="events older than this update metrics but move no journey (default "
-                   "$JOURNEY_TRIGGER_WINDOW or 24h)")] = None,
-          queue_limit: Annotated[int | None, typer.Option(
-              help="events waiting for the engine before 429 (default $JOURNEY_QUEUE_LIMIT or 50000)")] = None,
+          write_keys: Annotated[str, typer.Option(envvar="JOURNEY_WRITE_KEYS", help="comma-separated")] = "",
+          admin_key: Annotated[str | None, typer.Option(envvar="JOURNEY_ADMIN_KEY", help="the admin key")] = None,
+          trigger_window: Annotated[str, typer.Option(
+              envvar="JOURNEY_TRIGGER_WINDOW", help="events older than this update metrics but move no "
+                                                    "journey")] = "24h",
+          queue_limit: Annotated[int, typer.Option(
+              envvar="JOURNEY_QUEUE_LIMIT", min=1, help="events waiting for the engine before 429")] = 50_000,
           reload: Annotated[bool, typer.Option(
               "--reload", help="reload the journeys when workspace files change (a workspace that does not "
                                "load is reported and the running one kept)")] = False,
           workers: Annotated[int, typer.Option(
-              help="engine processes, each owning a partition of the users (use the cores: one engine "
-                   "process runs on one)")] = 1,
+              min=1, help="engine processes, each owning a partition of the users (use the cores: one engine "
+                          "process runs on one)")] = 1,
           allow_simulated: Annotated[bool, typer.Option(
               "--allow-simulated", help="serve a database written by `journey demo` or `bench`, sending "
                                         "through the console channel only")] = False) -> None:
@@ -375,23 +371,21 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
     import uvicorn
 
     from adapters.channels import ChannelConfigError, ChannelSettings, build_channels
-    from adapters.sources.http_api import Settings, create_app
+    from adapters.service.reload import watch_workspace
+    from adapters.service.settings import Settings
+    from adapters.sources.http_api import create_app
     from journey_engine.model import parse_duration
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "skipped: max instances" is by design
     try:
         channels = build_channels(ChannelSettings.from_env())
-        window = parse_duration(trigger_window or os.environ.get("JOURNEY_TRIGGER_WINDOW") or "24h")
-        limit = queue_limit or int(os.environ.get("JOURNEY_QUEUE_LIMIT") or 50_000)
+        window = parse_duration(trigger_window)
         expiry_text = os.environ.get("JOURNEY_SEND_EXPIRY") or "24h"
         expiry = None if expiry_text.strip() == "never" else parse_duration(expiry_text)
     except (ChannelConfigError, ValueError) as exc:
         err.print(f"[red]{exc}[/red]", soft_wrap=True)
         raise typer.Exit(1) from None
-    if workers < 1:
-        err.print("[red]--workers is 1 or more[/red]")
-        raise typer.Exit(2)
     folder = _workspace(workspace)
     compiled = _load(folder, long_running=True)
     store = _open_store(database, compiled.metrics.defaults)
@@ -407,8 +401,8 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
         err.print(f"[yellow]a database written by `{simulated}`: every channel prints to the console[/yellow]")
         channels = build_channels(ChannelSettings())
     _overdue(store)
-    keys = [k.strip() for k in (write_keys or os.environ.get("JOURNEY_WRITE_KEYS", "")).split(",") if k.strip()]
-    admin = admin_key or os.environ.get("JOURNEY_ADMIN_KEY") or None
+    keys = [k.strip() for k in write_keys.split(",") if k.strip()]
+    admin = admin_key or None
     if not keys:
         err.print("[yellow]no write keys configured (JOURNEY_WRITE_KEYS): any client may send events[/yellow]")
     if admin is None:
@@ -416,7 +410,7 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
     for advice in store.advice():
         err.print(f"[yellow]{advice}[/yellow]", soft_wrap=True)
     settings = Settings(write_keys=keys, admin_key=admin, tick=float(os.environ.get("JOURNEY_TICK_SECONDS", "1")),
-                        trigger_window=window, queue_limit=limit, send_expiry=expiry,
+                        trigger_window=window, queue_limit=queue_limit, send_expiry=expiry,
                         outbox_lease=float(os.environ.get("JOURNEY_OUTBOX_LEASE_SECONDS") or 60))
     engines = f"  {workers} engine processes" if workers > 1 else ""
     err.print(f"journey-engine on http://{host}:{port}  workspace {folder}  database {_database(database)}{engines}")
@@ -425,11 +419,16 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
             store.defaults = dict(compiled.metrics.defaults)  # a reloaded workspace may add metrics
             served = create_app(compiled, store, settings, channels=channels, workers=workers, folder=folder)
             server = uvicorn.Server(uvicorn.Config(served, host=host, port=port, log_level="warning"))
-            changed = _watch(folder, server) if reload else None
+            changed = watch_workspace(folder, server, _reload_refused, err.print) if reload else None
             server.run()
             compiled = changed() if changed is not None else None
     finally:
         store.close()
+
+
+def _reload_refused(exc: WorkspaceError) -> None:
+    err.print("[yellow]the changed workspace does not load; still serving the last one:[/yellow]")
+    _problems(exc)
 
 
 def _overdue(store: Any) -> None:
@@ -444,47 +443,13 @@ def _overdue(store: Any) -> None:
                   soft_wrap=True)
 
 
-def _watch(folder: Path, server: Any) -> Callable[[], Any]:
-    """Watch the workspace; when it changes and loads, stop `server` so serve starts again with it.
-    Returns what to serve next: the new workspace, or None when the server stopped for another reason."""
-    import threading
-
-    import watchfiles
-
-    from journey_engine.compiler import load_workspace
-    from journey_engine.errors import WorkspaceError
-
-    found: list[Any] = []
-    stop = threading.Event()
-
-    def watch() -> None:
-        for _ in watchfiles.watch(folder, stop_event=stop, debounce=300):
-            try:
-                found.append(load_workspace(folder))
-            except WorkspaceError as exc:
-                err.print("[yellow]the changed workspace does not load; still serving the last one:[/yellow]")
-                _problems(exc)
-                continue
-            err.print(f"workspace {folder} changed: reloading")
-            server.should_exit = True
-            return
-
-    threading.Thread(target=watch, name="workspace-watch", daemon=True).start()
-
-    def next_workspace() -> Any:
-        stop.set()
-        return found[-1] if found else None
-
-    return next_workspace
-
-
 @app.command()
 def user(user_id: Annotated[str, typer.Argument(help="the user id")], database: DatabaseOpt = None,
          workspace: WorkspaceOpt = None,
          as_json: Annotated[bool, typer.Option("--json", help="what GET /v1/users/{id} returns")] = False) -> None:
     """Where a user is in every journey and why: the event, rule or timer that moved them, and every
     message that was or was not sent, with the reason."""
-    from adapters.sources.http_api import user_view
+    from adapters.service.views import user_view
     from journey_engine.engine import Engine
     from journey_engine.simulation import format_record
 

@@ -35,7 +35,7 @@ class Event:
     backfill: bool = False  # older than the trigger window: updates metrics, moves no journey
 
 
-# Events cross process pipes (adapters/sources/processes.py) pickled: rebuilt through `Event(...)`, the one
+# Events cross process pipes (adapters/service/processes.py) pickled: rebuilt through `Event(...)`, the one
 # way a compiled frozen class can be made (journey_engine/native.py), and the same way in pure Python.
 _FIELDS = tuple(f.name for f in fields(Event))
 

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from adapters.sources.http_api import Settings, create_app
+from adapters.service.settings import Settings
+from adapters.sources.http_api import create_app
 from adapters.storage.sql import SqlStore
 from journey_engine.compiler import load_workspace
 

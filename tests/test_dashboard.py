@@ -13,8 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from adapters.reporting import Report
+from adapters.service.settings import Settings
 from adapters.sources.dashboard import ReportCache
-from adapters.sources.http_api import Settings, create_app
+from adapters.sources.http_api import create_app
 from adapters.storage.sql import SqlStore
 from journey_engine.compiler import load_workspace
 

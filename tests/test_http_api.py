@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from adapters.sources.http_api import Settings, create_app
+from adapters.service.settings import Settings
+from adapters.sources.http_api import create_app
 from adapters.sources.segment import to_events
 from adapters.storage.sql import SqlStore
 from journey_engine.compiler import load_workspace

@@ -19,7 +19,8 @@ import sqlalchemy as sa
 import uvicorn
 from fastapi.testclient import TestClient
 
-from adapters.sources.http_api import Settings, create_app
+from adapters.service.settings import Settings
+from adapters.sources.http_api import create_app
 from adapters.storage.sql import SqlStore
 from journey_engine.events import Event
 

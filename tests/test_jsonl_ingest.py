@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from adapters.service.host import InProcessHost
 from adapters.sources.jsonl import BadLine, ingest, open_source, read_events
 from adapters.storage.sql import SqlStore
 from journey_engine.compiler import load_workspace
@@ -76,10 +79,21 @@ def test_sent_at_of_a_batch_line_corrects_clock_skew() -> None:
     assert isinstance(event, Event) and event.timestamp == NOW - timedelta(minutes=30)
 
 
+@contextmanager
+def hosted(store: SqlStore) -> Iterator[InProcessHost]:
+    """The engine host `journey ingest` runs in one process, started."""
+    host = InProcessHost(Runtime(Engine(COMPILED), store, claim=500), store)
+    host.start()
+    try:
+        yield host
+    finally:
+        host.stop()
+
+
 def run(store: SqlStore, lines: Iterable[bytes], **options: Any) -> tuple[Any, list[BadLine]]:
     bad: list[BadLine] = []
-    runtime = Runtime(Engine(COMPILED), store, claim=500)
-    report = ingest(lines, runtime, erased=store.erased, now=lambda: NOW, on_bad=bad.append, **options)
+    with hosted(store) as host:
+        report = ingest(lines, host, erased=store.erased, now=lambda: NOW, on_bad=bad.append, **options)
     return report, bad
 
 
@@ -157,9 +171,8 @@ def test_a_store_failure_leaves_the_report_of_what_was_committed(store: SqlStore
         return store.erased(users)
 
     report = IngestReport()
-    runtime = Runtime(Engine(COMPILED), store, claim=500)
-    with pytest.raises(StoreUnavailable):
-        ingest([line(), line(userId="u2", messageId="n")], runtime, erased=erased, now=lambda: NOW, batch=1,
+    with hosted(store) as host, pytest.raises(StoreUnavailable):
+        ingest([line(), line(userId="u2", messageId="n")], host, erased=erased, now=lambda: NOW, batch=1,
                report=report)
     assert report.accepted == 1
 
@@ -174,15 +187,21 @@ def test_each_line_arrives_when_it_is_read() -> None:
         latest[0] = next(times, latest[0])
         return latest[0]
 
-    class Recording:  # the part of Runtime that ingest uses
+    class Recording:  # the part of the engine host that ingest uses
         def __init__(self) -> None:
             self.events: list[Event] = []
 
-        def advance(self, until: datetime) -> None:
-            pass
+        def advance(self, until: datetime) -> Future[None]:
+            return done()
 
-        def process(self, events: list[Event], now: datetime | None = None) -> None:
+        def process(self, events: list[Event], now: datetime | None = None) -> Future[None]:
             self.events.extend(events)
+            return done()
+
+    def done() -> Future[None]:
+        future: Future[None] = Future()
+        future.set_result(None)
+        return future
 
     recording = Recording()
     lines = [line(userId="u1", messageId="a", timestamp=None), line(userId="u2", messageId="b", timestamp=None)]

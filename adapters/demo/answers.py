@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from adapters.demo.population import DAY, HOUR, MINUTE, Population
-from adapters.demo.results import ChoiceResult, HoldoutResult
+from adapters.demo.results import Answered, ChoiceResult, HoldoutResult
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Outcome, SendMessage
 from journey_engine.model import Choose
@@ -260,6 +260,9 @@ class Responses:
         self.tally.choices.setdefault((send.journey, send.state), []).append(decision)
 
     # --- for the result -----------------------------------------------------------------------------
+
+    def answered(self) -> Answered:
+        return self.choices(), self.holdouts(), self.tally.groups, self.tally.journeys
 
     def choices(self) -> tuple[ChoiceResult, ...]:
         choices = []

@@ -59,15 +59,12 @@ import statistics
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from adapters.demo.data import cdnow
-from adapters.demo.results import DemoResult, GroupResult, TrafficResult
+from adapters.demo.results import Answered, DemoResult, GroupResult, TrafficResult
 from journey_engine.events import Event
-
-if TYPE_CHECKING:
-    from adapters.demo.answers import Responses
 
 MINUTE = 60.0
 HOUR = 3600.0
@@ -558,11 +555,9 @@ class Population:
     # --- the result ---------------------------------------------------------------------------------------
 
     def result(self, *, seed: int, elapsed: float, sends: Counter[str], channels: Counter[str],
-               responses: Responses | None = None) -> DemoResult:
-        choices = responses.choices() if responses is not None else ()
-        holdouts = responses.holdouts() if responses is not None else ()
-        tally_groups = responses.tally.groups if responses is not None else {}
-        journeys = responses.tally.journeys if responses is not None else {}
+               answered: Answered | None = None) -> DemoResult:
+        """The run's figures; `answered` is what the users' answers to the engine's sends came to."""
+        choices, holdouts, tally_groups, journeys = answered or ((), (), {}, {})
         by_message = sends
         feedback_names = ("Email Delivered", "Email Bounced", "Email Opened", "Email Link Clicked", "Push Opened",
                           "Message Clicked", "Unsubscribed")

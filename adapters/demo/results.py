@@ -158,3 +158,8 @@ class DemoResult:
         data = asdict(self)
         data.pop("elapsed_seconds")
         return data
+
+
+# what the users' answers to the engine's sends came to (`answers.Responses.answered`): the choices,
+# the holdouts, per group [sends, engaged, conversions], per journey {entered, goals}
+Answered = tuple[tuple[ChoiceResult, ...], tuple[HoldoutResult, ...], dict[str, list[int]], dict[str, dict[str, int]]]

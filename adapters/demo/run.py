@@ -115,4 +115,4 @@ def run_demo(compiled: CompiledWorkspace, store: Store | None = None, *, users: 
     if progress is not None:
         progress(1.0, f"done: {sum(population.events.values()):,} events, {sum(sends.values()):,} sends")
     return population.result(seed=seed, elapsed=time.perf_counter() - began, sends=sends, channels=channels,
-                             responses=responses)
+                             answered=responses.answered())

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, Literal, TypeVar
 
+from adapters.service.host import EngineHost
 from adapters.sources.segment import MAX_BATCH, BodyError, not_erased, parse_json, sent_at_problem, to_events
 from journey_engine.events import Event
 from journey_engine.ports import StoreUnavailable
-from journey_engine.runtime import Runtime
 
 _T = TypeVar("_T")
 
@@ -76,14 +76,14 @@ def _numbered(lines: Iterable[bytes | str], *, received_at: Callable[[], datetim
             yield number, BadLine(number, "sentAt", problem.removeprefix("sentAt: "))
             continue
         events, bad = to_events(messages, received_at=received_at(), sent_at=sent_at, trigger_window=trigger_window)
-        for problem in bad:
-            where = f"batch[{problem.index}].{problem.field}" if in_batch else problem.field
-            yield number, BadLine(number, where, problem.message)
+        for message in bad:
+            where = f"batch[{message.index}].{message.field}" if in_batch else message.field
+            yield number, BadLine(number, where, message.message)
         for event in events:
             yield number, event
 
 
-AHEAD = 4  # calls (advance, process) engine processes may still be running while the next batch is read
+AHEAD = 4  # calls (advance, process) the engine(s) may still be running while the next batch is read
 _AHEAD_CHUNK = 500  # items handed over at once (one queue operation each, not one per line)
 
 
@@ -139,14 +139,14 @@ def open_source(source: str) -> tuple[BinaryIO, int | None]:
     return open(source, "rb"), total  # the caller closes it
 
 
-def ingest(lines: Iterable[bytes | str], runtime: Runtime | Any, *, erased: Callable[[Collection[str]], set[str]],
+def ingest(lines: Iterable[bytes | str], host: EngineHost, *, erased: Callable[[Collection[str]], set[str]],
            clock: Literal["wall", "event"] = "wall", batch: int = 500,
            trigger_window: timedelta | None = timedelta(hours=24),
            now: Callable[[], datetime] = lambda: datetime.now(UTC),
            on_bad: Callable[[BadLine], None] = lambda _: None,
            on_progress: Callable[[IngestReport], None] = lambda _: None,
            report: IngestReport | None = None, read_ahead: bool = False) -> IngestReport:
-    """Validate `lines` and commit their events through `runtime`, `batch` events per commit.
+    """Validate `lines` and commit their events through a started `host`, `batch` events per commit.
 
     `clock="wall"` applies events at `now()`, with the trigger window (old events are backfills);
     `clock="event"` replays each event at its own time (no trigger window) and fires timers in between.
@@ -155,10 +155,10 @@ def ingest(lines: Iterable[bytes | str], runtime: Runtime | Any, *, erased: Call
     `report` given (filled in place) then counts what was committed, and running again is safe
     (duplicates are ignored).
 
-    `runtime` is a Runtime, or engine processes (adapters/sources/processes.py) whose `advance` and
-    `process` answer with a Future: up to AHEAD of those run while the next lines are read, and a batch
-    is counted once its Future says it is committed. `read_ahead`: a thread reads and validates the next
-    lines meanwhile (beside an engine in this process it would only compete for the GIL)."""
+    The host's `advance` and `process` answer with a Future (adapters/service/host.py): up to AHEAD of
+    those run while the next lines are read, and a batch is counted once its Future says it is committed.
+    `read_ahead`: a thread reads and validates the next lines meanwhile (beside an engine in this process
+    it would only compete for the GIL)."""
     report = report if report is not None else IngestReport()
     pending: list[Event] = []
     last: datetime | None = None
@@ -169,27 +169,24 @@ def ingest(lines: Iterable[bytes | str], runtime: Runtime | Any, *, erased: Call
         if not pending:
             return
         keep = [pending[i] for i in not_erased(pending, erased)]
-        done: Any = None
-        if keep:
-            last = max(last or keep[0].timestamp, *(e.timestamp for e in keep))
-            if clock == "event":
-                later(runtime.advance(min(e.timestamp for e in keep)))
-                done = runtime.process(keep)
-            else:
-                wall = now()
-                later(runtime.advance(wall))
-                done = runtime.process(keep, wall)
         dropped = len(pending) - len(keep)
         pending.clear()
-        if isinstance(done, Future):  # committed later (engine processes): counted when it is
-            later(done, len(keep), dropped)
-            settle(AHEAD)
+        if not keep:
+            count(0, dropped)
+            return
+        last = max(last or keep[0].timestamp, *(e.timestamp for e in keep))
+        if clock == "event":
+            later(host.advance(min(e.timestamp for e in keep)))
+            done = host.process(keep)
         else:
-            count(len(keep), dropped)
+            wall = now()
+            later(host.advance(wall))
+            done = host.process(keep, wall)
+        later(done, len(keep), dropped)  # counted once committed
+        settle(AHEAD)
 
-    def later(done: Any, kept: int = 0, dropped: int = 0) -> None:
-        if isinstance(done, Future):
-            committing.append((done, kept, dropped))
+    def later(done: Future[Any], kept: int = 0, dropped: int = 0) -> None:
+        committing.append((done, kept, dropped))
 
     def count(kept: int, dropped: int) -> None:
         report.accepted += kept
@@ -229,6 +226,6 @@ def ingest(lines: Iterable[bytes | str], runtime: Runtime | Any, *, erased: Call
         raise
     flush()
     if clock == "event" and last is not None:
-        later(runtime.advance(last))
+        later(host.advance(last))
     settle(0)
     return report

@@ -1,9 +1,10 @@
-"""`journey serve --workers N`: the HTTP front in this process, the engine in N processes.
+"""`--workers N` (serve, ingest, bench): the source in this process, the engine in N processes.
 
-Each engine process owns a partition of the users (`journey_engine.ports.partition`) and runs the same
-`EngineWorker` as the one-process server: group commit, isolation of an event the engine raises on,
-timer rounds and erasure between batches. A request's events are split by partition, in order, and
-the request is answered once every partition it touched has committed its part. When one part fails,
+`ProcessHost` is an `EngineHost` (adapters/service/host.py). Each engine process owns a partition of the
+users (`journey_engine.ports.partition`) and runs the same `InProcessHost` as the one-process server:
+group commit, isolation of an event the engine raises on, timer rounds and erasure between batches.
+A request's events are split by partition, in order, and the request is answered once every partition it
+touched has committed its part. When one part fails,
 the request is refused (503) and the SDK's retry finds the parts already committed deduplicated by
 messageId. Each process claims only its own users' timers (`Store.due(part=...)`), so a timer round
 never races the other process's events. Dispatching the outbox, pruning and every read stay in this
@@ -19,6 +20,7 @@ started again.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import multiprocessing
@@ -29,41 +31,45 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from multiprocessing import connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from adapters.sources.http_api import (
-    EngineWorker,
-    Metrics,
-    Observed,
-    Overloaded,
-    PartlyCommitted,
-    Settings,
-    WorkerLost,
-    drain_timers,
-)
+from adapters.service.host import InProcessHost, Overloaded, PartlyCommitted, WorkerLost, drain_timers
+from adapters.service.metrics import Metrics, Observed
+from adapters.service.settings import Settings
+from adapters.service.tuning import tune_gc
 from adapters.storage.sql import SqlStore
-from journey_engine.engine import Outcome
+from journey_engine.compiler import load_workspace
+from journey_engine.engine import Engine, Outcome
 from journey_engine.events import Event
 from journey_engine.ports import ConflictError, StoreUnavailable, partition
+from journey_engine.runtime import Runtime
 
 log = logging.getLogger("journey.serve")
+T = TypeVar("T")
 
 START_TIMEOUT = 120.0  # seconds for an engine process to load the workspace and open the store
 ALIVE_EVERY = 0.5  # seconds the reply reader waits before looking again at which processes run
 STOP_TIMEOUT = 15.0  # seconds for all engine processes together to finish at shutdown
 
 
-class ProcessWorkers:
-    """N engine processes behind the same interface as `EngineWorker` (submit, timers, enroll, erase)."""
+class ProcessHost:
+    """N engine processes behind the `EngineHost` contract.
 
-    def __init__(self, folder: Path, url: str, count: int, settings: Settings, metrics: Metrics,
-                 store: SqlStore) -> None:
-        self.folder, self.url, self.count, self.settings, self.metrics = folder, url, count, settings, metrics
+    They load the workspace from `folder` and open `store`'s database (its schema too). `live`: they run
+    on the wall clock (a service); otherwise `advance` and `process` replay time (`ingest --clock event`
+    takes the same calls, `bench`). `seed` seeds their engines' choices (bench)."""
+
+    def __init__(self, folder: Path, store: SqlStore, count: int, settings: Settings | None = None,
+                 metrics: Metrics | None = None, *, live: bool = True, seed: int = 0) -> None:
+        self.folder, self.url, self.count = folder, store.url, count
+        self.settings = settings if settings is not None else Settings()
+        self.metrics = metrics if metrics is not None else Metrics()
         self.store = store  # reads only: where an erasure goes
+        self.options = _Options(store.schema, live, seed)
         self.waiting = 0
         self._lock = threading.Lock()
         self._pending: dict[int, tuple[Future[Any], int]] = {}  # request -> (future, partition)
@@ -105,7 +111,7 @@ class ProcessWorkers:
         replies, reply_end = self._context.Pipe(duplex=False)
         process = self._context.Process(target=_engine_process, name=f"journey-engine-{index}", daemon=True,
                                         args=(str(self.folder), self.url, index, self.count, self.settings,
-                                              inbox, reply_end))
+                                              self.options, inbox, reply_end))
         process.start()
         reply_end.close()  # the child holds the only write end: its death is this pipe's end of file
         self._inboxes[index], self._pipes[index], self._processes[index] = inbox, replies, process
@@ -168,8 +174,12 @@ class ProcessWorkers:
         """Fire what is due, every process its own claims (claims are leased: none is fired twice)."""
         self._all([self._send(index, "timers", None) for index in range(self.count)]).result()
 
-    # `journey ingest --workers`: a `Runtime`'s two calls, answered with a Future of every process's part
-    # (each process takes its messages in order, so a caller may go on before they are done)
+    # `Runtime`'s calls, answered with a Future of every process's part (each process takes its messages in
+    # order, so a caller may go on before they are done)
+
+    def call(self, job: Callable[[Runtime], T]) -> Future[list[T]]:
+        """`job(runtime)` in every process, between its batches."""
+        return self._all([self._send(index, "call", job) for index in range(self.count)])
 
     def advance(self, until: datetime) -> Future[list[Any]]:
         """Every process fires what is due for its own users up to `until`."""
@@ -197,7 +207,7 @@ class ProcessWorkers:
             if errors and len(errors) < len(parts):
                 done.set_exception(PartlyCommitted(str(errors[0])))
             elif errors:
-                done.set_exception(errors[0])  # type: ignore[arg-type]
+                done.set_exception(errors[0])
             else:
                 done.set_result([f.result() for f in parts])
 
@@ -229,7 +239,7 @@ class ProcessWorkers:
     def enroll(self) -> Future[Any]:
         return self._send(0, "enroll", None)
 
-    def erase(self, user: str) -> Future[Any]:
+    def erase(self, user: str) -> Future[bool]:
         """On the process that owns the user the id resolves to, between its batches."""
         owner = self.store.aliases([user]).get(user, user)
         return self._send(partition(owner, self.count), "erase", user)
@@ -258,7 +268,7 @@ class ProcessWorkers:
             for ready in connection.wait([*live, *sentinels], timeout=ALIVE_EVERY):
                 try:
                     if ready in sentinels:
-                        index = sentinels[ready]  # type: ignore[index]
+                        index = sentinels[ready]
                     else:
                         index = pipes.index(ready)
                         if self._receive(ready):
@@ -356,7 +366,7 @@ class _Tally:
 
     def observe(self, outcome: Outcome, events: int, seconds: float) -> None:
         seen = Observed.of(outcome, events, seconds)
-        if seen.events or seen.sends or seen.timers:
+        if seen.events or seen.sends or seen.timers or seen.records or seen.effects:
             self.replies.put(("metrics", -1, seen))
 
 
@@ -365,39 +375,45 @@ class _NoGauge:
         pass
 
 
-def _engine_process(folder: str, url: str, index: int, count: int, settings: Settings, inbox: Any,
-                    pipe: Any) -> None:
+@dataclass(frozen=True, slots=True)
+class _Options:
+    schema: str | None  # the store's PostgreSQL schema (bench keeps its own)
+    live: bool  # the engine runs on the wall clock (see `Runtime`)
+    seed: int  # the engine's choices
+
+
+def _engine_process(folder: str, url: str, index: int, count: int, settings: Settings, options: _Options,
+                    inbox: Any, pipe: Any) -> None:
     """Load the workspace, open the store, then apply what the HTTP process sends until told to stop (or
     until that process is gone). Ctrl-C and SIGTERM are the HTTP process's to handle: it stops this one
     after its last requests."""
-    from adapters.cli import tune_gc
-    from journey_engine.compiler import load_workspace
-    from journey_engine.engine import Engine
-    from journey_engine.runtime import Runtime
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = os.getppid()
     compiled = load_workspace(folder)
     tune_gc()
-    store = SqlStore(url, defaults=dict(compiled.metrics.defaults), upgrade=False)
-    runtime = Runtime(Engine(compiled, send_expiry=settings.send_expiry), store, claim=500, part=(index, count),
-                      live=True)
+    store = SqlStore(url, defaults=dict(compiled.metrics.defaults), upgrade=False, schema=options.schema)
+    runtime = Runtime(Engine(compiled, seed=options.seed, send_expiry=settings.send_expiry), store, claim=500,
+                      part=(index, count), live=options.live)
     replies = _Replies(pipe)
     tally = _Tally(replies)
-    clock = lambda: datetime.now(UTC)  # noqa: E731
+
+    def clock() -> datetime:
+        return datetime.now(UTC)
+
     # the HTTP process enforces the queue limit; this one takes whatever it was given
-    worker = EngineWorker(runtime, store, replace(settings, queue_limit=2**62), tally, clock)  # type: ignore[arg-type]
+    worker = InProcessHost(runtime, store, replace(settings, queue_limit=2**62), tally, clock)  # type: ignore[arg-type]
     worker.start()
     side = ThreadPoolExecutor(1, thread_name_prefix="journey-timers")  # timer rounds wait between batches
     replies.put(("ready", index, None))
     jobs: dict[str, Callable[[Any], Future[Any]]] = {
         "events": worker.submit,
         "timers": lambda _: side.submit(drain_timers, worker, tally),
-        "enroll": lambda _: worker.call(lambda: _observed(tally, runtime.enroll(clock()))),
-        "erase": lambda user: worker.call(lambda: store.erase(user, clock())),
-        "advance": lambda until: worker.call(lambda: _observed(tally, runtime.advance(until))),
-        "process": lambda job: worker.call(lambda: _observed(tally, runtime.process(*job))),
+        "enroll": lambda _: worker.later(lambda: _observed(tally, runtime.enroll(clock()))),
+        "erase": lambda user: worker.later(lambda: store.erase(user, clock())),
+        "advance": lambda until: worker.later(lambda: _observed(tally, runtime.advance(until))),
+        "process": lambda job: worker.later(lambda: _observed(tally, runtime.process(*job))),
+        "call": lambda job: worker.later(lambda: job(runtime)),
     }
     try:
         while True:
@@ -410,7 +426,7 @@ def _engine_process(folder: str, url: str, index: int, count: int, settings: Set
             if item is None:
                 break
             request, kind, payload = item
-            jobs[kind](payload).add_done_callback(lambda f, r=request: _reply(replies, r, f))
+            jobs[kind](payload).add_done_callback(functools.partial(_reply, replies, request))
     finally:
         side.shutdown(wait=True)
         worker.stop()
