@@ -151,7 +151,18 @@ def compare(compiled: CompiledWorkspace, start: datetime, steps: list[dict[str, 
             ignore: frozenset[str] = frozenset()) -> tuple[list[str], set[str]]:
     """The differences between the engine and the reference (empty: they agree), and what the reference
     touched that is pending (then the caller does not hold the engine to this example)."""
-    h = run_engine(compiled, start, steps, store() if store else None)
+    opened = store() if store else None
+    try:
+        return _compare(compiled, start, steps, opened, ignore)
+    finally:
+        close = getattr(opened, "close", None)
+        if close is not None:
+            close()  # a SQL store's connections, before the next example opens its own
+
+
+def _compare(compiled: CompiledWorkspace, start: datetime, steps: list[dict[str, Any]], opened: Store | None,
+             ignore: frozenset[str]) -> tuple[list[str], set[str]]:
+    h = run_engine(compiled, start, steps, opened)
     ref, end = run_reference(compiled, start, steps, h.trace)
     touched = ref.touched & ignore
     if touched:
