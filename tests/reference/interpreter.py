@@ -223,6 +223,12 @@ class Reference:
             if not due:
                 return
             self._tick(user, now)
+        # still due after MAX_CHAIN rounds: timers whose dates have passed, pointing at each other. Item 2
+        # asks for a cycle error, not a hang: their timers are dropped (the engine's `cycle` record says so)
+        for inst in user.instances.values():
+            if any(t <= now for t, _ in inst.timers):
+                inst.timers = [(t, i) for t, i in inst.timers if t > now]
+                self.trace.append({"kind": "cycle", "at": iso(now), "user": user.id, "journey": inst.journey})
 
     def _next_instant(self, user: User) -> datetime | None:
         after = user.clock
