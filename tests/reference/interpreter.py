@@ -175,10 +175,10 @@ class Reference:
         """SPEC §3 item 8: the anonymous profile folds into the known one, journeys and metrics included."""
         prev = event.previous_id
         assert prev is not None
-        if prev in self.aliases and self.aliases[prev] != user.id:
-            return  # merged into someone else before: an id is never folded into a second user
-        self.aliases[prev] = user.id
-        other = self.users.pop(prev, None) if prev != user.id else None
+        ignored = prev in self.aliases and self.aliases[prev] != user.id
+        if not ignored:  # merged into someone else before: an id is never folded into a second user
+            self.aliases[prev] = user.id
+        other = self.users.pop(prev, None) if prev != user.id and not ignored else None
         if other is not None:
             # the anonymous id ceases to exist: its memberships end (the history of §4 stays true)
             for name in sorted(other.segments):
