@@ -82,10 +82,15 @@ def run_reference(compiled: CompiledWorkspace, start: datetime, steps: list[dict
                   engine_trace: list[dict[str, Any]]) -> tuple[Reference, datetime]:
     picks: dict[tuple[Any, ...], list[str]] = defaultdict(list)
     held: set[tuple[str, str]] = set()
+    arrived: dict[tuple[Any, ...], tuple[str, str]] = {}  # the run's last arrival: (state, at)
     for r in engine_trace:
+        run = (r["user"], r.get("journey"), r.get("key"))
+        if r["kind"] in ("journey_entered", "transition"):
+            arrived[run] = (r["state"] if r["kind"] == "journey_entered" else r["to"], r["at"])
         if r["kind"] == "transition" and r["trigger"] == "split":
             picks[(r["user"], r["journey"], r["key"], r["from"], r["at"], "split")].append(r["to"])
-        elif r["kind"].startswith("message_") and r.get("reason") not in ("ineligible", "left_journey", "left_state"):
+        elif (r["kind"].startswith("message_") and r.get("reason") not in ("ineligible", "left_journey", "left_state")
+              and arrived.get(run) == (r["state"], r["at"])):  # a choice made on arrival, not a held send going
             picks[(r["user"], r["journey"], r["key"], r["state"], r["at"], "choose")].append(r["message"])
         elif r["kind"] == "journey_entered" and r.get("holdout"):
             held.add((r["journey"], r["user"]))
