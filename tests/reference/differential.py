@@ -97,8 +97,11 @@ def run_reference(compiled: CompiledWorkspace, start: datetime, steps: list[dict
 
     def pick(user: str, journey: str, key: str | None, state: str, at: datetime, purpose: str,
              options: list[str]) -> str:
-        for choice in picks.get((user, journey, key, state, _iso(at), purpose), []):
+        """The engine's next pick for this state at this minute: the n-th arrival takes the n-th pick."""
+        made = picks.get((user, journey, key, state, _iso(at), purpose), [])
+        for i, choice in enumerate(made):
             if choice in options:
+                del made[i]
                 return choice
         return options[0]
 
