@@ -586,16 +586,14 @@ class Engine:
         if not self._fires(run, entry, event, edge=True):
             return
         data = dict(event.properties) if event is not None and entry.on is not None else {}
-        epoch = clock.epoch(run.now)
-        run_id = int(epoch * 1000)
+        run_id = int(clock.epoch(run.now) * 1000)
         last = run.profile.last_entry(ikey)
         if last is not None and int(last * 1000 + 0.01) >= run_id:  # a second entry in the same millisecond
             run_id = int(last * 1000 + 0.01) + 1  # is a run of its own (SPEC §3 item 12)
-            epoch = run_id / 1000
         inst = Instance(journey=cj.name, version=cj.version, key=key, state=cj.journey.initial,
                         entered_at=run.now, data=data, holdout=self._held_out(cj, run.profile.user_id), run=run_id)
         run.profile.add_instance(ikey, inst)
-        run.profile.note_entry(ikey, epoch)
+        run.profile.note_entry(ikey, inst.entry_epoch())
         extra = {"holdout": True} if inst.holdout else {}
         run.out.records.append(trace.journey_entered(run.now, run.profile.user_id, cj.name, key or None,
                                                      inst.state, **extra))
@@ -722,8 +720,7 @@ class Engine:
         profile = run.profile
         ikey = self._plan[cj.name].ikey if not inst.key else (cj.name, inst.key)  # the shared tuple if unkeyed
         profile.remove_instance(ikey)
-        epoch = inst.entered_at.timestamp()
-        profile.note_entry(ikey, epoch if inst.run == int(epoch * 1000) else inst.run / 1000)
+        profile.note_entry(ikey, inst.entry_epoch())
         inst.timers = ()
         if reason != "final" and profile.deferred:  # a final state's deferred sends still go (SPEC §3 item 10)
             self._cancel(run, inst, "left_journey", None)

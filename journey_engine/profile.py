@@ -42,6 +42,12 @@ class Instance:
         self.timers: Sequence[tuple[datetime, int]] = ()  # (due, transition index in the current state)
         self.sent: list[tuple[str, datetime, str]] | None = None  # (message, at, state) for goal attribution
 
+    def entry_epoch(self) -> float:
+        """The epoch noted as this run's entry (for re-entry rules): the entry time, or the run id's own
+        millisecond when a second entry in one millisecond moved it on."""
+        epoch = self.entered_at.timestamp()
+        return epoch if self.run == int(epoch * 1000) else self.run / 1000
+
     def __repr__(self) -> str:
         return f"Instance({self.journey!r}, key={self.key!r}, state={self.state!r})"
 
