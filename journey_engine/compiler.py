@@ -15,7 +15,7 @@ from .loading import PathKey, Workspace, read_workspace
 from .machine import JourneyMachine
 from .metrics import MetricBook
 from .model import Journey, Message, Translation, Trigger
-from .rulecompile import EVERY_METRIC, Threshold
+from .ruleanalysis import EVERY_METRIC, Threshold
 from .rules import CompiledRule, RuleCompiler, RuleProblem, UnknownDeclaration
 from .segments import SegmentBook
 from .templates import Renderer

@@ -19,7 +19,8 @@ from rule_engine.builtins import Builtins, BuiltinValueGenerator
 
 from .errors import did_you_mean
 from .model import Metric
-from .rulecompile import Threshold, _anchor, compile_rule, thresholds, time_anchors  # _anchor: tests
+from .ruleanalysis import Threshold, _anchor, thresholds, time_anchors  # _anchor: tests
+from .rulecompile import compile_rule
 
 Scope = Mapping[str, Any]
 MAX_RULE_LENGTH = 2000

@@ -43,7 +43,7 @@ def test_a_stale_missing_or_refused_build_leaves_python_running(tmp_path: Path, 
                                                                 change: str) -> None:
     fingerprint = native._fingerprint()
     if change == "source":
-        fingerprint["engine"] = "0" * 64  # engine.py edited since the build
+        fingerprint["engine/journeys"] = "0" * 64  # engine/journeys.py edited since the build
     elif change == "python":
         fingerprint["python"] = "cpython-399"
     root = _built(tmp_path, fingerprint)
