@@ -28,12 +28,21 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from adapters.demo.population import DAY, HOUR, MINUTE, Population
 from adapters.demo.results import Answered, ChoiceResult, HoldoutResult
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Outcome, SendMessage
+from journey_engine.facts import (
+    Fact,
+    GoalReached,
+    JourneyEntered,
+    MessageDeferred,
+    MessageFact,
+    MessageSent,
+    MessageSuppressed,
+)
 from journey_engine.model import Choose
 
 if TYPE_CHECKING:
@@ -98,7 +107,7 @@ class Responses:
         self.people = people
         self.tally = _Tally()
         self.workspace = _WorkspaceFacts(compiled)
-        self._ineligible: dict[tuple[str, str, str | None, str], tuple[str, set[str]]] = {}
+        self._ineligible: dict[tuple[str, str, str | None, str], tuple[datetime | None, set[str]]] = {}
         self._decisions: dict[tuple[str, str, str | None, str, str], _Decision] = {}
 
     def group(self, user: _User, at: float) -> str:
@@ -127,48 +136,47 @@ class Responses:
         return p, min(CAP, convert * conversion)
 
     def observe(self, outcome: Outcome) -> None:
-        """Learn from the engine's trace what it decided, and schedule the users' answers to its sends."""
-        for record in outcome.records:
-            self._record(record)
+        """Learn from the engine's facts what it decided, and schedule the users' answers to its sends."""
+        for fact in outcome.facts:
+            self._fact(fact)
         for send in sorted(outcome.sends, key=lambda s: (s.at, s.idempotency_key)):
             self._answer(send)
 
-    def _record(self, r: dict[str, Any]) -> None:
-        kind = r["kind"]
+    def _fact(self, f: Fact) -> None:
         facts = self.workspace
         assert facts is not None
-        if kind == "journey_entered":
-            stats = self.tally.journeys.setdefault(r["journey"], {"entered": 0, "goals": 0})
+        if isinstance(f, JourneyEntered):
+            stats = self.tally.journeys.setdefault(f.journey, {"entered": 0, "goals": 0})
             stats["entered"] += 1
-            if r["journey"] in facts.holdouts:
-                entrants = self.tally.entrants.setdefault(r["journey"], {})
-                if r["user"] not in entrants:
-                    entrants[r["user"]] = (_parse(r["at"]), bool(r.get("holdout")))
-        elif kind == "goal_reached":
-            self.tally.journeys.setdefault(r["journey"], {"entered": 0, "goals": 0})["goals"] += 1
-        elif kind.startswith("message_") and (r["journey"], r["state"]) in facts.choices:
-            self._choice(r, kind)
+            if f.journey in facts.holdouts:
+                entrants = self.tally.entrants.setdefault(f.journey, {})
+                if f.user not in entrants:
+                    entrants[f.user] = (f.at.timestamp(), f.holdout)
+        elif isinstance(f, GoalReached):
+            self.tally.journeys.setdefault(f.journey, {"entered": 0, "goals": 0})["goals"] += 1
+        elif isinstance(f, MessageFact) and f.state is not None and (f.journey, f.state) in facts.choices:
+            self._choice(f, f.state)
 
-    def _choice(self, r: dict[str, Any], kind: str) -> None:
+    def _choice(self, f: MessageFact, state_name: str) -> None:
         """Pair a `choose: best` pick with the candidates that were eligible when it was made."""
         assert self.workspace is not None
-        state = (r["user"], r["journey"], r["key"], r["state"])
-        if kind == "message_suppressed" and r.get("reason") == "ineligible":
-            at, found = self._ineligible.get(state, ("", set()))
-            if at != r["at"]:
+        state = (f.user, f.journey, f.key, state_name)
+        if isinstance(f, MessageSuppressed) and f.reason == "ineligible":
+            at, found = self._ineligible.get(state, (None, set()))
+            if at != f.at:
                 found = set()
-            found.add(r["message"])
-            self._ineligible[state] = (r["at"], found)
+            found.add(f.message)
+            self._ineligible[state] = (f.at, found)
             return
-        pick = (*state, r["message"])
+        pick = (*state, f.message)
         if pick in self._decisions:  # a pick deferred earlier, sent or dropped now
-            if kind == "message_suppressed":
+            if isinstance(f, MessageSuppressed):
                 del self._decisions[pick]
             return
-        at, ineligible = self._ineligible.pop(state, ("", set()))
-        candidates = self.workspace.choices[(r["journey"], r["state"])]
-        eligible = tuple(m for m in candidates if at != r["at"] or m not in ineligible)
-        if kind in ("message_sent", "message_deferred"):
+        at, ineligible = self._ineligible.pop(state, (None, set()))
+        candidates = self.workspace.choices[(f.journey, state_name)]
+        eligible = tuple(m for m in candidates if at != f.at or m not in ineligible)
+        if isinstance(f, (MessageSent, MessageDeferred)):
             self._decisions[pick] = _Decision(eligible=eligible)
 
     def _answer(self, send: SendMessage) -> None:
@@ -321,10 +329,6 @@ class _WorkspaceFacts:
             for state_name, state in journey.states.items():
                 if isinstance(state.send, Choose) and state.send.choose == "best":
                     self.choices[(name, state_name)] = tuple(state.send.from_)
-
-
-def _parse(at: str) -> float:
-    return datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
 
 
 def _mean(values: list[float]) -> float:

@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from .. import clock, trace
+from .. import clock
 from ..events import Event
+from ..facts import AliasMerged, SegmentLeft
 from ..profile import Profile
 from .base import MAX_CHAIN
 from .feedback import BOUNCE_EVENTS, FEEDBACK, MAX_ENGAGEMENTS, SUBSCRIPTION_EVENTS, WORKSPACE_HOURS
@@ -76,9 +77,9 @@ class Engine(Schedule):
     def merge(self, into: Profile, other: Profile, now: datetime) -> Outcome:
         """alias: fold the anonymous profile `other` into `into`, journeys and metrics included."""
         run = Run(into, now)
-        run.out.records.append(trace.other("alias_merged", now, into.user_id, previous_id=other.user_id))
+        run.out.facts.append(AliasMerged(at=now, user=into.user_id, previous_id=other.user_id))
         for name in other.segments:  # the anonymous id ceases to exist: its memberships end
-            run.out.records.append(trace.segment("segment_left", now, other.user_id, name))
+            run.out.facts.append(SegmentLeft(at=now, user=other.user_id, segment=name))
         into.traits.update({k: v for k, v in other.traits.items() if k not in into.traits})
         self.cw.metrics.merge(into, other, now)
         taken = [key for key in other.instances if key not in into.instances]

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
-from .. import trace
 from ..compiler import CompiledWorkspace
+from ..facts import SegmentEntered, SegmentLeft
 from ..model import DEFAULT_EXPIRY
 from ..profile import Instance, Profile
 from .plan import Plan, Run
@@ -49,8 +49,8 @@ class Base:
         run.scope.pop("journey", None)  # membership is per user: never read a journey instance's leftovers
         for name, entered in self.cw.segments.evaluate(run.profile, run.scope, run.now, metrics=metrics,
                                                        traits=traits, timed=timed):
-            kind = "segment_entered" if entered else "segment_left"
-            run.out.records.append(trace.segment(kind, run.now, run.profile.user_id, name))
+            run.out.facts.append(SegmentEntered(at=run.now, user=run.profile.user_id, segment=name) if entered
+                                 else SegmentLeft(at=run.now, user=run.profile.user_id, segment=name))
             if entered:
                 run.entered.add(name)
             run.changed = True

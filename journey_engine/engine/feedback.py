@@ -9,8 +9,8 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from .. import trace
 from ..events import Event
+from ..facts import AddressSuppressed, MessageEngaged, SubscriptionChanged, SubscriptionUnknown
 from ..policies import ADDRESS, resolve_zone
 from ..profile import Profile
 from .base import Base, text
@@ -74,17 +74,17 @@ class Feedback(Base):
                 self._choose(run, every, choice)
             return
         if not isinstance(name, str) or name not in self._subscribed_by_default:  # `Subscribed` to nothing too
-            run.out.records.append(trace.other("unknown_subscription", run.now, run.profile.user_id,
-                                               subscription=name, event=event.name,
-                                               known=sorted(self._subscribed_by_default)))
+            known = tuple(sorted(self._subscribed_by_default))
+            run.out.facts.append(SubscriptionUnknown(at=run.now, user=run.profile.user_id, subscription=name,
+                                                     event=event.name, known=known))
             return
         self._choose(run, name, choice)
 
     def _choose(self, run: Run, name: str, choice: bool) -> None:
         if (run.profile.choices or {}).get(name) != choice:
             run.profile.subscriptions[name] = choice
-            run.out.records.append(trace.other("subscription_changed", run.now, run.profile.user_id,
-                                               subscription=name, subscribed=choice))
+            run.out.facts.append(SubscriptionChanged(at=run.now, user=run.profile.user_id, subscription=name,
+                                                     subscribed=choice))
             run.changed = True
 
     def _feedback(self, run: Run, event: Event) -> SendRef | None:
@@ -102,9 +102,9 @@ class Feedback(Base):
             self._bounced(run, event, sent)
         if sent is not None:
             channel = self.messages[sent.message].channel
-            run.out.records.append(trace.message(
-                "message_engaged", run.now, profile.user_id, sent.journey, sent.key or None, None, sent.message,
-                channel, None, event=kind, send_key=sent.send_key))
+            run.out.facts.append(MessageEngaged(
+                at=run.now, user=profile.user_id, journey=sent.journey, key=sent.key or None, state=None,
+                message=sent.message, channel=channel, event=kind, send_key=sent.send_key))
         return sent
 
     def _send_ref(self, profile: Profile, properties: dict[str, Any]) -> SendRef | None:
@@ -157,6 +157,6 @@ class Feedback(Base):
         if not isinstance(address, str) or not address or address in (run.profile.bounced or ()):
             return
         run.profile.bounced = (*(run.profile.bounced or ()), address)
-        run.out.records.append(trace.other("address_suppressed", run.now, run.profile.user_id, channel=channel,
-                                           address=address, reason="hard bounce"))
+        run.out.facts.append(AddressSuppressed(at=run.now, user=run.profile.user_id, channel=channel, address=address,
+                                               reason="hard bounce"))
         run.changed = True

@@ -7,9 +7,10 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .. import clock, trace
+from .. import clock
 from ..compiler import CompiledJourney, CompiledTransition, CompiledTrigger
 from ..events import Event
+from ..facts import CycleStopped, GoalReached, JourneyEntered, JourneyExited, Transitioned
 from ..model import AttributeTime, clock_minutes
 from ..policies import resolve_zone
 from ..profile import Instance, InstanceKey
@@ -118,9 +119,8 @@ class Journeys(Messages):
                         entered_at=run.now, data=data, holdout=self._held_out(cj, run.profile.user_id), run=run_id)
         run.profile.add_instance(ikey, inst)
         run.profile.note_entry(ikey, inst.entry_epoch())
-        extra = {"holdout": True} if inst.holdout else {}
-        run.out.records.append(trace.journey_entered(run.now, run.profile.user_id, cj.name, key or None,
-                                                     inst.state, **extra))
+        run.out.facts.append(JourneyEntered(at=run.now, user=run.profile.user_id, journey=cj.name, key=key or None,
+                                            state=inst.state, holdout=inst.holdout))
         if not self._leaves_at_once(run, cj, inst):
             self._arrive(run, cj, inst)
 
@@ -188,8 +188,8 @@ class Journeys(Messages):
         src = inst.state
         inst.state = t.to  # see StatePlan: the same move as cj.machine's, without its 7 µs
         detail = f"event:{t.on}" if t.kind == "on" else _DETAIL[t.kind]
-        run.out.records.append(trace.transition(run.now, run.profile.user_id, cj.name, inst.key or None, src,
-                                                inst.state, trigger or detail))
+        run.out.facts.append(Transitioned(at=run.now, user=run.profile.user_id, journey=cj.name, key=inst.key or None,
+                                          source=src, target=inst.state, trigger=trigger or detail))
         self._arrive(run, cj, inst)
 
     def _arrive(self, run: Run, cj: CompiledJourney, inst: Instance) -> None:
@@ -216,12 +216,12 @@ class Journeys(Messages):
                 return
             src = inst.state
             inst.state = t.to
-            run.out.records.append(trace.transition(run.now, run.profile.user_id, cj.name, inst.key or None,
-                                                    src, inst.state, "rule"))
-        run.out.records.append(trace.other("cycle", run.now, run.profile.user_id, journey=cj.name,
-                                           key=inst.key or None, state=inst.state,
-                                           error=f"more than {MAX_CHAIN} transitions in a row: a loop of "
-                                                 "states whose rules are all true; stopped here"))
+            run.out.facts.append(Transitioned(at=run.now, user=run.profile.user_id, journey=cj.name,
+                                              key=inst.key or None, source=src, target=inst.state, trigger="rule"))
+        run.out.facts.append(CycleStopped(
+            at=run.now, user=run.profile.user_id, journey=cj.name, key=inst.key or None, state=inst.state,
+            error=f"more than {MAX_CHAIN} transitions in a row: a loop of states whose rules are all true; "
+                  "stopped here"))
 
     def _split(self, run: Run, cj: CompiledJourney, inst: Instance) -> None:
         split = cj.journey.states[inst.state].split
@@ -237,8 +237,8 @@ class Journeys(Messages):
             target = split_random(paths, rng)
         src = inst.state
         inst.state = target
-        run.out.records.append(trace.transition(run.now, run.profile.user_id, cj.name, inst.key or None, src,
-                                                inst.state, "split"))
+        run.out.facts.append(Transitioned(at=run.now, user=run.profile.user_id, journey=cj.name, key=inst.key or None,
+                                          source=src, target=inst.state, trigger="split"))
 
     def _exit(self, run: Run, cj: CompiledJourney, inst: Instance, reason: str) -> None:
         profile = run.profile
@@ -248,8 +248,8 @@ class Journeys(Messages):
         inst.timers = ()
         if reason != "final" and profile.deferred:  # a final state's deferred sends still go (SPEC §3 item 10)
             self._cancel(run, inst, "left_journey", None)
-        run.out.records.append(trace.journey_exited(run.now, profile.user_id, cj.name, inst.key or None, reason,
-                                                    state=inst.state))
+        run.out.facts.append(JourneyExited(at=run.now, user=profile.user_id, journey=cj.name, key=inst.key or None,
+                                           reason=reason, state=inst.state))
 
     def _goal(self, run: Run, cj: CompiledJourney, inst: Instance) -> None:
         goal = cj.journey.goal
@@ -259,9 +259,8 @@ class Journeys(Messages):
             if run.now - at <= goal.within and (cj.name, state) in self.bandits:
                 self._learn(run, cj.name, state, arm, 0, 1)
                 credited.append(arm.removeprefix("->"))
-        extra = {"attributed": credited} if credited else {}
-        run.out.records.append(trace.goal_reached(run.now, run.profile.user_id, cj.name, inst.key or None,
-                                                  **extra))
+        run.out.facts.append(GoalReached(at=run.now, user=run.profile.user_id, journey=cj.name, key=inst.key or None,
+                                         attributed=tuple(credited)))
         inst.sent = None
 
     def _timers(self, run: Run, plan: StatePlan) -> list[tuple[datetime, int]]:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from .. import clock, trace
+from .. import clock
 from ..compiler import CompiledJourney
+from ..facts import MessageDeferred, MessageSent, MessageSuppressed
 from ..model import Message
 from ..policies import ADDRESS, Decision, decide
 from ..policies import best_hour as learned_hour
@@ -53,9 +54,9 @@ class Messages(Feedback):
         if rule is None or rule(run.scope, run.now):
             return True
         msg = self.messages[message_id]
-        run.out.records.append(trace.message("message_suppressed", run.now, run.profile.user_id, cj.name,
-                                             inst.key or None, state, message_id, msg.channel, None,
-                                             reason="ineligible"))
+        run.out.facts.append(MessageSuppressed(at=run.now, user=run.profile.user_id, journey=cj.name,
+                                               key=inst.key or None, state=state, message=message_id,
+                                               channel=msg.channel, reason="ineligible"))
         return False
 
     def _deliver(self, run: Run, cj: CompiledJourney, inst: Instance | Deferred, message_id: str, state: str, *,
@@ -63,24 +64,29 @@ class Messages(Feedback):
         """Send, defer or suppress one message of a run (or a deferred send of one); False when suppressed."""
         msg = self.messages[message_id]
         profile = run.profile
-        base = (run.now, profile.user_id, cj.name, inst.key or None, state, message_id, msg.channel)
+        key = inst.key or None
         if isinstance(inst, Instance) and inst.holdout and not msg.transactional:  # a Deferred was never held out
-            run.out.records.append(trace.message("message_suppressed", *base, None, reason="holdout"))
+            run.out.facts.append(MessageSuppressed(at=run.now, user=profile.user_id, journey=cj.name, key=key,
+                                                   state=state, message=message_id, channel=msg.channel,
+                                                   reason="holdout"))
             return False
         due = run.due if due is None else due
         expiry = self.expiries[message_id]
         if expiry is not None and run.current - due > expiry:
-            run.out.records.append(trace.message(
-                "message_suppressed", *base, None, reason="expired", due=trace.iso(due),
-                why=f"due at {trace.iso(due)}, more than {span(expiry)} before {trace.iso(run.current)}"))
+            run.out.facts.append(MessageSuppressed(
+                at=run.now, user=profile.user_id, journey=cj.name, key=key, state=state, message=message_id,
+                channel=msg.channel, reason="expired", due=due,
+                why=f"due at {clock.iso(due)}, more than {span(expiry)} before {clock.iso(run.current)}"))
             return False
         decision = self._decide(run, msg, deferred)
         if decision.action == "suppress":
-            run.out.records.append(trace.message("message_suppressed", *base, None, reason=decision.reason,
-                                                 why=decision.explanation))
+            assert decision.reason is not None  # every suppression and deferral says why
+            run.out.facts.append(MessageSuppressed(at=run.now, user=profile.user_id, journey=cj.name, key=key,
+                                                   state=state, message=message_id, channel=msg.channel,
+                                                   reason=decision.reason, why=decision.explanation))
             return False
         if decision.action == "defer":
-            assert decision.until is not None
+            assert decision.until is not None and decision.reason is not None
             held = Deferred(due=decision.until, journey=cj.name, key=inst.key, state=state, message=message_id,
                             visit=inst.visit, run=inst.run, data=inst.data)
             if profile.deferred is None:
@@ -91,8 +97,9 @@ class Messages(Feedback):
                 run.made = [held]
             else:
                 run.made.append(held)
-            run.out.records.append(trace.message("message_deferred", *base, None,
-                                                 until=trace.iso(decision.until), reason=decision.reason,
+            run.out.facts.append(MessageDeferred(at=run.now, user=profile.user_id, journey=cj.name, key=key,
+                                                 state=state, message=message_id, channel=msg.channel,
+                                                 until=decision.until, reason=decision.reason,
                                                  why=decision.explanation))
         else:
             self._emit(run, cj, inst, msg, message_id, state, decision.explanation)
@@ -136,9 +143,8 @@ class Messages(Feedback):
         if not msg.transactional:  # transactional sends do not count toward caps (SPEC §3 item 11)
             profile.ledger = (*(profile.ledger or ()), (clock.epoch(run.now), msg.channel))
             self._prune_ledger(profile, run.now)
-        extra = {"why": why} if why else {}
-        run.out.records.append(trace.message("message_sent", run.now, profile.user_id, cj.name, inst.key or None,
-                                             state, message_id, msg.channel, locale, **extra))
+        run.out.facts.append(MessageSent(at=run.now, user=profile.user_id, journey=cj.name, key=inst.key or None,
+                                         state=state, message=message_id, channel=msg.channel, locale=locale, why=why))
         run.out.sends.append(SendMessage(
             idempotency_key=f"{profile.user_id}:{cj.name}:{inst.key}:{inst.run}:{inst.visit}:{message_id}",
             at=run.now,
@@ -194,9 +200,9 @@ class Messages(Feedback):
         for d in due:  # what leaving cancels was dropped then: what is left goes, its run ended or not
             cj = self.cw.journeys.get(d.journey)
             if cj is None or d.message not in self.messages:  # no longer in the workspace
-                run.out.records.append(trace.message("message_suppressed", run.now, profile.user_id, d.journey,
-                                                     d.key or None, d.state, d.message, None, None,
-                                                     reason="version"))
+                run.out.facts.append(MessageSuppressed(at=run.now, user=profile.user_id, journey=d.journey,
+                                                       key=d.key or None, state=d.state, message=d.message,
+                                                       channel=None, reason="version"))
                 continue
             self._deferred_scope(run, d)
             if self._eligible(run, cj, d, d.state, d.message):  # eligibility may have changed since
@@ -224,9 +230,9 @@ class Messages(Feedback):
             if (d.journey == inst.journey and d.key == inst.key and d.run == inst.run
                     and (visit is None or d.visit == visit) and not (run.made and d in run.made)):
                 msg = self.messages.get(d.message)
-                run.out.records.append(trace.message("message_suppressed", run.now, profile.user_id, d.journey,
-                                                     d.key or None, d.state, d.message,
-                                                     msg.channel if msg else None, None, reason=reason))
+                run.out.facts.append(MessageSuppressed(at=run.now, user=profile.user_id, journey=d.journey,
+                                                       key=d.key or None, state=d.state, message=d.message,
+                                                       channel=msg.channel if msg else None, reason=reason))
             else:
                 kept.append(d)
         profile.deferred = kept or None

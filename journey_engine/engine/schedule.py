@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .. import clock, trace
+from .. import clock
 from ..compiler import CompiledTransition, CompiledTrigger
+from ..facts import CycleStopped, RuleFailed
 from ..profile import UNSETTLED, Instance, Profile
 from ..rules import RULE_ERRORS
 from .base import MAX_CHAIN, NO_GROUPS, by_journey
@@ -72,8 +73,8 @@ class Schedule(Journeys):
             for rule, error in errors:
                 if (rule.where, error) not in seen:
                     seen.add((rule.where, error))
-                    run.out.records.append(trace.other("rule_error", run.now, run.profile.user_id, rule=rule.where,
-                                                       error=error, text=rule.text))
+                    run.out.facts.append(RuleFailed(at=run.now, user=run.profile.user_id, rule=rule.where,
+                                                    error=error, text=rule.text))
 
     def _catch_up(self, run: Run) -> None:
         now = clock.epoch(run.now)
@@ -91,8 +92,8 @@ class Schedule(Journeys):
         for inst in run.profile.instances.values():
             if any(at <= run.now for at, _ in inst.timers):
                 inst.timers = tuple(t for t in inst.timers if t[0] > run.now)
-                run.out.records.append(trace.other(
-                    "cycle", run.now, run.profile.user_id, journey=inst.journey, key=inst.key or None,
+                run.out.facts.append(CycleStopped(
+                    at=run.now, user=run.profile.user_id, journey=inst.journey, key=inst.key or None,
                     state=inst.state, error=f"timers fell due at once more than {MAX_CHAIN} times in a row: a "
                                             "loop of timers whose times have passed; this state's timers dropped"))
         self._schedule(run)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..trace import Record
+from ..facts import Fact
+from ..trace import Record, record
 
 
 class SendMessage:
@@ -54,23 +55,28 @@ class RenderedMessage:
 
 
 class Outcome:
-    """What one call did: trace records, sends to hand to channels, and bandit learning to persist.
+    """What one call did: facts (the trace, typed), sends to hand to channels, and bandit learning to persist.
 
     A plain class, not a dataclass: compiled (native.py), a dataclass keeps a generated Python __init__,
     and one Outcome is made per event and per wake-up."""
 
-    __slots__ = ("bandit", "records", "sends")
+    __slots__ = ("bandit", "facts", "sends")
 
     def __init__(self) -> None:
-        self.records: list[Record] = []
+        self.facts: list[Fact] = []
         self.sends: list[SendMessage] = []
         self.bandit: dict[tuple[str, str, str], tuple[int, int]] = {}
 
+    @property
+    def records(self) -> list[Record]:
+        """The facts as SPEC §5 trace records (serialised on each read): what is logged and stored."""
+        return [record(fact) for fact in self.facts]
+
     def __repr__(self) -> str:
-        return f"Outcome(records={self.records!r}, sends={self.sends!r}, bandit={self.bandit!r})"
+        return f"Outcome(facts={self.facts!r}, sends={self.sends!r}, bandit={self.bandit!r})"
 
     def extend(self, other: Outcome) -> None:
-        self.records.extend(other.records)
+        self.facts.extend(other.facts)
         if other.sends:
             self.sends.extend(other.sends)
         for arm, (sends, conversions) in other.bandit.items():
