@@ -181,49 +181,74 @@ class Journeys(Messages):
 
     def _move(self, run: Run, cj: CompiledJourney, inst: Instance, t: CompiledTransition,
               trigger: str | None = None) -> None:
-        """Leave the state because of an event, a rule turning true or a timer: the sends it deferred
-        before this call are cancelled (SPEC §3 item 10), then arrive in the next."""
-        if run.profile.deferred:
-            self._cancel(run, inst, "left_state", inst.visit)
-        src = inst.state
-        inst.state = t.to  # see StatePlan: the same move as cj.machine's, without its 7 µs
-        detail = f"event:{t.on}" if t.kind == "on" else _DETAIL[t.kind]
-        run.out.facts.append(Transitioned(at=run.now, user=run.profile.user_id, journey=cj.name, key=inst.key or None,
-                                          source=src, target=inst.state, trigger=trigger or detail))
-        self._arrive(run, cj, inst)
+        """Leave the state because of an event, a rule turning true or a timer: the journey's machine moves the
+        instance (`left`, then `entered`), then whatever follows at once is followed."""
+        run.steps = 0
+        cj.machine.move(inst, inst.state, t.index, self, run, cj,
+                        trigger or (f"event:{t.on}" if t.kind == "on" else _DETAIL[t.kind]))
+        self._follow(run, cj, inst)
 
     def _arrive(self, run: Run, cj: CompiledJourney, inst: Instance) -> None:
-        """Enter inst.state: send, start timers, then follow splits, true rules and fallbacks at once."""
-        states = self._plan[cj.name].states
-        for _ in range(MAX_CHAIN):
-            plan = states[inst.state]
-            state = plan.spec
-            inst.visit += 1
-            inst.state_entered_at = run.now
-            self._journey_scope(run, inst)
-            self._send_state(run, cj, inst, plan)
-            if (cj.name, inst.key) not in run.profile.instances:
-                return
-            if state.final:
-                self._exit(run, cj, inst, "final")
-                return
-            inst.timers = tuple(self._timers(run, plan)) if plan.timers else ()
-            if state.split is not None:
-                self._split(run, cj, inst)
-                continue
-            t = self._first(run, plan.checks, None, arrival=True)
-            if t is None:
-                return
-            src = inst.state
-            inst.state = t.to
-            run.out.facts.append(Transitioned(at=run.now, user=run.profile.user_id, journey=cj.name,
-                                              key=inst.key or None, source=src, target=inst.state, trigger="rule"))
-        run.out.facts.append(CycleStopped(
-            at=run.now, user=run.profile.user_id, journey=cj.name, key=inst.key or None, state=inst.state,
-            error=f"more than {MAX_CHAIN} transitions in a row: a loop of states whose rules are all true; "
-                  "stopped here"))
+        """A new instance in its initial state: enter it, then follow what follows at once."""
+        run.steps = 0
+        self._settle_in(run, cj, inst)
+        self._follow(run, cj, inst)
 
-    def _split(self, run: Run, cj: CompiledJourney, inst: Instance) -> None:
+    # the callbacks of the journey's machine (machine.Driver): exit, then entry
+
+    def left(self, inst: Instance, run: Run, cj: CompiledJourney) -> None:
+        """The state's exit: the sends it deferred before this call are cancelled (SPEC §3 item 10)."""
+        if run.profile.deferred:
+            self._cancel(run, inst, "left_state", inst.visit)
+
+    def entered(self, inst: Instance, run: Run, cj: CompiledJourney, source: str, label: str) -> None:
+        """The state's entry: the move is traced, then the state entered."""
+        run.out.facts.append(Transitioned(at=run.now, user=run.profile.user_id, journey=cj.name, key=inst.key or None,
+                                          source=source, target=inst.state, trigger=label))
+        self._settle_in(run, cj, inst)
+
+    def _settle_in(self, run: Run, cj: CompiledJourney, inst: Instance) -> None:
+        """Enter inst.state: send, start timers; note in `run` the split, true rule or fallback to follow at once."""
+        run.follow = None
+        run.split_next = False
+        run.steps += 1
+        if run.steps > MAX_CHAIN:
+            run.out.facts.append(CycleStopped(
+                at=run.now, user=run.profile.user_id, journey=cj.name, key=inst.key or None, state=inst.state,
+                error=f"more than {MAX_CHAIN} transitions in a row: a loop of states whose rules are all true; "
+                      "stopped here"))
+            return
+        plan = self._plan[cj.name].states[inst.state]
+        state = plan.spec
+        inst.visit += 1
+        inst.state_entered_at = run.now
+        self._journey_scope(run, inst)
+        self._send_state(run, cj, inst, plan)
+        if (cj.name, inst.key) not in run.profile.instances:
+            return
+        if state.final:
+            self._exit(run, cj, inst, "final")
+            return
+        inst.timers = tuple(self._timers(run, plan)) if plan.timers else ()
+        if state.split is not None:
+            run.split_next = True
+            return
+        run.follow = self._first(run, plan.checks, None, arrival=True)
+
+    def _follow(self, run: Run, cj: CompiledJourney, inst: Instance) -> None:
+        """Splits, true rules and fallbacks, taken at once through the machine until a state holds the instance."""
+        while True:
+            if run.split_next:
+                run.split_next = False
+                cj.machine.move(inst, inst.state, self._split(run, cj, inst), self, run, cj, "split", split=True)
+            elif run.follow is not None:
+                t, run.follow = run.follow, None
+                cj.machine.move(inst, inst.state, t.index, self, run, cj, "rule")
+            else:
+                return
+
+    def _split(self, run: Run, cj: CompiledJourney, inst: Instance) -> int:
+        """The path a split sends this instance down (a bandit split learns that it chose it)."""
         split = cj.journey.states[inst.state].split
         assert split is not None
         paths = [(p.to, p.weight) for p in split.paths]
@@ -235,10 +260,7 @@ class Journeys(Messages):
             attribute(inst, "->" + target, run.now)
         else:
             target = split_random(paths, rng)
-        src = inst.state
-        inst.state = target
-        run.out.facts.append(Transitioned(at=run.now, user=run.profile.user_id, journey=cj.name, key=inst.key or None,
-                                          source=src, target=inst.state, trigger="split"))
+        return next(i for i, (to, _) in enumerate(paths) if to == target)
 
     def _exit(self, run: Run, cj: CompiledJourney, inst: Instance, reason: str) -> None:
         profile = run.profile

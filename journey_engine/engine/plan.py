@@ -17,7 +17,8 @@ from .values import Outcome
 class Run:
     """The working set of one call: the profile, the clock, the evaluation scope, what happened."""
 
-    __slots__ = ("changed", "current", "due", "entered", "event", "made", "now", "out", "profile", "scope")
+    __slots__ = ("changed", "current", "due", "entered", "event", "follow", "made", "now", "out", "profile", "scope",
+                 "split_next", "steps")
 
     def __init__(self, profile: Profile, now: datetime, event: Event | None = None) -> None:
         self.profile = profile
@@ -29,6 +30,10 @@ class Run:
         self.changed = False
         self.entered: set[str] = set()
         self.made: list[Deferred] | None = None  # sends deferred by this call: leaving their state now keeps them
+        # an arrival in progress: states entered in a row, and what the state just entered moves on to at once
+        self.steps = 0
+        self.follow: CompiledTransition | None = None
+        self.split_next = False
         # `metrics` reads the stored values, the rule accessor supplies defaults; `segments` is replaced
         # by SegmentBook.evaluate whenever membership changes (it is a tuple)
         self.scope: dict[str, Any] = {"traits": profile.traits, "metrics": profile.metric_values,
