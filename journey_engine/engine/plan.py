@@ -48,9 +48,8 @@ class Run:
 class StatePlan:
     """One state's transitions sorted by how they fire, once at load (the hot path never re-sorts).
 
-    The engine moves an instance by assigning the target state: the journey's `transitions` machine
-    (cj.machine, built at load, no callbacks) checks the graph there, and firing its trigger would do
-    the same assignment for ~7 µs per move (tests/test_fastpaths.py checks every move against it).
+    The engine picks the transition that fires from these; the journey's machine (cj.machine) moves the
+    instance (journeys.py).
     """
 
     spec: State
