@@ -5,6 +5,8 @@ and time per user: docs/performance.md). An instance is plain data with a `state
 engine decides which transition fires, and the journey's machine moves the instance: it runs the
 exit callback of the state left, sets the state, and runs the entry callback of the state entered.
 Both callbacks hand the work back to a `Driver` (the engine), which does it for this user and call.
+`move` fires the `transitions` trigger; `step`, what the engine calls, makes the same move from the
+machine's graph resolved at load, at a fraction of the cost.
 Every YAML transition is a trigger named `<state>#<index>`; a split's paths, `<state>#<index>split`.
 """
 
@@ -67,6 +69,8 @@ class JourneyMachine:
                 self._events[(name, index, False)] = events[trigger_name(name, index)]
             for index in range(len(state.split.paths) if state.split is not None else 0):
                 self._events[(name, index, True)] = events[trigger_name(name, index) + SPLIT]
+        # each trigger's one transition, resolved from the machine's own graph
+        self._targets = {key: str(event.transitions[key[0]][0].dest) for key, event in self._events.items()}
 
     def move(self, instance: HasState, state: str, index: int, driver: Driver | None = None, run: Any = None,
              journey: Any = None, label: str = "", *, split: bool = False) -> str:
@@ -79,10 +83,22 @@ class JourneyMachine:
         event.trigger(instance, instance, driver, run, journey, instance.state, label)
         return instance.state
 
+    def step(self, instance: HasState, state: str, index: int, driver: Driver, run: Any = None, journey: Any = None,
+             label: str = "", *, split: bool = False) -> str:
+        """The same move as `move`, from the machine's graph resolved at load, without firing its trigger (the
+        engine's path: `transitions` costs more per move than the rest of an event, see docs/performance.md).
+        tests/test_machine.py holds the two to the same traces."""
+        target = self._targets.get((state, index, split))
+        if target is None or instance.state != state:
+            raise RuntimeError(f"{self.journey.name}: `{instance.state}` has no transition {index}")
+        driver.left(instance, run, journey)
+        instance.state = target
+        driver.entered(instance, run, journey, state, label)
+        return target
+
     def target(self, state: str, index: int, *, split: bool = False) -> str:
         """Where transition `index` of `state` (path `index` of its split) leads, as the machine has it."""
-        event = self._events[(state, index, split)]
-        return str(event.transitions[state][0].dest)
+        return self._targets[(state, index, split)]
 
     @property
     def states(self) -> list[str]:

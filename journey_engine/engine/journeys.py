@@ -182,9 +182,9 @@ class Journeys(Messages):
     def _move(self, run: Run, cj: CompiledJourney, inst: Instance, t: CompiledTransition,
               trigger: str | None = None) -> None:
         """Leave the state because of an event, a rule turning true or a timer: the journey's machine moves the
-        instance (`left`, then `entered`), then whatever follows at once is followed."""
+        instance (its callbacks: `left`, then `entered`), then whatever follows at once is followed."""
         run.steps = 0
-        cj.machine.move(inst, inst.state, t.index, self, run, cj,
+        cj.machine.step(inst, inst.state, t.index, self, run, cj,
                         trigger or (f"event:{t.on}" if t.kind == "on" else _DETAIL[t.kind]))
         self._follow(run, cj, inst)
 
@@ -240,10 +240,10 @@ class Journeys(Messages):
         while True:
             if run.split_next:
                 run.split_next = False
-                cj.machine.move(inst, inst.state, self._split(run, cj, inst), self, run, cj, "split", split=True)
+                cj.machine.step(inst, inst.state, self._split(run, cj, inst), self, run, cj, "split", split=True)
             elif run.follow is not None:
                 t, run.follow = run.follow, None
-                cj.machine.move(inst, inst.state, t.index, self, run, cj, "rule")
+                cj.machine.step(inst, inst.state, t.index, self, run, cj, "rule")
             else:
                 return
 
