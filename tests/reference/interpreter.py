@@ -743,7 +743,7 @@ class Reference:
                 self._suppress(user, d, d.state, d.message, now, "expired")
             elif msg.if_ is not None and not self._holds(user, msg.if_, scope, now):
                 self._suppress(user, d, d.state, d.message, now, "ineligible")
-            elif not self._subscribed(user, msg):
+            elif not msg.transactional and not self._subscribed(user, msg):  # item 11: not for a transactional one
                 self._suppress(user, d, d.state, d.message, now, "unsubscribed")
             else:
                 self._go(user, d, d.message, d.state, now)

@@ -148,3 +148,16 @@ def test_a_timer_due_after_the_deferral_cancels_the_held_send(tmp_path: Path) ->
     h.wait("15h")
     assert [(r["at"], r["reason"]) for r in kinds(h, "message_suppressed")] == [("2026-01-05T19:30:00Z", "left_state")]
     assert h.channel.sent == []
+
+
+def test_a_held_transactional_send_goes_out_to_an_unsubscribed_user(tmp_path: Path) -> None:
+    """Transactional sends ignore subscriptions, also when a held one is decided again at `until` (items 10-11)."""
+    receipt = {"m": {"channel": "sms", "body": "hi", "subscription": "news", "transactional": True,
+                     "send_at": {"window": "09:00-18:00"}}}
+    h = harness(tmp_path, journey(states={"s0": {"send": "m", "transitions": [{"after": "30d", "to": "done"}]},
+                                          "done": {"final": True}}),
+                start="2026-01-05T06:00:00Z", messages=receipt, subscriptions={"news": {"channel": "sms"}})
+    h.track("u1", "Signed Up")
+    h.track("u1", "Unsubscribed", {"subscription": "news"})
+    h.wait("4h")
+    assert [s.at.isoformat() for s in h.channel.sent] == ["2026-01-05T09:00:00+00:00"]
