@@ -213,7 +213,7 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
     import tempfile
 
     from adapters.bench import run_bench, run_timer_bench
-    from journey_engine.runtime import MemoryStore
+    from journey_engine.memory import MemoryStore
 
     if http is not None:
         from adapters.loadtest import run_http_bench
