@@ -161,3 +161,14 @@ def test_a_held_transactional_send_goes_out_to_an_unsubscribed_user(tmp_path: Pa
     h.track("u1", "Unsubscribed", {"subscription": "news"})
     h.wait("4h")
     assert [s.at.isoformat() for s in h.channel.sent] == ["2026-01-05T09:00:00+00:00"]
+
+
+def test_a_held_send_goes_at_until_even_after_the_user_changed_time_zone(tmp_path: Path) -> None:
+    """A held send goes out at `until`, re-checked for eligibility, subscription and caps, not timing (item 10)."""
+    window = {"m": {"channel": "sms", "body": "hi", "send_at": {"window": "09:00-18:00"}}}
+    h = harness(tmp_path, journey(states={"s0": {"send": "m", "transitions": [{"after": "30d", "to": "done"}]},
+                                          "done": {"final": True}}), start="2026-01-05T06:00:00Z", messages=window)
+    h.track("u1", "Signed Up")  # 06:00 UTC: held until 09:00 UTC
+    h.identify("u1", timezone="Asia/Seoul")  # where 09:00 UTC is 18:00, outside the window
+    h.wait("4h")
+    assert [s.at.isoformat() for s in h.channel.sent] == ["2026-01-05T09:00:00+00:00"]
