@@ -172,3 +172,13 @@ def test_a_held_send_goes_at_until_even_after_the_user_changed_time_zone(tmp_pat
     h.identify("u1", timezone="Asia/Seoul")  # where 09:00 UTC is 18:00, outside the window
     h.wait("4h")
     assert [s.at.isoformat() for s in h.channel.sent] == ["2026-01-05T09:00:00+00:00"]
+
+
+def test_an_entry_rule_the_merge_makes_true_enters_the_known_user(tmp_path: Path) -> None:
+    """An alias that makes an `if:` entry rule true for the known user enters them (README reading 10)."""
+    h = harness(tmp_path, journey(entry={"if": "traits.vip == true", "reentry": "always"}, states={
+        "s0": {"transitions": [{"to": "done"}]}, "done": {"final": True}}))
+    h.identify("anon", vip=True)  # the anonymous id goes through the journey
+    h.identify("u1", email="a@example.com")
+    h.alias("u1", "anon")  # u1 takes vip: the rule turns true for u1
+    assert [r["user"] for r in kinds(h, "journey_entered")] == ["anon", "u1"]
