@@ -731,7 +731,9 @@ class Reference:
 
     def _deferred(self, user: User, now: datetime) -> None:
         """Item 10: at `until`, a deferred send is decided again on eligibility, subscription and caps."""
-        due = sorted((d for d in user.deferred if d.until <= now), key=lambda d: (d.until, d.message))
+        # item 11: those due together go by priority, then in the order they were held (a `send` list's)
+        due = sorted((d for d in user.deferred if d.until <= now),
+                     key=lambda d: (d.until, -self.ws.messages[d.message].priority))
         for d in due:
             user.deferred.remove(d)
             msg = self.ws.messages[d.message]

@@ -182,3 +182,15 @@ def test_an_entry_rule_the_merge_makes_true_enters_the_known_user(tmp_path: Path
     h.identify("u1", email="a@example.com")
     h.alias("u1", "anon")  # u1 takes vip: the rule turns true for u1
     assert [r["user"] for r in kinds(h, "journey_entered")] == ["anon", "u1"]
+
+
+def test_held_sends_due_together_go_in_list_order_when_a_cap_leaves_room_for_one(tmp_path: Path) -> None:
+    """Two held sends of one `send` list, equal priority, one cap slot: the first listed goes (item 11)."""
+    window = {"n": {"channel": "sms", "body": "ho", "send_at": {"window": "09:00-18:00"}},
+              "m": {"channel": "sms", "body": "hi", "send_at": {"window": "09:00-18:00"}}}
+    h = harness(tmp_path, journey(states={"s0": {"send": ["n", "m"], "transitions": [{"after": "30d", "to": "done"}]},
+                                          "done": {"final": True}}), start="2026-01-05T06:00:00Z", messages=window,
+                policies={"timezone": "UTC", "frequency_caps": [{"channel": "any", "max": 1, "per": "1d"}]})
+    h.track("u1", "Signed Up")
+    h.wait("4h")
+    assert h.sent("u1") == ["n"]
