@@ -188,7 +188,9 @@ class Reference:
             # the anonymous id ceases to exist: its memberships end (the history of §4 stays true)
             for name in sorted(other.segments):
                 self.trace.append({"kind": "segment_left", "at": iso(now), "user": other.id, "segment": name})
-            user.events.extend(other.events)
+            # reading 2: arrival order breaks ties of `last`; across the two ids the known user's value wins a
+            # tie, as its traits do: the anonymous id's events count as arrived before all of the user's
+            user.events.extend((n - self.arrivals - 1, e) for n, e in other.events)
             for k, v in other.traits.items():
                 user.traits.setdefault(k, v)
             taken = [ikey for ikey in other.instances if ikey not in user.instances]

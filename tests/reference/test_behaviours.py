@@ -194,3 +194,12 @@ def test_held_sends_due_together_go_in_list_order_when_a_cap_leaves_room_for_one
     h.track("u1", "Signed Up")
     h.wait("4h")
     assert h.sent("u1") == ["n"]
+
+
+def test_at_an_alias_the_known_users_last_value_wins_a_tie(tmp_path: Path) -> None:
+    """Two `last` values with one timestamp: after the alias the known user's is kept (README reading 2)."""
+    h = harness(tmp_path, journey(), metrics={"last_plan": {"last": "plan", "of": "Plan Changed"}})
+    h.track("u1", "Plan Changed", {"plan": "pro"})
+    h.track("anon", "Plan Changed", {"plan": "free"})  # same instant, arrived later
+    h.alias("u1", "anon")
+    assert h.metrics("u1")["last_plan"] == "pro"
