@@ -95,6 +95,8 @@ def _segment_refs(journey: Journey) -> Iterator[tuple[PathKey, str]]:
         for i, transition in enumerate(state.transitions):
             if transition.segment is not None:
                 yield ("states", name, "transitions", i, "segment"), transition.segment
+        if isinstance(state.send, Choose):  # the cohorts a `choose: best` learns for (SPEC §3 item 15)
+            yield from ((("states", name, "send", "by", i), segment) for i, segment in enumerate(state.send.by))
 
 
 def _unknown(kind: str, name: str, known: Iterable[str], fix: str) -> str:
@@ -353,6 +355,7 @@ def _texts(ws: Workspace) -> Iterator[tuple[tuple[str, str], str]]:
         yield from ((("messages", name), text) for text in parts if text)
     yield from ((("segments", name), s.rule) for name, s in ws.segments.items())
     yield from ((("metrics", name), m.where) for name, m in ws.metrics.items() if m.where)
+    yield from ((("policies", "policies"), c.if_) for c in ws.policies.frequency_caps if c.if_)
 
 
 def _attribute(at: object) -> str | None:
