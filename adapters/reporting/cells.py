@@ -43,6 +43,11 @@ def lift_sentence(lift: Lift) -> str:
             f"{LIFT_METHOD}); relative lift {signed_pct(lift.relative)}")
 
 
+def programme_title(share: float) -> str:
+    return (f"Users who entered a journey with a goal and reached a goal: those messaged against the control "
+            f"group ({share * 100:g}% of users, sent nothing but transactional messages).")
+
+
 def iso_seconds(at: datetime) -> str:
     """ISO-8601 UTC to the second, with a Z: how reports and the dashboard show times."""
     return at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -50,8 +55,8 @@ def iso_seconds(at: datetime) -> str:
 
 FUNNEL_COLUMNS = ("state", "entered", "now in", "moved on", "exit: final", "exit: exit", "exit: goal", "converted",
                   "conversion")
-MESSAGE_COLUMNS = ("message", "channel", "sent", "deferred", "suppressed", "delivered", "failed", "opened",
-                   "clicked", "bounced", "unsubscribed", "conversions", "per send")
+MESSAGE_COLUMNS = ("message", "channel", "sent", "deferred", "suppressed", "passed over", "delivered", "failed",
+                   "opened", "clicked", "bounced", "unsubscribed", "conversions", "per send")
 BANDIT_COLUMNS = ("state", "strategy", "arm", "sends", "conversions", "mean", "95% credible interval")
 
 
@@ -62,17 +67,22 @@ def funnel_cells(row: StateFunnel) -> list[str]:
 
 
 def message_cells(row: MessageStats) -> list[str]:
-    return [row.message, row.channel, str(row.sent), str(row.deferred), reasons(row), str(row.delivered),
+    return [row.message, row.channel, str(row.sent), str(row.deferred), reasons(row), str(row.passed_over),
+            str(row.delivered),
             str(row.failed), str(row.opened), str(row.clicked), str(row.bounced), str(row.unsubscribed),
             str(row.conversions), pct(row.conversion_rate)]
 
 
 def arm_cells(bandit: BanditReport, arm: ArmEstimate) -> list[str]:
     label = f"→ {arm.arm}" if arm.kind == "path" else arm.arm
-    return [bandit.state, bandit.strategy, label, str(arm.sends), str(arm.conversions), pct(arm.mean),
+    state = bandit.state if bandit.cohort is None else f"{bandit.state} · {bandit.cohort}"
+    return [state, bandit.strategy, label, str(arm.sends), str(arm.conversions), pct(arm.mean),
             f"{pct(arm.low)} – {pct(arm.high)}"]
 
 
-def lift_rows(lift: Lift) -> list[list[str]]:
-    return [["treated", str(lift.treated), str(lift.treated_converted), pct(lift.treated_rate)],
-            ["held out", str(lift.held_out), str(lift.held_out_converted), pct(lift.held_out_rate)]]
+def lift_rows(lift: Lift, labels: tuple[str, str] = ("treated", "held out")) -> list[list[str]]:
+    return [[labels[0], str(lift.treated), str(lift.treated_converted), pct(lift.treated_rate)],
+            [labels[1], str(lift.held_out), str(lift.held_out_converted), pct(lift.held_out_rate)]]
+
+
+PROGRAMME_GROUPS = ("messaged", "control group")

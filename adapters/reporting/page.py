@@ -10,6 +10,7 @@ from adapters.reporting.cells import (
     BANDIT_COLUMNS,
     FUNNEL_COLUMNS,
     MESSAGE_COLUMNS,
+    PROGRAMME_GROUPS,
     arm_cells,
     funnel_cells,
     iso_seconds,
@@ -18,6 +19,7 @@ from adapters.reporting.cells import (
     message_cells,
     pct,
     points,
+    programme_title,
 )
 from adapters.reporting.model import JourneyReport, Lift, Report, SegmentReport, StateFunnel
 
@@ -49,6 +51,12 @@ def render_html(report: Report, demo: DemoResult | None = None) -> str:
     result of `journey demo`, the page opens with the run: its population, the bandits against a fixed
     choice and the holdouts."""
     journeys = "".join(_html_journey(j) for j in report.journeys)
+    if report.programme is not None:
+        journeys += ('<section id="programme"><h2>The whole programme</h2>'
+                     f'<p class="muted">{escape(programme_title(report.control_group))}</p>'
+                     + _html_table(("group", "users", "converted", "rate"),
+                                       lift_rows(report.programme, PROGRAMME_GROUPS))
+                     + _interval_svg(report.programme) + f"<p>{escape(lift_sentence(report.programme))}</p></section>")
     segments = "".join(_html_segment(s) for s in report.segments)
     segment_part = f"<section><h2>Segments</h2>{_COHORT_NOTE}<div class=\"segments\">{segments}</div></section>" \
         if segments else ""
@@ -112,7 +120,8 @@ def _html_journey(journey: JourneyReport) -> str:
         parts.append(f'<p class="muted">{escape(journey.description)}</p>')
     parts += [f"<p>{escape(summary)}</p>", "<h3>Funnel</h3>", _FUNNEL_KEY, _funnel_svg(journey.funnel),
               _html_table(FUNNEL_COLUMNS, [funnel_cells(r) for r in journey.funnel]),
-              "<h3>Messages</h3>", _html_table(MESSAGE_COLUMNS, [message_cells(r) for r in journey.messages])]
+              "<h3>Messages</h3>", _PASSED_OVER,
+              _html_table(MESSAGE_COLUMNS, [message_cells(r) for r in journey.messages])]
     if journey.lift is not None:
         parts += ["<h3>Holdout lift</h3>",
                   _html_table(("group", "entrants", "converted", "rate"), lift_rows(journey.lift)),
@@ -123,6 +132,8 @@ def _html_journey(journey: JourneyReport) -> str:
     return "".join(parts) + "</section>"
 
 
+_PASSED_OVER = ('<p class="muted">Passed over: a <code>choose</code> candidate that was not eligible when another '
+                "one was chosen; not a lost send, so not counted as suppressed.</p>")
 _FUNNEL_KEY = ('<p class="muted">Runs through the journey per state:<span class="key" style="background:#c9d6fb">'
                '</span>entered<span class="key" style="background:#2f9e55"></span>then reached the goal</p>')
 

@@ -13,6 +13,7 @@ from adapters.reporting.cells import (
     BANDIT_COLUMNS,
     FUNNEL_COLUMNS,
     MESSAGE_COLUMNS,
+    PROGRAMME_GROUPS,
     arm_cells,
     funnel_cells,
     iso_seconds,
@@ -20,6 +21,7 @@ from adapters.reporting.cells import (
     lift_sentence,
     message_cells,
     pct,
+    programme_title,
 )
 from adapters.reporting.model import JourneyReport, Report, SegmentReport
 
@@ -32,6 +34,12 @@ def render_terminal(report: Report, console: Console) -> None:
     console.rule(f"journey report · as of {iso_seconds(report.now)}")
     for journey in report.journeys:
         _terminal_journey(journey, console)
+    if report.programme is not None:
+        console.rule("the whole programme")
+        console.print(Text(programme_title(report.control_group), style="italic"))
+        console.print(_table("programme lift", ("group", "users", "converted", "rate"),
+                             lift_rows(report.programme, PROGRAMME_GROUPS)))
+        console.print(Text(lift_sentence(report.programme)))
     if report.segments:
         console.rule("segments")
         console.print(_table("segment size (members at the close of each UTC day)",
