@@ -89,6 +89,15 @@ def _html_demo(demo: DemoResult) -> str:
              _html_table(DEMO_CHOICE_COLUMNS, [_demo_choice_cells(c) for c in demo.choices]),
              f"<p>Overall: the bandit {'beats' if demo.adaptive_beat_fixed else 'does not beat'} the fixed choice, "
              f"{pct(demo.adaptive_rate)} against {pct(demo.fixed_rate)} per decision.</p>"]
+    per_cohort = [c for c in demo.choices if c.cohorts]
+    if per_cohort:
+        parts += ["<h3>Learning per cohort against one bandit for everyone</h3>",
+                  '<p class="muted">Choices learnt per cohort (<code>by:</code>), expected goal conversions per '
+                  "decision: the engine's per-cohort bandits, a single bandit for everyone at the same decisions, and "
+                  "the best fixed assignment of each cohort (its candidates' preference order, found after the run)."
+                  "</p>",
+                  _html_table(DEMO_COHORT_COLUMNS, [row for c in per_cohort for row in _demo_cohort_cells(c)])]
+        parts += [f"<p>{escape(cohort_sentence(c))}</p>" for c in per_cohort]
     if demo.holdouts:
         parts += ["<h3>Journeys against their holdout</h3>",
                   '<p class="muted">First entries with the whole goal window inside the run; converted: another '
@@ -101,6 +110,26 @@ def _demo_choice_cells(c: ChoiceResult) -> list[str]:
     picks = ", ".join(f"{m} {n}" for m, n in c.picks.items())
     return [f"{c.journey}.{c.state}", str(c.decisions), str(c.with_choice), pct(c.adaptive_rate),
             pct(c.fixed_rate), pct(c.best_rate), picks]
+
+
+DEMO_COHORT_COLUMNS = ("state", "cohort", "decisions", "per-cohort bandit", "single bandit", "best fixed",
+                       "best fixed order")
+
+
+def _demo_cohort_cells(c: ChoiceResult) -> list[list[str]]:
+    rows = [[f"{c.journey}.{c.state}", cohort, str(r.decisions), pct(r.per_cohort_rate), pct(r.single_rate),
+             pct(r.fixed_rate), " > ".join(r.fixed_order)] for cohort, r in c.cohorts.items()]
+    return [*rows, [f"{c.journey}.{c.state}", "all", str(sum(r.decisions for r in c.cohorts.values())),
+                    pct(c.per_cohort_rate), pct(c.single_rate), pct(c.cohort_fixed_rate), ""]]
+
+
+def cohort_sentence(c: ChoiceResult) -> str:
+    """Whether learning per cohort reached 90% of the best fixed per-cohort assignment and beat one bandit."""
+    share = c.per_cohort_rate / c.cohort_fixed_rate if c.cohort_fixed_rate else 0.0
+    beats = "beats" if c.per_cohort_rate > c.single_rate else "does not beat"
+    return (f"{c.journey}.{c.state}: learning per cohort reaches {share:.0%} of the best fixed per-cohort "
+            f"assignment and {beats} a single bandit ({pct(c.per_cohort_rate)} against {pct(c.single_rate)} "
+            "per decision).")
 
 
 def _demo_holdout_cells(h: HoldoutResult) -> list[str]:
