@@ -368,6 +368,11 @@ def _mentioned(name: str, owner: tuple[str, str], texts: list[tuple[tuple[str, s
     return any(other != owner and word.search(text) for other, text in texts)
 
 
+# "active in the last 7 days" over a last_seen metric: the report's retention grid reads such a segment,
+# so it is used even when no journey or rule names it
+ACTIVITY_RULE = re.compile(r"^\s*metrics\.(\w+)\s*!=\s*null\s+and\s+\$now\s*-\s*metrics\.(\w+)\s*<\s*t'P7D'\s*$")
+
+
 def _unused(ws: Workspace) -> Iterator[Problem]:
     sent = {m for journey in ws.journeys.values() for _, m in _message_refs(journey)}
     entered = {s for journey in ws.journeys.values() for _, s in _segment_refs(journey)}
@@ -376,6 +381,7 @@ def _unused(ws: Workspace) -> Iterator[Problem]:
         if name not in sent:
             yield ws.problem("messages", name, (), f"message `{name}` is declared but not used: no state "
                              "sends it; add it to a `send:` or remove it", "warning")
+    entered |= {name for name, s in ws.segments.items() if ACTIVITY_RULE.match(s.rule)}
     for kind, names in (("segments", ws.segments), ("metrics", ws.metrics)):
         for name in names:
             if name not in entered and not _mentioned(name, (kind, name), texts):

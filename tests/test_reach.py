@@ -71,7 +71,8 @@ states:
 
 
 def workspace(root: Path, control: str = "0%") -> CompiledWorkspace:
-    (root / "common.yaml").write_text(COMMON.replace("{control}", control).replace("{{", "{").replace("}}", "}"), encoding="utf-8")
+    common = COMMON.replace("{control}", control).replace("{{", "{").replace("}}", "}")
+    (root / "common.yaml").write_text(common, encoding="utf-8")
     (root / "tips.yaml").write_text(JOURNEYS.split("---")[0], encoding="utf-8")
     (root / "orders.yaml").write_text(ORDERS, encoding="utf-8")
     return load_workspace(root)
@@ -195,7 +196,8 @@ def test_engaged_users_get_more_than_the_others(h: Harness) -> None:
 def test_a_cap_rule_with_a_mistake_is_a_load_error_at_its_line(tmp_path: Path) -> None:
     """A cap's `if:` naming an undeclared segment fails to load with the file and line of the rule."""
     workspace(tmp_path)
-    text = (tmp_path / "common.yaml").read_text(encoding="utf-8").replace("'engaged' in segments)", "metrics.clics > 1)")
+    text = (tmp_path / "common.yaml").read_text(encoding="utf-8")
+    text = text.replace("'engaged' in segments)", "metrics.clics > 1)")
     (tmp_path / "common.yaml").write_text(text, encoding="utf-8")
     with pytest.raises(WorkspaceError, match=r"common.yaml:12:\d+: .*clics"):
         load_workspace(tmp_path)

@@ -64,14 +64,15 @@ def test_choice_candidates_not_eligible_are_passed_over_not_suppressed(run: tupl
     ineligible = [r for r in h.records(kind="message_suppressed") if r["reason"] == "ineligible"]
     assert push.passed_over == len(ineligible) == 27  # p0, p3, ..., p78
     assert "ineligible" not in push.suppressed
-    held = [r for r in h.records(kind="message_suppressed") if r["reason"] == "control_group" and r["journey"] == "tips"]
+    held = [r for r in h.records(kind="message_suppressed")
+            if r["reason"] == "control_group" and r["journey"] == "tips"]
     email = next(m for m in tips.messages if m.message == "tips_email")
     assert push.suppressed_total + email.suppressed_total == len(held)
 
 
 def test_the_programme_lift_compares_everyone_with_the_control_group(run: tuple[Harness, Report]) -> None:
     """Users who entered a journey with a goal, in and out of the control group, and who of them converted."""
-    h, report = run
+    _, report = run
     held = {f"p{i}" for i in range(80) if in_control_group(f"p{i}", 0.2)}
     converted = {f"p{i}" for i in range(0, 80, 4)}
     lift = report.programme

@@ -13,6 +13,7 @@ from adapters.reporting.model import (
     MessageStats,
     StateFunnel,
 )
+from adapters.reporting.retention import Retention, SegmentConversion
 
 
 def pct(value: float | None) -> str:
@@ -46,6 +47,23 @@ def lift_sentence(lift: Lift) -> str:
 def programme_title(share: float) -> str:
     return (f"Users who entered a journey with a goal and reached a goal: those messaged against the control "
             f"group ({share * 100:g}% of users, sent nothing but transactional messages).")
+
+
+SEGMENT_CONVERSION_COLUMNS = ("segment at entry", "entered", "converted", "conversion")
+
+
+def segment_conversion_cells(row: SegmentConversion) -> list[str]:
+    return [row.segment, str(row.entered), str(row.converted), pct(row.rate)]
+
+
+def retention_title(grid: Retention) -> str:
+    return (f"Share of the users first seen each week who were active ({grid.label}) in each week since "
+            f"(from segment {grid.segment}; weeks Monday to Sunday, UTC; blank: not ended yet).")
+
+
+def hidden_note(what: str, cohorts: int, users: int) -> str:
+    return (f"{cohorts} older {what} cohort{'s' if cohorts != 1 else ''} ({users} user{'s' if users != 1 else ''}) "
+            "began before the report's window and are not shown.")
 
 
 def iso_seconds(at: datetime) -> str:

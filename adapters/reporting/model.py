@@ -10,6 +10,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from adapters.reporting.cohorts import SegmentReport, segment_reports
+from adapters.reporting.retention import (
+    Retention,
+    SegmentConversion,
+    Stays,
+    activity_segments,
+    conversion_by_segment,
+    retention_grids,
+)
 from adapters.storage.sql import SqlStore, parse_time
 from journey_engine.compiler import CompiledJourney, CompiledWorkspace
 from journey_engine.errors import UnknownJourneyError
@@ -146,6 +154,7 @@ class JourneyReport:
     bandits: list[BanditReport]
     entered: int  # runs started
     converted: int  # runs that reached the goal
+    by_segment: list[SegmentConversion] = field(default_factory=list)  # goal conversion by segment at entry
 
     @property
     def conversion_rate(self) -> float | None:
@@ -169,6 +178,7 @@ class Report:
     # entered a journey with a goal, and those of them who reached one; None without a control group
     programme: Lift | None = None
     control_group: float = 0.0
+    retention: list[Retention] = field(default_factory=list)  # by first-seen week, per activity segment
 
 
 # --- building -------------------------------------------------------------------------------------
@@ -192,16 +202,22 @@ def build_report(store: SqlStore, compiled: CompiledWorkspace, journey: str | No
             walk.feed(record)
         walk.finish()
         cutoff = now or reads.latest() or datetime.now(UTC)  # no data at all: an empty report of today
-        segments = segment_reports(reads.segment_history(), compiled.workspace.segments, cutoff, weeks)
+        stays = Stays()  # every stay, kept for retention and conversion by segment
+        segments = segment_reports(stays.tee(reads.segment_history()), compiled.workspace.segments, cutoff, weeks)
         if now is None:
             counts = reads.state_counts()
             for tally in tallies.values():
                 tally.live(counts.get(tally.cj.name, {}))
         bandits = reads.bandit()
     share = compiled.workspace.policies.control_group
-    return Report(now=cutoff, journeys=[t.report(bandits) for t in tallies.values()], segments=segments,
+    journeys = [t.report(bandits) for t in tallies.values()]
+    for journey, tally in zip(journeys, tallies.values(), strict=True):
+        if tally.within is not None:
+            journey.by_segment = conversion_by_segment(tally.entries, stays, compiled.workspace.segments)
+    retention = retention_grids(stays, activity_segments(compiled.workspace), cutoff, weeks)
+    return Report(now=cutoff, journeys=journeys, segments=segments,
                   programme=programme_lift(walk.entrants, walk.converters, share) if share > 0 else None,
-                  control_group=share)
+                  control_group=share, retention=retention)
 
 
 def programme_lift(entrants: set[str], converters: set[str], share: float) -> Lift:
@@ -219,9 +235,10 @@ _time = parse_time
 class _Run:
     """One run through a journey while the walk is inside it."""
 
-    __slots__ = ("converted", "holdout", "moved", "sends", "state", "visited")
+    __slots__ = ("converted", "entry", "holdout", "moved", "sends", "state", "visited")
 
     def __init__(self, state: str, holdout: bool) -> None:
+        self.entry: list[Any] = []  # [user, entered at, converted], shared with the tally's entries
         self.state = state
         self.holdout = holdout
         self.converted = False
@@ -245,6 +262,7 @@ class _JourneyTally:
                 self.message(message, self.messages_known[message].channel)
         self.choosers = {name for name, state in cj.journey.states.items() if isinstance(state.send, Choose)}
         self.entrants = {False: 0, True: 0}  # holdout -> runs
+        self.entries: list[list[Any]] = []  # [user, entered at, converted] per run: conversion by segment
         self.converted = {False: 0, True: 0}
 
     def state(self, name: str) -> StateFunnel:
@@ -326,6 +344,8 @@ class _TraceWalk:
         tally.entrants[run.holdout] += 1
         if tally.within is not None:
             self.entrants.add(r["user"])
+            run.entry = [r["user"], _time(r["at"]), False]
+            tally.entries.append(run.entry)
 
     def _transition(self, tally: _JourneyTally, r: dict[str, Any]) -> None:
         run = self._run(r)
@@ -355,6 +375,8 @@ class _TraceWalk:
         if run is None:
             return
         self.converters.add(r["user"])
+        if run.entry:
+            run.entry[2] = True
         if not run.converted:  # a goal that does not exit may be reached again: the funnel counts it once
             run.converted = True
             tally.converted[run.holdout] += 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from html import escape
 from typing import TYPE_CHECKING
 
@@ -11,8 +11,10 @@ from adapters.reporting.cells import (
     FUNNEL_COLUMNS,
     MESSAGE_COLUMNS,
     PROGRAMME_GROUPS,
+    SEGMENT_CONVERSION_COLUMNS,
     arm_cells,
     funnel_cells,
+    hidden_note,
     iso_seconds,
     lift_rows,
     lift_sentence,
@@ -20,8 +22,12 @@ from adapters.reporting.cells import (
     pct,
     points,
     programme_title,
+    retention_title,
+    segment_conversion_cells,
 )
+from adapters.reporting.cohorts import Cohort
 from adapters.reporting.model import JourneyReport, Lift, Report, SegmentReport, StateFunnel
+from adapters.reporting.retention import Retention, RetentionRow
 
 if TYPE_CHECKING:
     from adapters.demo.results import ChoiceResult, DemoResult, HoldoutResult
@@ -58,6 +64,8 @@ def render_html(report: Report, demo: DemoResult | None = None) -> str:
                                        lift_rows(report.programme, PROGRAMME_GROUPS))
                      + _interval_svg(report.programme) + f"<p>{escape(lift_sentence(report.programme))}</p></section>")
     segments = "".join(_html_segment(s) for s in report.segments)
+    if report.retention:
+        journeys += _html_retention(report.retention)
     segment_part = f"<section><h2>Segments</h2>{_COHORT_NOTE}<div class=\"segments\">{segments}</div></section>" \
         if segments else ""
     return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -158,6 +166,11 @@ def _html_journey(journey: JourneyReport) -> str:
     if journey.bandits:
         parts += ["<h3>Bandits</h3>",
                   _html_table(BANDIT_COLUMNS, [arm_cells(b, arm) for b in journey.bandits for arm in b.arms])]
+    if journey.by_segment:
+        parts += ["<h3>Goal conversion by segment</h3>",
+                  '<p class="muted">Runs whose user was in the segment when they entered (a user in several '
+                  "segments counts in each).</p>",
+                  _html_table(SEGMENT_CONVERSION_COLUMNS, [segment_conversion_cells(r) for r in journey.by_segment])]
     return "".join(parts) + "</section>"
 
 
@@ -230,9 +243,21 @@ def _html_segment(segment: SegmentReport) -> str:
     now = segment.sizes[-1][1] if segment.sizes else 0
     parts = [f'<div class="segment"><h3 id="segment-{escape(segment.segment)}">{escape(segment.segment)}</h3>',
              f"<p>members now: {now}</p>", _size_svg(segment)]
+    if segment.hidden:
+        parts.append(f'<p class="muted">{escape(hidden_note("entry", segment.hidden, segment.hidden_users))}</p>')
     if segment.cohorts:
         parts.append(_cohort_html(segment))
     return "".join(parts) + "</div>"
+
+
+def _html_retention(grids: list[Retention]) -> str:
+    parts = ['<section id="retention"><h2>Retention by first-seen week</h2>']
+    for grid in grids:
+        parts.append(f'<h3>Active: {escape(grid.label)}</h3><p class="muted">{escape(retention_title(grid))}</p>')
+        if grid.hidden:
+            parts.append(f'<p class="muted">{escape(hidden_note("first-seen", grid.hidden, grid.hidden_users))}</p>')
+        parts.append(_grid_html(grid.rows, grid.weeks, "first seen"))
+    return "".join(parts) + "</section>"
 
 
 def _size_svg(segment: SegmentReport) -> str:
@@ -260,12 +285,17 @@ def _size_svg(segment: SegmentReport) -> str:
 
 
 def _cohort_html(segment: SegmentReport) -> str:
-    head = "<th>week of entry</th><th>users</th>" + "".join(f"<th>week {k}</th>" for k in range(segment.weeks))
+    return _grid_html(segment.cohorts, segment.weeks, "week of entry")
+
+
+def _grid_html(rows_in: Sequence[Cohort | RetentionRow], weeks: int, first: str) -> str:
+    head = f"<th>{escape(first)}</th><th>users</th>" + "".join(f"<th>week {k}</th>" for k in range(weeks))
     rows = []
-    for cohort in segment.cohorts:
-        cells = [_heat_cell(share, n) for share, n in zip(cohort.shares, cohort.still_in, strict=True)]
-        cells += ['<td class="heat"></td>'] * (segment.weeks - len(cells))
-        rows.append(f"<tr><td>{escape(cohort.week)}</td><td>{cohort.users}</td>{''.join(cells)}</tr>")
+    for row in rows_in:
+        counts = row.still_in if isinstance(row, Cohort) else row.active
+        cells = [_heat_cell(share, n) for share, n in zip(row.shares, counts, strict=True)]
+        cells += ['<td class="heat"></td>'] * (weeks - len(cells))
+        rows.append(f"<tr><td>{escape(row.week)}</td><td>{row.users}</td>{''.join(cells)}</tr>")
     return f'<div class="scroll"><table class="cohorts"><thead><tr>{head}</tr></thead>' \
            f'<tbody>{"".join(rows)}</tbody></table></div>'
 
