@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from adapters import cli_reach
 from adapters.service.tuning import tune_gc
 from journey_engine.errors import JourneyError, ScenarioError, UnknownJourneyError, WorkspaceError
 
@@ -585,6 +586,10 @@ def demo(users: Annotated[int, typer.Option(help="synthetic users")] = 10_000,
     if workspace is not None:
         command += f" --workspace {shlex.quote(str(workspace))}"
     out.print(f"report on this run again with: {command}", soft_wrap=True, markup=False)
+
+
+cli_reach.register(app, load=_load, workspace=_workspace, open_store=_open_store, database=_database, out=out,
+                   err=err, database_opt=DatabaseOpt, workspace_opt=WorkspaceOpt)
 
 
 def main() -> None:

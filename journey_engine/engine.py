@@ -894,6 +894,12 @@ class Engine:
             self._emit(run, cj, inst, msg, message_id, state, decision.explanation)
         return True
 
+    def decision(self, profile: Profile, message_id: str, now: datetime) -> Decision:
+        """What delivery policy would decide for this message to this user now (`journey preview`):
+        bounces, subscription, caps (with their `if:`), quiet hours, send window and time; not the
+        message's eligibility, a holdout or the control group, which the caller checks."""
+        return self._decide(_Run(profile, now), self.messages[message_id], False)
+
     def _decide(self, run: _Run, msg: Message, deferred: bool) -> Decision:
         profile = run.profile
         subscribed = True
