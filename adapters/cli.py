@@ -21,7 +21,7 @@ from journey_engine.errors import JourneyError, ScenarioError, UnknownJourneyErr
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="An adaptive customer-journey engine: journeys as YAML state machines.")
 err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+out = Console(highlight=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)  # piped: wide
 
 WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", "-w", envvar="JOURNEY_WORKSPACE",
                                                    help="workspace folder (default: journeys/)")]
@@ -59,11 +59,11 @@ def _database(url: str | None) -> str:
 
 def _open_store(url: str | None, defaults: dict[str, object] | None = None,  # type: ignore[no-untyped-def]
                 schema: str | None = None):
-    from adapters.storage.sql import SqlStore
+    from adapters.storage import open_store
     from journey_engine.ports import StoreUnavailable, StoreVersionError
 
     try:
-        return SqlStore(_database(url), defaults=dict(defaults or {}), schema=schema)
+        return open_store(_database(url), defaults=dict(defaults or {}), schema=schema)
     except (StoreUnavailable, StoreVersionError) as exc:
         err.print(f"[red]{exc}[/red]", soft_wrap=True)
         raise typer.Exit(1) from None
@@ -214,7 +214,7 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
     import tempfile
 
     from adapters.bench import run_bench, run_timer_bench
-    from journey_engine.runtime import MemoryStore
+    from journey_engine.memory import MemoryStore
 
     if http is not None:
         from adapters.loadtest import run_http_bench

@@ -20,9 +20,10 @@ from journey_engine import codec
 from journey_engine.compiler import load_workspace
 from journey_engine.engine import Engine
 from journey_engine.events import Event
+from journey_engine.memory import MemoryStore
 from journey_engine.ports import Batch, StoreUnavailable, StoreVersionError, partition
 from journey_engine.profile import Profile
-from journey_engine.runtime import MemoryStore, Runtime
+from journey_engine.runtime import Runtime
 
 from .conftest import postgres_or_skip
 

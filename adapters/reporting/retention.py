@@ -14,8 +14,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from adapters.storage.sql import parse_time
 from journey_engine.loading import Workspace
+from journey_engine.ports import parse_time
 from journey_engine.validation import ACTIVITY_RULE
 
 _WEEK = timedelta(days=7)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 
 from rich import box
@@ -32,17 +31,12 @@ from adapters.reporting.cohorts import Cohort
 from adapters.reporting.model import JourneyReport, Report, SegmentReport
 from adapters.reporting.retention import RetentionRow
 
-PIPED_WIDTH = 160  # columns for output into a file or a pipe: wide tables keep their figures whole
-
 _SPARKS = "▁▂▃▄▅▆▇█"
 _SPARK_DAYS = 60
 
 
 def render_terminal(report: Report, console: Console) -> None:
-    """The report as rich tables: per journey funnel, messages, lift and bandits; then segments. Piped
-    (not a terminal, and no COLUMNS set), it is laid out PIPED_WIDTH wide instead of rich's 80 columns."""
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console.width = max(console.width, PIPED_WIDTH)
+    """The report as rich tables: per journey funnel, messages, lift and bandits; then segments."""
     console.rule(f"journey report · as of {iso_seconds(report.now)}")
     for journey in report.journeys:
         _terminal_journey(journey, console)
@@ -137,8 +131,8 @@ def _cohort_table(segment: SegmentReport) -> Table:
 
 def _grid_table(rows: Sequence[Cohort | RetentionRow], weeks: int, first: str) -> Table:
     table = Table()
-    table.add_column(first)
-    table.add_column("users", justify="right")
+    table.add_column(first, overflow="fold")
+    table.add_column("users", justify="right", overflow="fold")
     for k in range(weeks):
         table.add_column(f"week {k}", justify="right", overflow="fold")
     for row in rows:

@@ -1,7 +1,8 @@
 """The SQL schema as SQLModel tables. SQLModel serves the schema and the admin/API reads; the hot
-path uses SQLAlchemy Core on the same tables (`Model.__table__`), 10-80x faster (NOTES.md).
+path uses SQLAlchemy Core on the same tables (`Model.__table__`), without the ORM's per-row cost.
 
-The schema changes only through Alembic migrations in `migrations/versions/`.
+The schema changes only through Alembic migrations in `migrations/versions/`. `<name>_t` is each table's
+Core `Table`.
 """
 
 from __future__ import annotations
@@ -126,3 +127,17 @@ Index("ix_outbox_claim", OutboxRow.__table__.c.next_attempt_at, OutboxRow.__tabl
       sqlite_where=text("status = 'pending' AND channel <> 'in_app'"),
       postgresql_where=text("status = 'pending' AND channel <> 'in_app'"))
 Index("ix_profiles_due", ProfileRow.__table__.c.wake_at, ProfileRow.__table__.c.user_id)
+
+profiles_t = ProfileRow.__table__
+aliases_t = AliasRow.__table__
+processed_t = ProcessedRow.__table__
+trace_t = TraceRow.__table__
+outbox_t = OutboxRow.__table__
+bandit_t = BanditRow.__table__
+history_t = SegmentHistoryRow.__table__
+erased_t = ErasedRow.__table__
+enrolled_t = EnrolledRow.__table__
+facts_t = StoreFactRow.__table__
+counts_t = StateCountRow.__table__
+TABLES = (profiles_t, aliases_t, processed_t, trace_t, outbox_t, bandit_t, history_t, erased_t, enrolled_t, counts_t,
+          facts_t)
