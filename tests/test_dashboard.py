@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 
 from adapters.reporting import Report
 from adapters.service.settings import Settings
-from adapters.sources.dashboard import ReportCache
 from adapters.sources.http_api import create_app
 from adapters.storage.sql import SqlStore
+from adapters.web.dashboard import ReportCache
 from journey_engine.compiler import load_workspace
 
 from . import browser
@@ -139,7 +139,7 @@ def test_the_dashboard_shows_every_journey_and_counts_move(server: str) -> None:
 def test_the_report_data_holds_the_bandits_estimates() -> None:
     """Each `choose: best` state's arms, with sends, conversions and the credible interval, reach the page."""
     from adapters.reporting.model import ArmEstimate, BanditReport, JourneyReport
-    from adapters.sources.dashboard import report_json
+    from adapters.web.dashboard import report_json
 
     arm = ArmEstimate(arm="tips_push", kind="message", sends=20, conversions=5, mean=0.26, low=0.1, high=0.46)
     journey = JourneyReport(name="onboarding", description=None, goal=None, funnel=[], messages=[], lift=None,
