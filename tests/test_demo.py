@@ -237,7 +237,7 @@ def test_learning_per_cohort_reaches_the_best_fixed_per_cohort_choice_and_beats_
     assert tips.cohorts["young_adults"].fixed_order == ("tips_push", "tips_email")
     assert tips.cohorts["everyone else"].fixed_order == ("tips_email", "tips_push")
     assert sum(c.decisions for c in tips.cohorts.values()) == tips.decisions
-    assert tips.per_cohort_rate == pytest.approx(tips.adaptive_rate)
+    assert tips.per_cohort_rate == pytest.approx(tips.adaptive_rate, abs=1e-5)  # both of rounded means
     assert tips.per_cohort_rate >= 0.9 * tips.cohort_fixed_rate
     assert tips.per_cohort_rate > tips.single_rate
 
