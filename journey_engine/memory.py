@@ -1,4 +1,4 @@
-"""The store in memory: every port (Store, Outbox, Inbox, Erasure, Reads) in one process, without
+"""The store in memory: every port (Store, Outbox, Inbox, Erasure, Reads, Versions) in one process, without
 durability. Simulations, tests and the in-memory benchmark run on it, and so do `journey serve` and
 `journey report` with `JOURNEY_DATABASE_URL=memory://`.
 """
@@ -15,7 +15,17 @@ from typing import Any
 
 from . import clock, codec, trace
 from .engine import SEND_FIELDS, RenderedMessage, SendMessage
-from .ports import DEDUPE_FOR, LEASE_SECONDS, Batch, Part, parse_time, partition, send_from_payload, state_deltas
+from .ports import (
+    DEDUPE_FOR,
+    LEASE_SECONDS,
+    Batch,
+    DeploymentRace,
+    Part,
+    parse_time,
+    partition,
+    send_from_payload,
+    state_deltas,
+)
 from .profile import Profile
 
 _INF = float("inf")
@@ -37,6 +47,9 @@ class MemoryService:
     _tokens: int
     _woken: dict[str, float]
     _simulated: str | None
+    _definitions: dict[tuple[str, str], str]
+    _in_force: dict[str, str]
+    _deployment: int
 
     def items(self) -> Iterator[tuple[str, Profile]]:
         raise NotImplementedError
@@ -211,6 +224,36 @@ class MemoryService:
     def advice(self) -> list[str]:
         return []
 
+    # --- Versions ---
+
+    def stored_versions(self) -> dict[tuple[str, str], str]:
+        return dict(self._definitions)
+
+    def in_force(self) -> tuple[int, dict[str, str]]:
+        return self._deployment, dict(self._in_force)
+
+    def deploy(self, definitions: Mapping[tuple[str, str], str], in_force: Mapping[str, str], *,
+               after: int) -> int:
+        if after != self._deployment:
+            raise DeploymentRace(after, self._deployment)
+        for key, text in definitions.items():
+            self._definitions.setdefault(key, text)
+        self._in_force = dict(in_force)
+        self._deployment += 1
+        return self._deployment
+
+    def live_instances(self) -> dict[tuple[str, str, str], int]:
+        found: dict[tuple[str, str, str], int] = {}
+        for _, profile in self.items():
+            for inst in profile.instances.values():
+                key = (inst.journey, inst.version, inst.state)
+                found[key] = found.get(key, 0) + 1
+        return found
+
+    def users_in(self, journeys: Collection[str]) -> list[str]:
+        wanted = set(journeys)
+        return sorted(user for user, p in self.items() if any(i.journey in wanted for i in p.instances.values()))
+
 
 class MemorySnapshot:
     """The reads of `MemoryStore.snapshot`: the trace as it was when the snapshot was taken."""
@@ -320,6 +363,9 @@ class MemoryStore(MemoryService):
         self._claims: dict[str, str] = {}  # send key -> the token of this store's latest claim of it
         self._tokens = 0
         self._simulated: str | None = None
+        self._definitions: dict[tuple[str, str], str] = {}
+        self._in_force: dict[str, str] = {}
+        self._deployment = 0
         self._bandit: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
         self._woken: dict[str, float] = {}
         self._enrolled: set[str] = set()

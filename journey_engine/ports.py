@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -284,7 +284,45 @@ class Reads(Protocol):
         ...
 
 
-class ServiceStore(Store, Outbox, Inbox, Erasure, Reads, Protocol):
+class DeploymentRace(ConflictError):
+    """Another process applied a workspace since this one read the versions in force."""
+
+    def __init__(self, seen: int, now: int) -> None:
+        JourneyError.__init__(self, f"another process applied a workspace meanwhile (deployment {seen} is now "
+                                    f"{now}); read the versions in force again and re-plan")
+
+
+class Versions(Protocol):
+    """Journey versions (SPEC §3, "Changing a live workspace"): every definition that has run, and which
+    version new entrants take. Every process on one database reads the versions in force from here, so
+    none enters new users into a version another has replaced."""
+
+    def stored_versions(self) -> dict[tuple[str, str], str]:
+        """(journey, version) -> its definition (`journey_engine.versions.definition`), for every version
+        ever deployed on this store. Definitions are never changed or dropped by a deploy."""
+        ...
+
+    def in_force(self) -> tuple[int, dict[str, str]]:
+        """The deployment's number (0 before the first) and journey -> the version new entrants take."""
+        ...
+
+    def deploy(self, definitions: Mapping[tuple[str, str], str], in_force: Mapping[str, str], *,
+               after: int) -> int:
+        """Atomically: store the definitions not stored yet, make `in_force` the versions in force (a journey
+        absent from it takes no new entrants) and number the deployment `after + 1`, which is returned. Raises
+        `DeploymentRace` (nothing written) when the deployment in force is no longer `after`."""
+        ...
+
+    def live_instances(self) -> dict[tuple[str, str, str], int]:
+        """(journey, version, state) -> how many instances are live there now, read from every profile."""
+        ...
+
+    def users_in(self, journeys: Collection[str]) -> list[str]:
+        """The users with a live instance of any of `journeys`, in id order."""
+        ...
+
+
+class ServiceStore(Store, Outbox, Inbox, Erasure, Reads, Versions, Protocol):
     """Every port at once: what `journey serve` runs on (SqlStore, MemoryStore)."""
 
 

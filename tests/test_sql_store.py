@@ -280,7 +280,7 @@ def test_disk_use_is_reported_per_table_with_its_indexes(sql_store: SqlStore) ->
                                      "journey": "j", "from": "a", "to": "b", "trigger": "after"} for n in range(300)]))
     sizes = sql_store.disk_bytes()
     assert set(sizes) == {"profiles", "aliases", "processed", "trace", "outbox", "bandit", "segment_history",
-                          "erased", "enrolled", "state_counts", "store_facts"}
+                          "erased", "enrolled", "state_counts", "store_facts", "journey_versions", "journeys_in_force"}
     assert sizes["profiles"] > 300 * 20 and sizes["trace"] > 300 * 50  # rows and their indexes
     split = _disk(sizes, users=300, events=600)
     assert split["disk_state_bytes_per_user"] == round(sizes["profiles"] / 300)

@@ -6,6 +6,7 @@
   outbox.py      the Outbox (claims, settles, leases) and the Inbox (in-app messages)
   erasure.py     the Erasure
   reads.py       the Reads: state counts, traces, the report's snapshot
+  versions.py    the Versions: journey definitions by version, the versions in force
   rows.py        the JSON of trace rows and outbox payloads
 
 `SqlStore` is every port at once, the one class the service opens.
@@ -33,14 +34,15 @@ from .tables import (
     profiles_t,
     trace_t,
 )
+from .versions import SqlVersions
 
 __all__ = ["DEFAULT_URL", "LEASE_SECONDS", "SqlSnapshot", "SqlStore", "_alembic", "_dumps", "_json_default",
            "aliases_t", "bandit_t", "counts_t", "enrolled_t", "erased_t", "facts_t", "history_t", "normalise_url",
            "outbox_t", "parse_time", "processed_t", "profiles_t", "send_from_payload", "state_deltas", "trace_t"]
 
 
-class SqlStore(SqlErasure, SqlInbox, SqlReads):
-    """Store, Outbox, Inbox, Erasure and Reads (journey_engine/ports.py) on SQLite or PostgreSQL."""
+class SqlStore(SqlErasure, SqlInbox, SqlReads, SqlVersions):
+    """Store, Outbox, Inbox, Erasure, Reads and Versions (journey_engine/ports.py) on SQLite or PostgreSQL."""
 
     def twin(self) -> SqlStore:
         """Another store on the same database, with connections of its own: what a forked worker process

@@ -121,6 +121,25 @@ class ErasedRow(SQLModel, table=True):
     at: float
 
 
+class JourneyVersionRow(SQLModel, table=True):
+    """Every journey version ever deployed here, by its definition: live instances run on it until they end."""
+
+    __tablename__ = "journey_versions"
+    journey: str = Field(primary_key=True)
+    version: str = Field(primary_key=True)
+    definition: str = Field(sa_column=Column(Text, nullable=False))  # journey_engine.versions.definition
+    stored_at: float  # the store's wall clock
+
+
+class InForceRow(SQLModel, table=True):
+    """The version of each journey that new entrants take, as of deployment `deployment`."""
+
+    __tablename__ = "journeys_in_force"
+    journey: str = Field(primary_key=True)
+    version: str
+    deployment: int
+
+
 Index("ix_segment_history_open", SegmentHistoryRow.__table__.c.user_id, SegmentHistoryRow.__table__.c.segment,
       SegmentHistoryRow.__table__.c.left_at)
 Index("ix_outbox_claim", OutboxRow.__table__.c.next_attempt_at, OutboxRow.__table__.c.key,
@@ -139,5 +158,7 @@ erased_t = ErasedRow.__table__
 enrolled_t = EnrolledRow.__table__
 facts_t = StoreFactRow.__table__
 counts_t = StateCountRow.__table__
+versions_t = JourneyVersionRow.__table__
+in_force_t = InForceRow.__table__
 TABLES = (profiles_t, aliases_t, processed_t, trace_t, outbox_t, bandit_t, history_t, erased_t, enrolled_t, counts_t,
-          facts_t)
+          facts_t, versions_t, in_force_t)
