@@ -22,11 +22,11 @@ from . import clock, trace
 from .compiler import CompiledJourney, CompiledTransition, CompiledTrigger, CompiledWorkspace
 from .events import Event
 from .model import DEFAULT_EXPIRY, AttributeTime, Choose, Message, State, Transition, clock_minutes
-from .policies import ADDRESS, Decision, decide, resolve_zone
+from .policies import ADDRESS, Decision, applicable_caps, decide, in_control_group, resolve_zone
 from .policies import best_hour as learned_hour
 from .profile import UNSETTLED, Deferred, Instance, InstanceKey, Profile
 from .rules import RULE_ERRORS
-from .selection import choose_best, choose_first, choose_random, split_bandit, split_random
+from .selection import bandit_state, choose_best, choose_first, choose_random, cohort_of, split_bandit, split_random
 from .trace import Record
 
 MAX_CHAIN = 100
@@ -241,6 +241,7 @@ class Engine:
         # what a transactional message is decided under: no quiet hours, no caps
         self._transactional = self.policies.model_copy(update={"quiet_hours": None, "frequency_caps": []})
         self.bandits: dict[tuple[str, str], Stats] = {}
+        self._control = self.policies.control_group  # share of users held out of every journey's sends
         self._plans = tuple(_Plan.of(cj, self.messages) for cj in compiled.journeys.values())
         self._plan = {p.name: p for p in self._plans}
         self._clock_entries = any(p.clock_entry for p in self._plans)
@@ -709,7 +710,7 @@ class Engine:
             stats = self.bandits.setdefault((cj.name, inst.state), {})
             target = split_bandit(paths, {k[2:]: v for k, v in stats.items() if k.startswith("->")}, rng)
             self._learn(run, cj.name, inst.state, "->" + target, 1, 0)
-            _attribute(inst, "->" + target, run.now)
+            _attribute(inst, "->" + target, run.now, inst.state)
         else:
             target = split_random(paths, rng)
         src = inst.state
@@ -817,13 +818,21 @@ class Engine:
         elif plan.choose == "random":
             chosen = choose_random(eligible, self._rng(run, inst, "choose"))
         else:
-            chosen = choose_best(eligible, self.bandits.setdefault((cj.name, inst.state), {}),
+            learns = self._cohort_state(run, plan, inst.state)  # the state, or its cohort's key (`by:`)
+            chosen = choose_best(eligible, self.bandits.setdefault((cj.name, learns), {}),
                                  self._rng(run, inst, "choose"))
             if self._deliver(run, cj, inst, chosen, inst.state):  # a suppressed send teaches nothing
-                self._learn(run, cj.name, inst.state, chosen, 1, 0)
-                _attribute(inst, chosen, run.now)
+                self._learn(run, cj.name, learns, chosen, 1, 0)
+                _attribute(inst, chosen, run.now, learns)
             return
         self._deliver(run, cj, inst, chosen, inst.state)
+
+    @staticmethod
+    def _cohort_state(run: _Run, plan: _StatePlan, state: str) -> str:
+        """Where a `choose: best` learns: per cohort with `by:` (SPEC §3 item 15), else per state."""
+        send = plan.spec.send
+        by = send.by if isinstance(send, Choose) else None
+        return bandit_state(state, cohort_of(by, run.profile.segments)) if by else state
 
     def _eligible(self, run: _Run, cj: CompiledJourney, inst: Instance | Deferred, state: str,
                   message_id: str) -> bool:
@@ -850,6 +859,10 @@ class Engine:
         base = (run.now, profile.user_id, cj.name, inst.key or None, state, message_id, msg.channel)
         if isinstance(inst, Instance) and inst.holdout and not msg.transactional:  # a Deferred was never held out
             run.out.records.append(trace.message("message_suppressed", *base, None, reason="holdout"))
+            return False
+        if isinstance(inst, Instance) and self._control and not msg.transactional \
+                and in_control_group(profile.user_id, self._control):  # SPEC §3 item 15
+            run.out.records.append(trace.message("message_suppressed", *base, None, reason="control_group"))
             return False
         due = run.due if due is None else due
         expiry = self.expiries[message_id]
@@ -882,6 +895,12 @@ class Engine:
             self._emit(run, cj, inst, msg, message_id, state, decision.explanation)
         return True
 
+    def decision(self, profile: Profile, message_id: str, now: datetime) -> Decision:
+        """What delivery policy would decide for this message to this user now (`journey preview`):
+        bounces, subscription, caps (with their `if:`), quiet hours, send window and time; not the
+        message's eligibility, a holdout or the control group, which the caller checks."""
+        return self._decide(_Run(profile, now), self.messages[message_id], False)
+
     def _decide(self, run: _Run, msg: Message, deferred: bool) -> Decision:
         profile = run.profile
         subscribed = True
@@ -895,9 +914,12 @@ class Engine:
         timezone = _str(profile.traits.get("timezone"))
         hour, source = self._best_hour(profile, timezone, run.now) if msg.send_at == "optimal" else (None, None)
         policies = self._transactional if msg.transactional else self.policies
+        caps = None
+        if self.cw.cap_rules and not msg.transactional:  # tiers: a cap with `if:` applies to some users only
+            caps = applicable_caps(policies.frequency_caps, lambda i: self.cw.cap_rules[i](run.scope, run.now))
         return decide(now=run.now, message=msg, policies=policies, timezone=timezone,
                       ledger=profile.ledger or (), subscribed=subscribed, best_hour=hour, hour_source=source,
-                      deferred=deferred, bounced=bounced)
+                      deferred=deferred, bounced=bounced, caps=caps)
 
     def _best_hour(self, profile: Profile, timezone: str | None, now: datetime) -> tuple[int | None, str | None]:
         """The user's own best hour, else the workspace's, else None (the configured default)."""
@@ -1117,9 +1139,9 @@ def _by_journey(profile: Profile) -> dict[str, list[Instance]]:
     return groups
 
 
-def _attribute(inst: Instance, arm: str, at: datetime) -> None:
-    """Remember a choice made for this instance, so a goal reached later credits it."""
-    choice = (arm, at, inst.state)
+def _attribute(inst: Instance, arm: str, at: datetime, learns: str) -> None:
+    """Remember a choice made for this instance, so a goal reached later credits it where it was learnt."""
+    choice = (arm, at, learns)
     if inst.sent is None:
         inst.sent = [choice]
     else:
