@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from adapters import cli_reach
+from adapters import cli_reach, cli_versions
 from adapters.service.tuning import tune_gc
 from journey_engine.errors import JourneyError, ScenarioError, UnknownJourneyError, WorkspaceError
 
@@ -590,6 +590,7 @@ def demo(users: Annotated[int, typer.Option(help="synthetic users")] = 10_000,
 
 cli_reach.register(app, load=_load, workspace=_workspace, open_store=_open_store, database=_database, out=out,
                    err=err, database_opt=DatabaseOpt, workspace_opt=WorkspaceOpt)
+cli_versions.register(app, load=_load, workspace=_workspace, open_store=_open_store, out=out, database_opt=DatabaseOpt)
 
 
 def main() -> None:
