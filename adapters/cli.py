@@ -14,13 +14,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from adapters import cli_reach, cli_versions
 from adapters.service.tuning import tune_gc
 from journey_engine.errors import JourneyError, ScenarioError, UnknownJourneyError, WorkspaceError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="An adaptive customer-journey engine: journeys as YAML state machines.")
 err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+out = Console(highlight=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)  # piped: wide
 
 WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", "-w", envvar="JOURNEY_WORKSPACE",
                                                    help="workspace folder (default: journeys/)")]
@@ -449,6 +450,7 @@ def user(user_id: Annotated[str, typer.Argument(help="the user id")], database: 
          as_json: Annotated[bool, typer.Option("--json", help="what GET /v1/users/{id} returns")] = False) -> None:
     """Where a user is in every journey and why: the event, rule or timer that moved them, and every
     message that was or was not sent, with the reason."""
+    from adapters.reporting.explain import explain_move, explain_timer
     from adapters.service.views import user_view
     from journey_engine.engine import Engine
     from journey_engine.simulation import format_record
@@ -470,9 +472,11 @@ def user(user_id: Annotated[str, typer.Argument(help="the user id")], database: 
         key = f" [{inst['key']}]" if inst["key"] else ""
         out.print(f"  {inst['journey']}{key}: [bold]{inst['state']}[/bold] since {inst['since']}")
         if inst["why"]:
-            out.print("    because " + format_record(inst["why"]), markup=False)
+            moved = explain_move(compiled, inst["why"])  # the rule's text and the target, not `trigger=rule`
+            out.print("    because " + format_record(inst["why"]) + (f" ({moved})" if moved else ""), markup=False)
         for timer in inst["timers"]:
-            out.print(f"    next: transition {timer['transition']} at {timer['due']}")
+            goes = explain_timer(compiled, inst["journey"], inst["state"], timer["transition"])
+            out.print(f"    next: {goes} at {timer['due']}", markup=False)
     if not view["journeys"]:
         out.print("  in no journey now")
     out.print("[bold]decisions[/bold]")
@@ -534,6 +538,7 @@ def demo(users: Annotated[int, typer.Option(help="synthetic users")] = 10_000,
 
     from adapters.demo import run_demo
     from adapters.reporting import build_report, render_html, render_terminal
+    from adapters.reporting.page import cohort_sentence
 
     compiled = _load(_workspace(workspace), long_running=True)
     if database.startswith("sqlite:///"):
@@ -558,6 +563,14 @@ def demo(users: Annotated[int, typer.Option(help="synthetic users")] = 10_000,
     verdict = "beats" if result.adaptive_beat_fixed else "does not beat"
     out.print(f"  overall: the bandit {verdict} the fixed choice: "
               f"{result.adaptive_rate:.2%} vs {result.fixed_rate:.2%}")
+    for c in result.choices:
+        if c.cohorts:
+            out.rule("learning per cohort vs one bandit for everyone vs the best fixed choice per cohort")
+            for cohort, r in c.cohorts.items():
+                out.print(f"  {c.journey}.{c.state} · {cohort}: per-cohort {r.per_cohort_rate:.2%}, single "
+                          f"{r.single_rate:.2%}, best fixed {r.fixed_rate:.2%} ({' > '.join(r.fixed_order)}; "
+                          f"{r.decisions} decisions)", soft_wrap=True)
+            out.print(f"  {cohort_sentence(c)}", soft_wrap=True)
     out.rule("journeys against their holdout")
     for h in result.holdouts:
         treated, held = h.treated_rate or 0.0, h.holdout_rate or 0.0
@@ -573,6 +586,11 @@ def demo(users: Annotated[int, typer.Option(help="synthetic users")] = 10_000,
     if workspace is not None:
         command += f" --workspace {shlex.quote(str(workspace))}"
     out.print(f"report on this run again with: {command}", soft_wrap=True, markup=False)
+
+
+cli_reach.register(app, load=_load, workspace=_workspace, open_store=_open_store, database=_database, out=out,
+                   err=err, database_opt=DatabaseOpt, workspace_opt=WorkspaceOpt)
+cli_versions.register(app, load=_load, workspace=_workspace, open_store=_open_store, out=out, database_opt=DatabaseOpt)
 
 
 def main() -> None:

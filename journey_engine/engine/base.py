@@ -35,6 +35,7 @@ class Base:
         # what a transactional message is decided under: no quiet hours, no caps
         self._transactional = self.policies.model_copy(update={"quiet_hours": None, "frequency_caps": []})
         self.bandits: dict[tuple[str, str], Stats] = {}
+        self._control = self.policies.control_group  # share of users held out of every journey's sends
         self._plans = tuple(Plan.of(cj, self.messages) for cj in compiled.journeys.values())
         self._plan = {p.name: p for p in self._plans}
         self._clock_entries = any(p.clock_entry for p in self._plans)
@@ -82,9 +83,9 @@ def by_journey(profile: Profile) -> dict[str, list[Instance]]:
     return groups
 
 
-def attribute(inst: Instance, arm: str, at: datetime) -> None:
-    """Remember a choice made for this instance, so a goal reached later credits it."""
-    choice = (arm, at, inst.state)
+def attribute(inst: Instance, arm: str, at: datetime, learns: str) -> None:
+    """Remember a choice made for this instance, so a goal reached later credits it where it was learnt."""
+    choice = (arm, at, learns)
     if inst.sent is None:
         inst.sent = [choice]
     else:

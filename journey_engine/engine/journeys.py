@@ -257,7 +257,7 @@ class Journeys(Messages):
             stats = self.bandits.setdefault((cj.name, inst.state), {})
             target = split_bandit(paths, {k[2:]: v for k, v in stats.items() if k.startswith("->")}, rng)
             self._learn(run, cj.name, inst.state, "->" + target, 1, 0)
-            attribute(inst, "->" + target, run.now)
+            attribute(inst, "->" + target, run.now, inst.state)
         else:
             target = split_random(paths, rng)
         return next(i for i, (to, _) in enumerate(paths) if to == target)

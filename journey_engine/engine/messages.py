@@ -9,11 +9,11 @@ from datetime import datetime, timedelta
 from .. import clock
 from ..compiler import CompiledJourney
 from ..facts import MessageDeferred, MessageSent, MessageSuppressed
-from ..model import Message
-from ..policies import ADDRESS, Decision, decide
+from ..model import Choose, Message
+from ..policies import ADDRESS, Decision, applicable_caps, decide, in_control_group
 from ..policies import best_hour as learned_hour
 from ..profile import Deferred, Instance, Profile
-from ..selection import choose_best, choose_first, choose_random
+from ..selection import bandit_state, choose_best, choose_first, choose_random, cohort_of
 from .base import attribute, text
 from .feedback import WORKSPACE_HOURS, Feedback
 from .plan import Run, StatePlan
@@ -40,13 +40,21 @@ class Messages(Feedback):
         elif plan.choose == "random":
             chosen = choose_random(eligible, self._rng(run, inst, "choose"))
         else:
-            chosen = choose_best(eligible, self.bandits.setdefault((cj.name, inst.state), {}),
+            learns = self._cohort_state(run, plan, inst.state)  # the state, or its cohort's key (`by:`)
+            chosen = choose_best(eligible, self.bandits.setdefault((cj.name, learns), {}),
                                  self._rng(run, inst, "choose"))
             if self._deliver(run, cj, inst, chosen, inst.state):  # a suppressed send teaches nothing
-                self._learn(run, cj.name, inst.state, chosen, 1, 0)
-                attribute(inst, chosen, run.now)
+                self._learn(run, cj.name, learns, chosen, 1, 0)
+                attribute(inst, chosen, run.now, learns)
             return
         self._deliver(run, cj, inst, chosen, inst.state)
+
+    @staticmethod
+    def _cohort_state(run: Run, plan: StatePlan, state: str) -> str:
+        """Where a `choose: best` learns: per cohort with `by:` (SPEC §3 item 15), else per state."""
+        send = plan.spec.send
+        by = send.by if isinstance(send, Choose) else None
+        return bandit_state(state, cohort_of(by, run.profile.segments)) if by else state
 
     def _eligible(self, run: Run, cj: CompiledJourney, inst: Instance | Deferred, state: str,
                   message_id: str) -> bool:
@@ -69,6 +77,12 @@ class Messages(Feedback):
             run.out.facts.append(MessageSuppressed(at=run.now, user=profile.user_id, journey=cj.name, key=key,
                                                    state=state, message=message_id, channel=msg.channel,
                                                    reason="holdout"))
+            return False
+        if isinstance(inst, Instance) and self._control and not msg.transactional \
+                and in_control_group(profile.user_id, self._control):  # SPEC §3 item 15
+            run.out.facts.append(MessageSuppressed(at=run.now, user=profile.user_id, journey=cj.name, key=key,
+                                                   state=state, message=message_id, channel=msg.channel,
+                                                   reason="control_group"))
             return False
         due = run.due if due is None else due
         expiry = self.expiries[message_id]
@@ -105,6 +119,12 @@ class Messages(Feedback):
             self._emit(run, cj, inst, msg, message_id, state, decision.explanation)
         return True
 
+    def decision(self, profile: Profile, message_id: str, now: datetime) -> Decision:
+        """What delivery policy would decide for this message to this user now (`journey preview`):
+        bounces, subscription, caps (with their `if:`), quiet hours, send window and time; not the
+        message's eligibility, a holdout or the control group, which the caller checks."""
+        return self._decide(Run(profile, now), self.messages[message_id], False)
+
     def _decide(self, run: Run, msg: Message, deferred: bool) -> Decision:
         profile = run.profile
         subscribed = True
@@ -118,9 +138,12 @@ class Messages(Feedback):
         timezone = text(profile.traits.get("timezone"))
         hour, source = self._best_hour(profile, timezone, run.now) if msg.send_at == "optimal" else (None, None)
         policies = self._transactional if msg.transactional else self.policies
+        caps = None
+        if self.cw.cap_rules and not msg.transactional:  # tiers: a cap with `if:` applies to some users only
+            caps = applicable_caps(policies.frequency_caps, lambda i: self.cw.cap_rules[i](run.scope, run.now))
         return decide(now=run.now, message=msg, policies=policies, timezone=timezone,
                       ledger=profile.ledger or (), subscribed=subscribed, best_hour=hour, hour_source=source,
-                      deferred=deferred, bounced=bounced)
+                      deferred=deferred, bounced=bounced, caps=caps)
 
     def _best_hour(self, profile: Profile, timezone: str | None, now: datetime) -> tuple[int | None, str | None]:
         """The user's own best hour, else the workspace's, else None (the configured default)."""
