@@ -592,7 +592,6 @@ cli_reach.register(app, load=_load, workspace=_workspace, open_store=_open_store
                    err=err, database_opt=DatabaseOpt, workspace_opt=WorkspaceOpt)
 cli_versions.register(app, load=_load, workspace=_workspace, open_store=_open_store, out=out, database_opt=DatabaseOpt)
 
-
 def main() -> None:
     app()
 
