@@ -372,7 +372,7 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
     import uvicorn
 
     from adapters.channels import ChannelConfigError, ChannelSettings, build_channels
-    from adapters.service.reload import watch_workspace
+    from adapters.service.reload import serve_workspaces
     from adapters.service.settings import Settings
     from adapters.sources.http_api import create_app
     from journey_engine.model import parse_duration
@@ -415,21 +415,17 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
                         outbox_lease=float(os.environ.get("JOURNEY_OUTBOX_LEASE_SECONDS") or 60))
     engines = f"  {workers} engine processes" if workers > 1 else ""
     err.print(f"journey-engine on http://{host}:{port}  workspace {folder}  database {_database(database)}{engines}")
+    def run(serving: Any, on_server: Any) -> None:
+        store.defaults = dict(serving.metrics.defaults)  # a reloaded workspace may add metrics
+        served = create_app(serving, store, settings, channels=channels, workers=workers, folder=folder)
+        server = uvicorn.Server(uvicorn.Config(served, host=host, port=port, log_level="warning"))
+        on_server(server)
+        server.run()
+
     try:
-        while compiled is not None:
-            store.defaults = dict(compiled.metrics.defaults)  # a reloaded workspace may add metrics
-            served = create_app(compiled, store, settings, channels=channels, workers=workers, folder=folder)
-            server = uvicorn.Server(uvicorn.Config(served, host=host, port=port, log_level="warning"))
-            changed = watch_workspace(folder, server, _reload_refused, err.print) if reload else None
-            server.run()
-            compiled = changed() if changed is not None else None
+        serve_workspaces(compiled, store, folder, run, reload=reload, err=err)
     finally:
         store.close()
-
-
-def _reload_refused(exc: WorkspaceError) -> None:
-    err.print("[yellow]the changed workspace does not load; still serving the last one:[/yellow]")
-    _problems(exc)
 
 
 def _overdue(store: Any) -> None:

@@ -84,3 +84,13 @@ def migrate(runtime: Runtime, store: Versions, deployment: Deployment, now: date
     for start in range(0, len(users), 500):
         runtime.migrate(users[start:start + 500], now)
     return len(users)
+
+
+def adopt(compiled: CompiledWorkspace, store: Versions) -> CompiledWorkspace:
+    """What a process that does not deploy itself runs (an engine worker, a second `serve`): the versions in
+    force in the store, which another process applied; the workspace's own journeys where they are those."""
+    number, in_force = store.in_force()
+    if number == 0:
+        return compiled
+    mine = {n: cj.version for n, cj in compiled.journeys.items()}
+    return running(compiled, store, Deployment(number, Plan([]), applied=mine == in_force))
