@@ -320,22 +320,15 @@ class MemoryStore(MemoryService):
 
     `hot=None` keeps every profile live, as simulations and tests want. A bound lets a population of
     millions fit: at most `hot` profiles stay live objects (`profiles`), the others are kept as codec
-    blobs (`cold`, about a sixth of the memory of the objects), decoded when next loaded and encoded
-    again when they leave the live set. Blobs never leave the process, so they name journeys, states,
-    segments and metrics by numbers of the store's `codec.Names` (30-day bench profiles: 307 bytes on
-    average against 468 with the names; a decoded profile shares the names instead of holding copies).
-    A round trip costs ~7 µs compiled with its objects in cache (encode 3.7, decode 3.4), and about as
-    much again in cache misses when they are not.
+    blobs (`cold`), decoded when next loaded and encoded again when they leave the live set. Blobs never
+    leave the process, so they name journeys, states, segments and metrics by numbers of the store's
+    `codec.Names`; a decoded profile shares the names instead of holding copies.
 
     Which profiles stay live: those whose next wake-up comes soonest. A timer, a window or a deferred
     send is an access the store knows in advance, where the next event of a user is anyone's guess, so
     the profile evicted is the one whose wake-up is furthest (none: first), often the one just
-    committed, while its objects are still in the CPU's caches: encoding a profile last touched long
-    ago, and freeing its objects, cost about as much again in cache misses as the encoding itself.
-    On the 30-day bench mix (100k users, 1M events) this cut misses from 1.94 to 1.68 an event at
-    hot=5000 and from 1.57 to 1.20 at hot=20000 against least-recently-committed-first (replayed from
-    the engine's access log). Keeping the last tenth committed live as well (for users in a session)
-    missed 5% less but ran 5-10% slower, its evictions being of profiles no longer in cache.
+    committed, while its objects are still in the CPU's caches. docs/performance.md has the figures
+    behind these choices.
     """
 
     def __init__(self, *, hot: int | None = None, keep: bool = False) -> None:

@@ -15,7 +15,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 log = logging.getLogger("journey.scheduler")
 
-# The defaults drop work silently (misfire_grace_time=1 dropped 61% of a burst, NOTES.md).
+# The defaults drop work silently: a short misfire_grace_time drops most of a burst (docs/performance.md).
 JOB_DEFAULTS = {"misfire_grace_time": None, "coalesce": True, "max_instances": 1}
 
 
