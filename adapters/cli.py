@@ -14,11 +14,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from adapters.cli_bus import BusOpt, publisher_for, worker
 from adapters.service.tuning import tune_gc
 from journey_engine.errors import JourneyError, ScenarioError, UnknownJourneyError, WorkspaceError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="An adaptive customer-journey engine: journeys as YAML state machines.")
+app.command()(worker)  # `journey worker` (SPEC §9), in adapters/cli_bus.py with the bus's other options
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
@@ -364,7 +366,7 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
                           "process runs on one)")] = 1,
           allow_simulated: Annotated[bool, typer.Option(
               "--allow-simulated", help="serve a database written by `journey demo` or `bench`, sending "
-                                        "through the console channel only")] = False) -> None:
+                                        "through the console channel only")] = False, bus: BusOpt = None) -> None:
     """The HTTP API, the engine worker and its timers on the configured store (embedded SQLite by default)."""
     import logging
 
@@ -417,7 +419,8 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
     try:
         while compiled is not None:
             store.defaults = dict(compiled.metrics.defaults)  # a reloaded workspace may add metrics
-            served = create_app(compiled, store, settings, channels=channels, workers=workers, folder=folder)
+            served = create_app(compiled, store, settings, channels=channels, workers=workers, folder=folder,
+                                host=publisher_for(bus, store, settings), scheduler=bus is None)
             server = uvicorn.Server(uvicorn.Config(served, host=host, port=port, log_level="warning"))
             changed = watch_workspace(folder, server, _reload_refused, err.print) if reload else None
             server.run()

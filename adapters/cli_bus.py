@@ -1,0 +1,72 @@
+"""The bus's part of the `journey` command (SPEC §9): `journey worker`, and `--bus` for serve and bench.
+
+Kept beside adapters/cli.py, which registers the command, so that one stays wiring of one page; imports
+of the service happen inside the functions, as there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+err = Console(stderr=True, highlight=False)
+
+BusOpt = Annotated[str | None, typer.Option("--bus", envvar="JOURNEY_BUS_URL", help="NATS JetStream URL(s), "
+                                            "comma-separated: events go to the log, `journey worker`s apply them")]
+
+
+def publisher_for(bus: str | None, store: Any, settings: Any) -> Any:
+    """`serve --bus`: the engine host that publishes to the log (None without a bus)."""
+    if bus is None:
+        return None
+    from adapters.bus.publisher import BusPublisher
+    from adapters.bus.stream import BusConfig
+
+    return BusPublisher(BusConfig.from_env(bus), store, settings)
+
+
+def worker(bus: Annotated[str, typer.Option(envvar="JOURNEY_BUS_URL", help="NATS URL(s), comma-separated")],
+           host: Annotated[str, typer.Option(help="address of /metrics and /healthz")] = "127.0.0.1",
+           port: Annotated[int, typer.Option(help="port of /metrics and /healthz")] = 8001,
+           name: Annotated[str | None, typer.Option(help="this worker's name in leases and metrics")] = None,
+           workspace: Annotated[Path | None, typer.Option("--workspace", "-w", envvar="JOURNEY_WORKSPACE",
+                                                          help="workspace folder (default: journeys/)")] = None,
+           database: Annotated[str | None, typer.Option("--database", "-d", envvar="JOURNEY_DATABASE_URL",
+                                                        help="PostgreSQL URL shared by the workers")] = None) -> None:
+    """An engine process fed by the bus (SPEC §9): leases partitions, applies them, fires their timers, sends."""
+    from adapters.channels import ChannelConfigError, ChannelSettings, build_channels
+    from adapters.service.settings import Settings
+    from adapters.service.tuning import tune_gc
+    from adapters.service.workerapp import run_worker
+    from adapters.storage.sql import SqlStore
+    from journey_engine.compiler import load_workspace
+    from journey_engine.errors import WorkspaceError
+    from journey_engine.ports import StoreUnavailable, StoreVersionError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "skipped: max instances" is by design
+    if not database or not database.startswith("postgres"):
+        err.print("[red]workers share PostgreSQL: set JOURNEY_DATABASE_URL (or --database) to a postgresql:// "
+                  "URL[/red]")
+        raise typer.Exit(2)
+    folder = workspace or Path("journeys")
+    try:
+        compiled = load_workspace(folder)
+        channels = build_channels(ChannelSettings.from_env())
+        SqlStore(database, defaults=dict(compiled.metrics.defaults)).close()  # the schema made or upgraded
+    except WorkspaceError as exc:
+        for problem in exc.problems:
+            err.print(str(problem), soft_wrap=True)
+        raise typer.Exit(2) from None
+    except (ChannelConfigError, StoreUnavailable, StoreVersionError) as exc:
+        err.print(f"[red]{exc}[/red]", soft_wrap=True)
+        raise typer.Exit(1) from None
+    tune_gc()
+    settings = Settings(tick=float(os.environ.get("JOURNEY_TICK_SECONDS", "1")),
+                        outbox_lease=float(os.environ.get("JOURNEY_OUTBOX_LEASE_SECONDS") or 60))
+    run_worker(compiled, folder, database, bus, settings, channels, host=host, port=port, name=name)
