@@ -14,8 +14,10 @@ the rest of the service calls it through concurrent futures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
+import time
 import uuid
 from collections.abc import Coroutine
 from concurrent.futures import Future
@@ -23,11 +25,12 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 import nats
+import nats.errors
 import orjson
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from journey_engine.events import Event, parse_datetime, with_datetimes
 from journey_engine.ports import partition
@@ -71,7 +74,7 @@ class BusConfig:
         return f"{self.prefix}.{part}"
 
     def durable(self, part: int) -> str:
-        """The durable consumer that reads partition `part`."""
+        """The prefix of the durable consumers that read partition `part` (see `take_consumer`)."""
         return f"{self.stream}_p{part}"
 
 
@@ -101,14 +104,18 @@ async def connect(config: BusConfig, name: str) -> tuple[Client, JetStreamContex
     return client, client.jetstream(timeout=5)
 
 
-async def ensure_stream(js: JetStreamContext, config: BusConfig) -> BusConfig:
-    """Create the stream when missing; return the config with the partitions the stream was created with."""
-    try:
-        info = await js.stream_info(config.stream)
-    except NotFoundError:
-        info = await js.add_stream(StreamConfig(
-            name=config.stream, subjects=[f"{config.prefix}.*"], description=f"{_DESCRIPTION}{config.partitions}",
-            num_replicas=config.replicas, duplicate_window=DUPLICATE_WINDOW, storage=StorageType.FILE))
+async def ensure_stream(js: JetStreamContext, config: BusConfig, wait: float = 60.0) -> BusConfig:
+    """Create the stream when missing; return the config with the partitions the stream was created with.
+    Waits up to `wait` seconds for JetStream to answer (a cluster just started elects its leader first)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            info = await _stream(js, config)
+            break
+        except (nats.errors.TimeoutError, ServiceUnavailableError, nats.errors.NoRespondersError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
     described = info.config.description or ""
     if not described.startswith(_DESCRIPTION):
         raise RuntimeError(f"stream {config.stream} was not created by journey-engine (no partition count in its "
@@ -117,28 +124,44 @@ async def ensure_stream(js: JetStreamContext, config: BusConfig) -> BusConfig:
     return BusConfig(config.url, config.stream, config.prefix, parts, info.config.num_replicas or 1)
 
 
-async def reset_consumer(js: JetStreamContext, config: BusConfig, part: int) -> None:
-    """Make the partition's durable consumer new, from where its acknowledgements stopped. A new owner does
-    this so that what the previous owner held unacknowledged comes at once, not after `ACK_WAIT` (what it
-    had committed without acknowledging comes again too, and the store's messageId dedupe drops it)."""
-    durable = config.durable(part)
-    start = 1
+async def _stream(js: JetStreamContext, config: BusConfig) -> Any:
     try:
-        info = await js.consumer_info(config.stream, durable)
-        start = info.ack_floor.stream_seq + 1 if info.ack_floor and info.ack_floor.stream_seq else 1
-        await js.delete_consumer(config.stream, durable)
+        return await js.stream_info(config.stream)
     except NotFoundError:
-        pass
-    policy = DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL
-    await js.add_consumer(config.stream, ConsumerConfig(
-        durable_name=durable, filter_subject=config.subject(part), ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=policy, opt_start_seq=start if start > 1 else None, ack_wait=ACK_WAIT,
-        max_ack_pending=MAX_ACK_PENDING, max_deliver=-1))
+        return await js.add_stream(StreamConfig(
+            name=config.stream, subjects=[f"{config.prefix}.*"], description=f"{_DESCRIPTION}{config.partitions}",
+            num_replicas=config.replicas, duplicate_window=DUPLICATE_WINDOW, storage=StorageType.FILE))
 
 
-async def lag(js: JetStreamContext, config: BusConfig, part: int) -> int:
+async def take_consumer(js: JetStreamContext, config: BusConfig, part: int, token: int) -> str:
+    """The durable consumer a new owner (lease `token`) reads the partition with, named after the lease and
+    starting where the previous owners' acknowledgements stopped; theirs are deleted once it exists.
+
+    A consumer of its own, not the previous owner's: what the previous owner held unacknowledged would come
+    back only after `ACK_WAIT`, and behind newer messages (a user's events out of order). What it had
+    committed without acknowledging comes again, and the store's messageId dedupe drops it. An attempt cut
+    short (a NATS node away) leaves the older consumers in place, so the next attempt starts from them."""
+    mine = f"{config.durable(part)}_t{token}"
+    subject = config.subject(part)
+    others = [c for c in await js.consumers_info(config.stream) if c.config.filter_subject == subject]
+    if not any(c.name == mine for c in others):
+        start = max((c.ack_floor.stream_seq + 1 if c.ack_floor and c.ack_floor.stream_seq else 1 for c in others),
+                    default=1)
+        await js.add_consumer(config.stream, ConsumerConfig(
+            durable_name=mine, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
+            opt_start_seq=start if start > 1 else None, ack_wait=ACK_WAIT, max_ack_pending=MAX_ACK_PENDING,
+            max_deliver=-1))
+    for old in others:
+        if old.name != mine:
+            with contextlib.suppress(NotFoundError):
+                await js.delete_consumer(config.stream, old.name)
+    return mine
+
+
+async def lag(js: JetStreamContext, config: BusConfig, consumer: str) -> int:
     """Messages of the partition not yet acknowledged by its consumer."""
-    info = await js.consumer_info(config.stream, config.durable(part))
+    info = await js.consumer_info(config.stream, consumer)
     return int((info.num_pending or 0) + (info.num_ack_pending or 0))
 
 

@@ -29,7 +29,7 @@ from prometheus_client import Gauge
 
 from adapters.bus.leases import RENEW_EVERY, FencedStore, LeaseLost, Leases
 from adapters.bus.publisher import BusPublisher
-from adapters.bus.stream import BusConfig, Loop, decode, lag, reset_consumer
+from adapters.bus.stream import BusConfig, Loop, decode, lag, take_consumer
 from adapters.service.host import InProcessHost
 from adapters.service.metrics import Metrics
 from adapters.service.settings import Settings
@@ -75,6 +75,7 @@ class BusWorker:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._fetchers: dict[int, asyncio.Task[None]] = {}
+        self._consumers: dict[int, str] = {}  # partition -> the durable consumer this worker reads it with
         r = self.metrics.registry
         self.lag = Gauge("journey_bus_lag", "Messages of a partition not yet acknowledged by its owner",
                          ["partition", "owner"], registry=r)
@@ -165,13 +166,20 @@ class BusWorker:
             leases.release(part)
         for part, token in leases.acquire(share - len(held)).items():
             log.info("bus worker %s: took partition %d (token %d)", self.name, part, token)
-            self.loop.run(self._start_fetching(part, token)).result(timeout=30)
+        for part, token in sorted(leases.tokens().items()):  # taken now, or a start that failed before
+            task = self._fetchers.get(part)
+            if task is None or task.done():
+                try:
+                    self.loop.run(self._start_fetching(part, token)).result(timeout=30)
+                except Exception as exc:  # a NATS node away: the next round tries again
+                    log.warning("bus worker %s: cannot read partition %d yet: %r", self.name, part, exc)
         self._observe_lag()
 
     async def _start_fetching(self, part: int, token: int) -> None:
         js = self.publisher.js
-        await reset_consumer(js, self.config, part)
-        sub = await js.pull_subscribe_bind(durable=self.config.durable(part), stream=self.config.stream)
+        consumer = await take_consumer(js, self.config, part, token)
+        sub = await js.pull_subscribe_bind(durable=consumer, stream=self.config.stream)
+        self._consumers[part] = consumer
         self._fetchers[part] = asyncio.get_running_loop().create_task(self._fetch(part, token, sub))
 
     async def _fetch(self, part: int, token: int, sub: Any) -> None:
@@ -205,7 +213,7 @@ class BusWorker:
         self.owned.set(len(held))
         for part in held:
             try:
-                behind = self.loop.run(lag(self.publisher.js, self.config, part)).result(timeout=5)
+                behind = self.loop.run(lag(self.publisher.js, self.config, self._consumers[part])).result(timeout=5)
             except Exception:
                 continue
             self.lag.labels(str(part), self.name).set(behind)
