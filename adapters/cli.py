@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from adapters.cli_bus import BusOpt, publisher_for, worker
+from adapters.cli_bus import BusOpt, Mix, bench_bus, publisher_for, worker
 from adapters.service.tuning import tune_gc
 from journey_engine.errors import JourneyError, ScenarioError, UnknownJourneyError, WorkspaceError
 
@@ -210,7 +210,9 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
           timers: Annotated[int, typer.Option(help="instead of events: a spike of this many timers due in the "
                                                    "same second, drained and committed")] = 0,
           pending: Annotated[int, typer.Option(help="with --timers: timers due a day later, in the store")] = 0,
-          as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False) -> None:
+          as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
+          mix: Annotated[Mix, typer.Option(help="session: bursts minutes apart, days between; uniform")] = Mix.session,
+          bus: BusOpt = None) -> None:
     """Throughput and latency on this machine (SPEC §8). Disk stores count only committed events."""
     import tempfile
 
@@ -228,6 +230,11 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
     if not days > 0:
         err.print("[red]--days must be more than 0[/red]")
         raise typer.Exit(2)
+    if bus is not None:  # --workers bus workers against the in-memory engine (adapters/bench_bus.py)
+        report = bench_bus(_workspace(workspace), _database(database), bus, workers=workers, users=users, events=events,
+                           seed=seed, days=days, mix=mix.value, rate=rate, progress=None if as_json else err)
+        sys.stdout.write(json.dumps(report) + "\n")
+        return
     if workers > 1 and store == "memory":
         err.print("[red]--workers is 1 or more, and more than 1 only with --store sqlite or postgres (processes "
                   "share a database, not memory)[/red]")
@@ -257,7 +264,7 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
         else:
             report = run_bench(compiled, users=users, events=events, seed=seed, store=target,
                                batch=batch or (1 if store == "memory" else 500), span=timedelta(days=days),
-                               workers=workers, folder=folder, progress=None if as_json else err)
+                               workers=workers, folder=folder, progress=None if as_json else err, mix=mix.value)
     finally:
         if target is not None:
             if store == "postgres":

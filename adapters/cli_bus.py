@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +19,27 @@ err = Console(stderr=True, highlight=False)
 
 BusOpt = Annotated[str | None, typer.Option("--bus", envvar="JOURNEY_BUS_URL", help="NATS JetStream URL(s), "
                                             "comma-separated: events go to the log, `journey worker`s apply them")]
+
+
+class Mix(StrEnum):
+    session = "session"
+    uniform = "uniform"
+
+
+def bench_bus(folder: Path, database: str, bus: str, *, workers: int, users: int, events: int, seed: int, days: float,
+              mix: str, rate: float | None, progress: Any) -> dict[str, Any]:
+    """`journey bench --bus`: the bus path beside the in-memory engine (adapters/bench_bus.py)."""
+    from datetime import timedelta
+
+    from adapters.bench_bus import run_bus_bench
+    from journey_engine.compiler import load_workspace
+
+    if not database.startswith("postgres"):
+        err.print("[red]--bus needs JOURNEY_DATABASE_URL (or --database): a postgresql:// URL[/red]")
+        raise typer.Exit(2)
+    compiled = load_workspace(folder)
+    return run_bus_bench(compiled, folder, bus=bus, database=database, workers=workers, users=users, events=events,
+                         seed=seed, span=timedelta(days=days), mix=mix, rate=rate or 2000.0, progress=progress)
 
 
 def publisher_for(bus: str | None, store: Any, settings: Any) -> Any:

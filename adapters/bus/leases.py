@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any
 
@@ -174,6 +174,26 @@ class FencedStore(SqlStore):
         if self.leases is not None:
             self.leases.fence(conn)
         super()._write(conn, batch, wall)
+
+    # The lookups of every batch (its messageIds, aliases, erased ids: a few thousand keys each) as one
+    # `= ANY(array)` each, in the driver's own SQL: the Core `IN` of the base class compiles and binds every
+    # key, a fifth of a bus worker's engine thread in `journey bench --bus`.
+
+    def seen(self, message_ids: Collection[str]) -> set[str]:
+        return {row[0] for row in self._any("SELECT message_id FROM processed WHERE message_id = ANY(%s)",
+                                            message_ids)}
+
+    def aliases(self, users: Collection[str]) -> dict[str, str]:
+        return dict(self._any("SELECT previous_id, user_id FROM aliases WHERE previous_id = ANY(%s)", users))
+
+    def erased(self, users: Collection[str]) -> set[str]:
+        return {row[0] for row in self._any("SELECT user_id FROM erased WHERE user_id = ANY(%s)", users)}
+
+    def _any(self, sql: str, keys: Collection[str]) -> list[Any]:
+        if not keys:
+            return []
+        with self._reading() as conn:
+            return list(conn.exec_driver_sql(sql, (list(keys),)).fetchall())
 
     def due(self, until: datetime, limit: int, part: Part | None = None) -> list[tuple[datetime, str]]:
         if self.leases is None:

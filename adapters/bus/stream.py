@@ -148,7 +148,7 @@ async def take_consumer(js: JetStreamContext, config: BusConfig, part: int, toke
         start = max((c.ack_floor.stream_seq + 1 if c.ack_floor and c.ack_floor.stream_seq else 1 for c in others),
                     default=1)
         await js.add_consumer(config.stream, ConsumerConfig(
-            durable_name=mine, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
+            durable_name=mine, filter_subject=subject, ack_policy=AckPolicy.ALL,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
             opt_start_seq=start if start > 1 else None, ack_wait=ACK_WAIT, max_ack_pending=MAX_ACK_PENDING,
             max_deliver=-1))

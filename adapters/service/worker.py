@@ -296,8 +296,12 @@ class BusWorker:
             return
 
     def _ack(self, items: list[_Item]) -> None:
+        """Acknowledge the items: the consumers acknowledge all (an ack covers the partition's messages up to
+        it, each applied in order before it), so the last item of each partition is acked."""
+        last = {item.part: item for item in items}
+
         async def ack() -> None:
-            for item in items:
+            for item in last.values():
                 try:
                     await item.msg.ack()
                 except Exception:  # unacknowledged: it comes again and is recognised by messageId
