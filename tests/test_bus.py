@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -329,3 +330,54 @@ def test_published_events_give_the_profiles_of_a_single_process_ingest(bus_datab
         front.close()
         for store in stores:
             store.close()
+
+
+# --- the benchmark --------------------------------------------------------------------------------
+
+def test_the_session_mix_comes_in_bursts_minutes_apart_with_days_between() -> None:
+    """The default bench mix: events in time order, every user identifying and signing up first, most
+    gaps between a user's consecutive events minutes long and some of days."""
+    from adapters.bench import session_stream
+
+    stream = list(session_stream(200, 6000, seed=3, span=timedelta(days=30)))
+    assert len(stream) == 6000
+    assert [e.timestamp for e in stream] == sorted(e.timestamp for e in stream)
+    by_user: dict[str, list[Event]] = {}
+    for event in stream:
+        by_user.setdefault(event.user_id, []).append(event)
+    assert len(by_user) == 200
+    assert all(mine[0].type == "identify" and mine[1].name == "Signed Up" for mine in by_user.values())
+    gaps = [(b.timestamp - a.timestamp).total_seconds() for mine in by_user.values() for a, b in pairwise(mine)]
+    minutes = sum(1 for g in gaps if g <= 300) / len(gaps)
+    days = sum(1 for g in gaps if g >= 86400) / len(gaps)
+    assert minutes > 0.7 and days > 0.05
+
+
+def test_the_bus_bench_measures_the_bus_beside_the_in_memory_engine(bus_database: str,
+                                                                   nats_server: NatsCluster) -> None:
+    """`bench --bus`: every event committed by the bus workers, the throughput beside the in-memory
+    engine's, ack latencies at the offered rate; its stream and schema are gone afterwards."""
+    import asyncio
+
+    from adapters.bench_bus import run_bus_bench
+    from adapters.bus.stream import connect
+
+    report = run_bus_bench(load_workspace(ROOT / "journeys"), ROOT / "journeys", bus=nats_server.url,
+                           database=bus_database, workers=1, users=100, events=1500, seed=1,
+                           span=timedelta(days=30), mix="session", rate=500.0, seconds=1.0, partitions=4)
+    assert report["events"] == 1500 and report["workers"] == 1 and report["partitions"] == 4
+    assert report["events_per_s"] > 0 and report["memory_events_per_s"] > 0 and report["bus_vs_memory"] > 0
+    assert 0 < report["ack_p50_ms"] <= report["ack_p99_ms"]
+
+    async def streams() -> list[str]:
+        client, js = await connect(BusConfig(nats_server.url), "test")
+        names = [s.config.name for s in await js.streams_info()]
+        await client.close()
+        return names
+
+    assert not [n for n in asyncio.run(streams()) if n.startswith("JOURNEY_BENCH")]
+    engine = sa.create_engine(bus_database)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM information_schema.schemata "
+                                    "WHERE schema_name LIKE 'journey_bench_%'")).scalar_one() == 0
+    engine.dispose()
