@@ -16,6 +16,7 @@ both are deleted at the end. Measured:
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import os
 import time
@@ -138,8 +139,7 @@ def _paced(publisher: BusPublisher, store: SqlStore, stream: list[Event], rate: 
                 lags.append(sent - (_applied(store) - before))
                 next_sample = now + 0.5
             time.sleep(min(0.005, due - now))  # the offered rate's pace
-        started = time.perf_counter()
-        publisher.submit(chunk).add_done_callback(lambda _, t=started: acks.append(time.perf_counter() - t))
+        publisher.submit(chunk).add_done_callback(functools.partial(_acked, acks, time.perf_counter()))
         sent += len(chunk)
     offered = time.perf_counter() - began
     _wait(lambda: _applied(store) - before >= len(stream), 3600, "the workers did not commit every event", progress)
@@ -149,6 +149,10 @@ def _paced(publisher: BusPublisher, store: SqlStore, stream: list[Event], rate: 
             "ack_p99_ms": _ms(acks, 0.99), "lag_max_events": max(lags, default=0),
             "lag_mean_events": round(sum(lags) / len(lags)) if lags else 0,
             "drain_after_last_publish_s": round(drained, 3)}
+
+
+def _acked(acks: list[float], started: float, _: Future[list[int]]) -> None:
+    acks.append(time.perf_counter() - started)
 
 
 def _ms(values: list[float], q: float) -> float:

@@ -64,7 +64,6 @@ def worker(bus: Annotated[str, typer.Option(envvar="JOURNEY_BUS_URL", help="NATS
     from adapters.channels import ChannelConfigError, ChannelSettings, build_channels
     from adapters.service.settings import Settings
     from adapters.service.tuning import tune_gc
-    from adapters.service.workerapp import run_worker
     from adapters.storage.sql import SqlStore
     from journey_engine.compiler import load_workspace
     from journey_engine.errors import WorkspaceError
@@ -91,4 +90,29 @@ def worker(bus: Annotated[str, typer.Option(envvar="JOURNEY_BUS_URL", help="NATS
     tune_gc()
     settings = Settings(tick=float(os.environ.get("JOURNEY_TICK_SECONDS", "1")),
                         outbox_lease=float(os.environ.get("JOURNEY_OUTBOX_LEASE_SECONDS") or 60))
-    run_worker(compiled, folder, database, bus, settings, channels, host=host, port=port, name=name)
+    _run_worker(compiled, folder, database, bus, settings, channels, host=host, port=port, name=name)
+
+
+def _run_worker(compiled: Any, folder: Path, database: str, bus: str, settings: Any, channels: Any, *, host: str,
+                port: int, name: str | None) -> None:
+    """A `BusWorker` behind the same service and HTTP app as `journey serve`, until Ctrl-C or SIGTERM: its
+    port answers /metrics (lag per partition and owner beside the engine's metrics) and /healthz (the store
+    and the bus); its event routes publish to the bus like `serve --bus`. The scheduler fires the held
+    partitions' timers and dispatches the outbox."""
+    import uvicorn
+
+    from adapters.bus.leases import FencedStore
+    from adapters.bus.stream import BusConfig
+    from adapters.service.metrics import Metrics
+    from adapters.service.worker import BusWorker
+    from adapters.sources.http_api import create_app
+
+    store = FencedStore(database, defaults=dict(compiled.metrics.defaults))
+    try:
+        metrics = Metrics()
+        worker = BusWorker(compiled, store, BusConfig.from_env(bus), settings, metrics, name=name)
+        app = create_app(compiled, store, settings, channels=channels, host=worker, metrics=metrics)
+        err.print(f"journey worker {worker.name} on http://{host}:{port}  workspace {folder}  bus {bus}")
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
+    finally:
+        store.close()
