@@ -381,3 +381,36 @@ def test_the_bus_bench_measures_the_bus_beside_the_in_memory_engine(bus_database
         assert conn.execute(sa.text("SELECT count(*) FROM information_schema.schemata "
                                     "WHERE schema_name LIKE 'journey_bench_%'")).scalar_one() == 0
     engine.dispose()
+
+
+# --- the commands and the front --------------------------------------------------------------------
+
+def test_a_worker_needs_postgresql() -> None:
+    """`journey worker` on the SQLite default is refused with a one-line reason (exit 2): leases and
+    fencing need PostgreSQL."""
+    from typer.testing import CliRunner
+
+    from adapters.cli import app
+
+    result = CliRunner().invoke(app, ["worker", "--bus", "nats://127.0.0.1:1", "--database", "sqlite:///x.db"])
+    assert result.exit_code == 2
+    assert "workers share PostgreSQL" in result.output
+
+
+def test_healthz_names_the_bus_when_it_is_down(tmp_path: Path) -> None:
+    """`serve --bus` whose NATS is unreachable: /healthz is 503 naming the bus, the store being fine."""
+    from fastapi.testclient import TestClient
+
+    from adapters.sources.http_api import create_app
+
+    compiled = load_workspace(WORKSPACE)
+    store = SqlStore(f"sqlite:///{tmp_path / 'front.db'}", defaults=dict(compiled.metrics.defaults))
+    publisher = BusPublisher(BusConfig("nats://127.0.0.1:1"), store)
+    try:
+        with TestClient(create_app(compiled, store, host=publisher, scheduler=False, start_worker=False)) as client:
+            answer = client.get("/healthz")
+        assert answer.status_code == 503
+        body = answer.json()
+        assert body["down"] == {"bus": "not connected to NATS"} and body["message"] == "bus: not connected to NATS"
+    finally:
+        store.close()
