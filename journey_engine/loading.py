@@ -321,7 +321,7 @@ def _gather(base: Path, parsed: list[tuple[Document, WorkspaceFile]], documents:
             assert wf.entry is not None and wf.initial is not None
             journey = Journey(name=wf.journey, file=doc.file, description=wf.description, entry=wf.entry,
                               exit=wf.exit, goal=wf.goal, holdout=wf.holdout, initial=wf.initial,
-                              states=wf.states)
+                              states=wf.states, on_change=wf.on_change, moves=wf.moves)
             _declare("journeys", wf.journey, journey, doc, (), tables, origins, problems, documents)
         if wf.policies is not None:
             if policies is not None:

@@ -377,6 +377,9 @@ Share = Annotated[
 ]
 
 
+OnChange = Literal["keep", "move"]
+
+
 class WorkspaceFile(Frozen):
     """One YAML file of a workspace: any of a journey, messages, metrics, segments, policies."""
 
@@ -387,6 +390,9 @@ class WorkspaceFile(Frozen):
     exit: list[ExitCriterion] = Field(default_factory=list)
     goal: Goal | None = None
     holdout: Share = Field(0.0, description='share of entrants sent nothing, e.g. "10%"')
+    on_change: OnChange = Field("keep", description="live instances when this journey changes: keep their "
+                                                    "version (pinned) or move to the new one")
+    moves: dict[str, str] = Field(default_factory=dict, description="with on_change: move, old state -> new state")
     initial: str | None = None
     states: dict[str, State] = Field(default_factory=dict)
     messages: dict[str, Message] = Field(default_factory=dict)
@@ -421,15 +427,18 @@ class Journey(Frozen):
     exit: list[ExitCriterion] = Field(default_factory=list)
     goal: Goal | None = None
     holdout: float = 0.0
+    on_change: OnChange = "keep"
+    moves: dict[str, str] = Field(default_factory=dict)
     initial: str
     states: dict[str, State]
 
     @property
     def version(self) -> str:
-        """A short content hash: a changed journey is a new version."""
+        """A short content hash of the definition: a changed journey is a new version. What to do with
+        live instances on a change (`on_change`, `moves`) is not part of it."""
         import hashlib
 
-        payload = self.model_dump_json(exclude={"file"}).encode()
+        payload = self.model_dump_json(exclude={"file", "on_change", "moves"}).encode()
         return hashlib.sha1(payload).hexdigest()[:10]
 
 

@@ -237,9 +237,20 @@ def _never_finishes(ws: Workspace, journey: Journey) -> Iterator[Problem]:
                   "warning")
 
 
+def _moves(ws: Workspace, journey: Journey) -> Iterator[Problem]:
+    """`moves:` maps old states to states of this version, and means something only with `on_change: move`."""
+    for source, target in journey.moves.items():
+        if target not in journey.states:
+            fix = f"map `{source}` to a state of journey `{journey.name}`"
+            yield _at(ws, journey, ("moves", source), _unknown("state", target, journey.states, fix))
+    if journey.moves and journey.on_change != "move":
+        yield _at(ws, journey, ("moves",), "`moves` applies only with `on_change: move`: add it, or remove "
+                                           "`moves` (live instances stay on their version)", "warning")
+
+
 _JOURNEY_CHECKS: tuple[JourneyCheck, ...] = (
     _unknown_states, _unreachable_states, _dead_ends, _instant_cycles,
-    _shadowed_transitions, _entry_event_in_initial, _reentry, _never_finishes,
+    _shadowed_transitions, _entry_event_in_initial, _reentry, _never_finishes, _moves,
 )
 
 

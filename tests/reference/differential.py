@@ -88,17 +88,19 @@ def run_reference(compiled: CompiledWorkspace, start: datetime, steps: list[dict
         if r["kind"] in ("journey_entered", "transition"):
             arrived[run] = (r["state"] if r["kind"] == "journey_entered" else r["to"], r["at"])
         if r["kind"] == "transition" and r["trigger"] == "split":
-            picks[(r["user"], r["journey"], r["key"], r["from"], r["at"], "split")].append(r["to"])
+            picks[(r["user"], r["journey"], r["key"], r["from"], minute(r["at"]), "split")].append(r["to"])
         elif (r["kind"].startswith("message_") and r.get("reason") not in ("ineligible", "left_journey", "left_state")
               and arrived.get(run) == (r["state"], r["at"])):  # a choice made on arrival, not a held send going
-            picks[(r["user"], r["journey"], r["key"], r["state"], r["at"], "choose")].append(r["message"])
+            picks[(r["user"], r["journey"], r["key"], r["state"], minute(r["at"]), "choose")].append(r["message"])
         elif r["kind"] == "journey_entered" and r.get("holdout"):
             held.add((r["journey"], r["user"]))
 
     def pick(user: str, journey: str, key: str | None, state: str, at: datetime, purpose: str,
              options: list[str]) -> str:
-        """The engine's next pick for this state at this minute: the n-th arrival takes the n-th pick."""
-        made = picks.get((user, journey, key, state, _iso(at), purpose), [])
+        """The engine's next pick for this state at this minute: the n-th arrival takes the n-th pick. Both
+        sides' instants are read as the minute they fall in: the engine may act seconds into a minute (a rule
+        over `$now` turns true just after an instant), the reference on the minute."""
+        made = picks.get((user, journey, key, state, minute(_iso(at)), purpose), [])
         for i, choice in enumerate(made):
             if choice in options:
                 del made[i]

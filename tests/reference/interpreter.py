@@ -91,6 +91,7 @@ class Deferred:
     visit: int
     run: int
     instance_gone: bool = False  # its journey ended at a final state: it is still sent (item 10)
+    step: int = 0  # the step that made it: leaving the state in that same step cancels nothing (item 10)
 
 
 @dataclass
@@ -130,6 +131,9 @@ class Reference:
         self.pick = pick or (lambda user, journey, key, state, at, purpose, options: options[0])
         self.held_out = held_out or (lambda journey, user: False)
         self.arrivals = 0
+        # item 10's steps: each event's arrival is one, and each instant at which a user's timers and
+        # deferred sends fall due is one, however many rounds of timers already due it chains through
+        self.step = 0
         self.runs = 0
         self.durations = self._durations()
         self._entered_now: set[str] = set()
@@ -145,6 +149,7 @@ class Reference:
     def event(self, event: Event, now: datetime) -> None:
         """SPEC §3 item 2: deduplicate by messageId, then the event's work for its user."""
         self.advance(now)
+        self.step += 1
         if event.message_id is not None:
             if event.message_id in self.seen:
                 return
@@ -212,6 +217,7 @@ class Reference:
                 user.clock = max(user.clock, until)
                 return
             user.clock = at
+            self.step += 1
             self._tick(user, at)
             self._settle(user, at)
 
@@ -491,7 +497,8 @@ class Reference:
         src = inst.state
         if later:  # item 10: leaving the state because of something after the deferral cancels its sends
             for d in [d for d in user.deferred if (d.journey, d.key, d.state, d.visit, d.run)
-                      == (inst.journey, inst.key, src, inst.visit, inst.run) and not d.instance_gone]:
+                      == (inst.journey, inst.key, src, inst.visit, inst.run) and not d.instance_gone
+                      and d.step != self.step]:
                 self.touched.add("deferred_state_left")
                 user.deferred.remove(d)
                 self._record("message_suppressed", user, inst, d.state, d.message, now, reason="left_state")
@@ -631,7 +638,7 @@ class Reference:
         if reason is not None:
             assert until is not None
             user.deferred.append(Deferred(until=until, journey=inst.journey, key=inst.key, state=state,
-                                          message=message, visit=inst.visit, run=inst.run))
+                                          message=message, visit=inst.visit, run=inst.run, step=self.step))
             self._record("message_deferred", user, inst, state, message, now, until=iso(until), reason=reason)
             return "deferred"
         return self._go(user, inst, message, state, now)
@@ -736,7 +743,7 @@ class Reference:
                 self._suppress(user, d, d.state, d.message, now, "expired")
             elif msg.if_ is not None and not self._holds(user, msg.if_, scope, now):
                 self._suppress(user, d, d.state, d.message, now, "ineligible")
-            elif not self._subscribed(user, msg):
+            elif not msg.transactional and not self._subscribed(user, msg):  # item 11: not for a transactional one
                 self._suppress(user, d, d.state, d.message, now, "unsubscribed")
             else:
                 self._go(user, d, d.message, d.state, now)

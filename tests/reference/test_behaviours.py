@@ -123,3 +123,41 @@ def test_quiet_hours_are_the_users_local_hours(tmp_path: Path) -> None:
     h.identify("u1", timezone="Asia/Seoul")  # 23:00 there
     h.track("u1", "Signed Up")
     assert [r["until"] for r in kinds(h, "message_deferred")] == ["2026-01-05T23:00:00Z"]
+
+
+def test_a_timer_already_due_on_arrival_is_the_same_step_and_keeps_the_held_send(tmp_path: Path) -> None:
+    """A state left at once through an `at:` date that had passed keeps its held send: one step (reading 6)."""
+    window = {"m": {"channel": "sms", "body": "hi", "send_at": {"window": "09:00-18:00"}}}
+    states = {"s0": {"send": "m", "transitions": [{"at": {"attribute": "traits.trial_ends_at"}, "to": "s1"}]},
+              "s1": {"transitions": [{"after": "30d", "to": "done"}]}, "done": {"final": True}}
+    h = harness(tmp_path, journey(states=states), start="2026-01-05T18:30:00Z", messages=window)
+    h.identify("u1", trial_ends_at="2026-01-01T00:00:00Z")
+    h.track("u1", "Signed Up")
+    h.wait("15h")
+    assert kinds(h, "message_suppressed") == []
+    assert [s.at.isoformat() for s in h.channel.sent] == ["2026-01-06T09:00:00+00:00"]
+
+
+def test_a_timer_due_after_the_deferral_cancels_the_held_send(tmp_path: Path) -> None:
+    """Leaving the state through a timer that falls due later cancels its held send (`left_state`)."""
+    window = {"m": {"channel": "sms", "body": "hi", "send_at": {"window": "09:00-18:00"}}}
+    states = {"s0": {"send": "m", "transitions": [{"after": "1h", "to": "s1"}]},
+              "s1": {"transitions": [{"after": "30d", "to": "done"}]}, "done": {"final": True}}
+    h = harness(tmp_path, journey(states=states), start="2026-01-05T18:30:00Z", messages=window)
+    h.track("u1", "Signed Up")
+    h.wait("15h")
+    assert [(r["at"], r["reason"]) for r in kinds(h, "message_suppressed")] == [("2026-01-05T19:30:00Z", "left_state")]
+    assert h.channel.sent == []
+
+
+def test_a_held_transactional_send_goes_out_to_an_unsubscribed_user(tmp_path: Path) -> None:
+    """Transactional sends ignore subscriptions, also when a held one is decided again at `until` (items 10-11)."""
+    receipt = {"m": {"channel": "sms", "body": "hi", "subscription": "news", "transactional": True,
+                     "send_at": {"window": "09:00-18:00"}}}
+    h = harness(tmp_path, journey(states={"s0": {"send": "m", "transitions": [{"after": "30d", "to": "done"}]},
+                                          "done": {"final": True}}),
+                start="2026-01-05T06:00:00Z", messages=receipt, subscriptions={"news": {"channel": "sms"}})
+    h.track("u1", "Signed Up")
+    h.track("u1", "Unsubscribed", {"subscription": "news"})
+    h.wait("4h")
+    assert [s.at.isoformat() for s in h.channel.sent] == ["2026-01-05T09:00:00+00:00"]

@@ -89,9 +89,9 @@ def _test(kind: str) -> Callable[..., None]:
         began = time.monotonic()
         deadline = began + SOAK * BUDGET[kind] / sum(BUDGET.values())
         while time.monotonic() < deadline:
-            run()
-        print(f"soak {kind}: {SEEN[kind + ' compared']} examples compared, {SEEN[kind + ' not compared']} not, "
-              f"in {time.monotonic() - began:.0f} s", file=sys.__stderr__, flush=True)
+            run()  # a round of examples; the running count is printed after each, so a stop still tells
+            print(f"soak {kind}: {SEEN[kind + ' compared']} examples compared, {SEEN[kind + ' not compared']} not, "
+                  f"in {time.monotonic() - began:.0f} s", file=sys.__stderr__, flush=True)
     return soak if SOAK else run
 
 
