@@ -27,8 +27,9 @@ from journey_engine import native
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Engine, Outcome
 from journey_engine.events import Event
+from journey_engine.memory import MemoryStore
 from journey_engine.ports import Store
-from journey_engine.runtime import MemoryStore, Runtime
+from journey_engine.runtime import Runtime
 
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 SPAN = timedelta(days=30)

@@ -60,11 +60,11 @@ def _database(url: str | None) -> str:
 
 def _open_store(url: str | None, defaults: dict[str, object] | None = None,  # type: ignore[no-untyped-def]
                 schema: str | None = None):
-    from adapters.storage.sql import SqlStore
+    from adapters.storage import open_store
     from journey_engine.ports import StoreUnavailable, StoreVersionError
 
     try:
-        return SqlStore(_database(url), defaults=dict(defaults or {}), schema=schema)
+        return open_store(_database(url), defaults=dict(defaults or {}), schema=schema)
     except (StoreUnavailable, StoreVersionError) as exc:
         err.print(f"[red]{exc}[/red]", soft_wrap=True)
         raise typer.Exit(1) from None
@@ -217,7 +217,7 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
     import tempfile
 
     from adapters.bench import run_bench, run_timer_bench
-    from journey_engine.runtime import MemoryStore
+    from journey_engine.memory import MemoryStore
 
     if http is not None:
         from adapters.loadtest import run_http_bench

@@ -19,8 +19,9 @@ from .errors import (
     WorkspaceError,
 )
 from .events import Event, event_from_segment
+from .memory import MemoryStore
 from .profile import Instance, Profile
-from .runtime import MemoryStore, Runtime
+from .runtime import Runtime
 from .simulation import load_scenario, run_scenario
 from .testing import Harness, RecordingChannel, VirtualClock
 

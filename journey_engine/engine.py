@@ -350,7 +350,8 @@ class Engine:
             into.subscriptions.setdefault(name, choice)
         into.engagements = sorted((into.engagements or []) + (other.engagements or []))[-MAX_ENGAGEMENTS:] or None
         into.bounced = tuple(dict.fromkeys((*(into.bounced or ()), *(other.bounced or ())))) or None
-        into.held = tuple(dict.fromkeys((*(into.held or ()), *(other.held or ())))) or None
+        # whether an `if:` entry rule held stays the known user's own: one the merge makes true enters them, as
+        # a segment the merge makes them enter does (README reading 10), as far as `reentry` allows
         self._segments(run, metrics=set(self.cw.metrics.metrics), traits=True, timed=True)
         run.changed = True
         self._journeys(run, None)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 # what the event and timer paths run through; the rest (loading, validation, graphs) runs once
-MODULES = ("batch", "clock", "codec", "engine", "events", "metrics", "policies", "profile", "rulecompile", "rules",
-           "runtime", "segments", "selection", "stats", "trace")
+MODULES = ("batch", "clock", "codec", "engine", "events", "memory", "metrics", "policies", "profile", "rulecompile",
+           "rules", "runtime", "segments", "selection", "stats", "trace")
 GROUP = "journey_native"  # the shared library mypyc builds beside the package: journey_native__mypyc
 PACKAGE = Path(__file__).resolve().parent
 MANIFEST = "manifest.json"

@@ -127,7 +127,7 @@ def decide(
     `best_hour` is the local hour `send_at: optimal` aims at and `hour_source` says where it was
     learned (None: the workspace's `send_time.default_hour`). `deferred` is True when this send was
     deferred before and is now due: it is decided again (subscription and caps may have changed) but
-    send-time optimisation does not defer it twice. `bounced` is the user's address on this channel
+    not its timing: it goes out now, at its `until` (SPEC §3 item 10). `bounced` is the user's address on this channel
     when it bounced hard.
     """
     now = _aware(now)
@@ -182,7 +182,10 @@ def _cap_text(cap: FrequencyCap) -> str:
 
 
 def _gates(message: Message, policies: Policies, hour: int, deferred: bool) -> tuple[_Gate, ...]:
-    """The daily windows a send must fall in, the one that explains a deferral first."""
+    """The daily windows a send must fall in, the one that explains a deferral first. None for a held send
+    that is due: it goes out at its `until` (SPEC §3 item 10), even if the user's time zone changed since."""
+    if deferred:
+        return ()
     quiet = policies.quiet_hours
     quiet_key = None if quiet is None or message.channel in _QUIET_EXEMPT else (quiet.from_, quiet.to)
     send_at = message.send_at.bounds if isinstance(message.send_at, SendWindow) else message.send_at

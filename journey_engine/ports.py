@@ -25,7 +25,12 @@ Store contract (every adapter passes tests/test_store_contract.py):
 Errors: `StoreUnavailable` when the database cannot be reached or is locked, `StoreVersionError` when
 it was written by a newer version. Both are JourneyErrors with a message for the operator.
 
-Outbox contract (the SQL store; tests/test_store_contract.py, tests/test_dispatcher.py):
+Outbox contract (every store; tests/contract/, tests/test_dispatcher.py):
+- Rows are dicts with `key` (the send's idempotency key), `user_id`, `at` (epoch seconds of the
+  decision), `channel`, `message`, `journey`, `payload` (the SendMessage as JSON, read back by
+  `send_from_payload`), `status` (pending, delivered, dead, expired; in-app: pending, read),
+  `attempts`, `next_attempt_at` (epoch seconds), `last_error` and `token`. A send's key is its
+  row's key: committing the same send again adds nothing (idempotent).
 - A send committed with its decision waits in the outbox until a dispatcher claims it. A claim is a
   lease under a fresh token: no other dispatcher gets the send until the lease runs out (a killed
   dispatcher's claims come back), and only the latest claim's token can settle it.
@@ -44,18 +49,22 @@ Outbox contract (the SQL store; tests/test_store_contract.py, tests/test_dispatc
 
 from __future__ import annotations
 
+import json
 import zlib
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from .batch import BanditDelta as BanditDelta  # re-exported: adapters and tests take them from here
 from .batch import Batch as Batch
+from .engine import RenderedMessage, SendMessage
 from .errors import JourneyError
 from .profile import Profile
 
 DEDUPE_FOR = timedelta(days=7)
+LEASE_SECONDS = 60.0  # how long a claim (of a user's timers, of a send) keeps it from other workers
 SHARDS = 4096  # a user's shard is stored with the profile; partitions are shards modulo the worker count
 
 Part = tuple[int, int]  # (this worker's partition, number of partitions)
@@ -160,6 +169,193 @@ class Outbox(Protocol):
         the keys settled. `durable=False`: the commit survives a kill, and a power cut only once a later
         durable commit flushed it."""
         ...
+
+    def outbox(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Every send (with `status`: those in it), by decision time then key: operators and tests."""
+        ...
+
+    def outbox_of(self, user: str, channel: str | None = None) -> list[dict[str, Any]]:
+        """The user's sends (on `channel` when given), by decision time then key."""
+        ...
+
+    def outbox_due(self, now: datetime) -> int:
+        """How many pending sends are due by `now` and wait for their channel (not in-app), claimed or not."""
+        ...
+
+
+class Inbox(Protocol):
+    """In-app messages: committed sends on the `in_app` channel wait in the outbox for the app to read
+    them instead of for a dispatcher. May raise `StoreUnavailable`."""
+
+    def inbox(self, user: str, render: Callable[[SendMessage], RenderedMessage]) -> list[dict[str, Any]]:
+        """The user's unread in-app messages, oldest first: `id` (the send's key), `message`, `journey`,
+        `at` (ISO-8601, Z), and the `title`, `body` and `url` that `render` (the engine's) gives the send."""
+        ...
+
+    def mark_read(self, user: str, key: str) -> bool:
+        """Mark the user's in-app message `key` read (it leaves the inbox); False when the user has no
+        such in-app message. Idempotent: marking it again answers True and changes nothing."""
+        ...
+
+
+class Erasure(Protocol):
+    """Erasure on request (GDPR). May raise `StoreUnavailable`."""
+
+    def erase(self, user: str, now: datetime) -> bool:
+        """Erase a user everywhere: profile, aliases (both ways), trace, outbox rows, segment history,
+        processed messageIds, and their place in the state counts; their ids are refused from then on
+        (`erased`). An id aliased to a user erases that user with all their ids; the aliases of an id
+        erased before are not followed. One transaction. True when a profile was erased; idempotent."""
+        ...
+
+    def erased(self, users: Collection[str]) -> set[str]:
+        """Those of `users` that were erased: their later events are dropped."""
+        ...
+
+
+class Snapshot(Protocol):
+    """Reads that all see one state of the store while the engine writes (`Reads.snapshot`). Times are
+    ISO-8601 strings as the trace writes them (`parse_time` reads them)."""
+
+    def trace_records(self, kinds: Collection[str], journey: str | None = None) -> Iterator[dict[str, Any]]:
+        """Trace records of these kinds in commit order; with `journey`, that journey's and every
+        `alias_merged` (a merge moves the runs of every journey)."""
+        ...
+
+    def latest(self) -> datetime | None:
+        """The time of the newest trace record or segment change; None when there is none."""
+        ...
+
+    def segment_history(self) -> Iterator[tuple[str, str, str, str | None]]:
+        """(segment, user, entered_at, left_at) of every stay in a segment (left_at None: still in), by
+        segment, user and entry."""
+        ...
+
+    def state_counts(self) -> dict[str, dict[str, int]]:
+        """As `Reads.state_counts`, in this snapshot."""
+        ...
+
+    def bandit(self) -> dict[tuple[str, str], dict[str, tuple[int, int]]]:
+        """As `Store.bandit`, in this snapshot."""
+        ...
+
+
+class Reads(Protocol):
+    """What operators, the HTTP API, the dashboard, `journey user` and the reports read. Every method may
+    raise `StoreUnavailable`; none writes."""
+
+    def state_counts(self) -> dict[str, dict[str, int]]:
+        """journey -> state -> users in it now (derived from committed trace records by `state_deltas`,
+        less the erased). A state no one is in may be absent or 0."""
+        ...
+
+    def bandit(self) -> dict[tuple[str, str], dict[str, tuple[int, int]]]:
+        """As `Store.bandit`."""
+        ...
+
+    def trace(self, user: str, limit: int = 200) -> list[dict[str, Any]]:
+        """The user's last `limit` trace records, oldest first."""
+        ...
+
+    def snapshot(self) -> AbstractContextManager[Snapshot]:
+        """Several reads on one state of the store (a report)."""
+        ...
+
+    def due_count(self, until: datetime) -> int:
+        """How many users' wake-up is at or before `until`, claimed or not."""
+        ...
+
+    def overdue(self, now: datetime) -> tuple[int, datetime | None]:
+        """How many users' wake-up is due by `now`, and the earliest of them: the backlog after downtime."""
+        ...
+
+    def unwritable(self, timeout: float = 1.0) -> str | None:
+        """Why the store cannot take a write now (locked, full, read-only, unreachable), or None: what
+        `/healthz` reports. Writes nothing; waits at most about `timeout` seconds."""
+        ...
+
+    def simulated(self) -> str | None:
+        """The command whose simulation wrote this store (`journey demo`, `bench`), or None for a real one:
+        `journey serve` refuses to send from a simulation."""
+        ...
+
+    def advice(self) -> list[str]:
+        """What an operator should change in the database's settings, said once at start."""
+        ...
+
+
+class DeploymentRace(ConflictError):
+    """Another process applied a workspace since this one read the versions in force."""
+
+    def __init__(self, seen: int, now: int) -> None:
+        JourneyError.__init__(self, f"another process applied a workspace meanwhile (deployment {seen} is now "
+                                    f"{now}); read the versions in force again and re-plan")
+
+
+class Versions(Protocol):
+    """Journey versions (SPEC §3, "Changing a live workspace"): every definition that has run, and which
+    version new entrants take. Every process on one database reads the versions in force from here, so
+    none enters new users into a version another has replaced."""
+
+    def stored_versions(self) -> dict[tuple[str, str], str]:
+        """(journey, version) -> its definition (`journey_engine.versions.definition`), for every version
+        ever deployed on this store. Definitions are never changed or dropped by a deploy."""
+        ...
+
+    def in_force(self) -> tuple[int, dict[str, str]]:
+        """The deployment's number (0 before the first) and journey -> the version new entrants take."""
+        ...
+
+    def deploy(self, definitions: Mapping[tuple[str, str], str], in_force: Mapping[str, str], *,
+               after: int) -> int:
+        """Atomically: store the definitions not stored yet, make `in_force` the versions in force (a journey
+        absent from it takes no new entrants) and number the deployment `after + 1`, which is returned. Raises
+        `DeploymentRace` (nothing written) when the deployment in force is no longer `after`."""
+        ...
+
+    def live_instances(self) -> dict[tuple[str, str, str], int]:
+        """(journey, version, state) -> how many instances are live there now, read from every profile."""
+        ...
+
+    def users_in(self, journeys: Collection[str]) -> list[str]:
+        """The users with a live instance of any of `journeys`, in id order."""
+        ...
+
+
+class ServiceStore(Store, Outbox, Inbox, Erasure, Reads, Versions, Protocol):
+    """Every port at once: what `journey serve` runs on (SqlStore, MemoryStore)."""
+
+
+def state_deltas(records: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """How the trace of a batch moves users between journey states (the state counts' increments)."""
+    deltas: dict[tuple[str, str], int] = {}
+
+    def add(journey: str, state: str, n: int) -> None:
+        deltas[(journey, state)] = deltas.get((journey, state), 0) + n
+
+    for r in records:
+        kind = r["kind"]
+        if kind == "journey_entered":
+            add(r["journey"], r["state"], 1)
+        elif kind == "transition":
+            add(r["journey"], r["from"], -1)
+            add(r["journey"], r["to"], 1)
+        elif kind == "journey_exited":
+            add(r["journey"], r["state"], -1)
+    return deltas
+
+
+def send_from_payload(payload: str) -> SendMessage:
+    """The SendMessage an outbox row's `payload` holds."""
+    data = json.loads(payload)
+    data["at"] = datetime.fromisoformat(data["at"].replace("Z", "+00:00"))
+    return SendMessage(**data)
+
+
+def parse_time(text: str) -> datetime:
+    """A stored ISO time; one without a zone is UTC."""
+    at = datetime.fromisoformat(text)
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -17,9 +17,10 @@ from typing import Any
 from .compiler import CompiledWorkspace, load_workspace
 from .engine import Engine, Outcome, SendMessage
 from .events import Event, parse_datetime, with_datetimes
+from .memory import MemoryStore
 from .model import parse_duration
 from .ports import Store
-from .runtime import MemoryStore, Runtime
+from .runtime import Runtime
 from .trace import Record
 
 __all__ = ["Harness", "MemoryStore", "RecordingChannel", "VirtualClock"]

@@ -230,7 +230,11 @@ def _journey_plan(name: str, new: Journey | None, in_force: str | None,
                          changes=found)
     counts = sorted(((v, s, n) for (j, v, s), n in live.items() if j == name and n > 0))
     for v, state, users in counts:
-        result.fates.append(_fate(result, new, v, state, users))
+        result.fates.append(_fate(new, v, state, users, known=(name, v) in stored))
+    unknown = sorted({v for v, _, _ in counts if (name, v) not in stored and v != version})
+    if unknown:
+        result.warnings.append(f"instances on version(s) {', '.join(unknown)}, from before versions were stored, "
+                               "continue on the version in force in the state of the same name")
     _refuse(result, new, stored, check)
     if new is not None and new.moves:
         live_states = {s for v, s, _ in counts} | (set(old.states) if old is not None else set())
@@ -240,14 +244,16 @@ def _journey_plan(name: str, new: Journey | None, in_force: str | None,
     return result
 
 
-def _fate(plan: JourneyPlan, new: Journey | None, version: str, state: str, users: int) -> Fate:
+def _fate(new: Journey | None, version: str, state: str, users: int, *, known: bool) -> Fate:
+    """`known`: the version's definition is stored. One that is not (instances from before versions were
+    stored) cannot stay pinned: it goes on in the new version's state of the same name, or exits."""
     if new is None:
-        return Fate(version, state, users, "finish")
+        return Fate(version, state, users, "finish" if known else "exit")
     if version == new.version:
         return Fate(version, state, users, "stay")
-    if new.on_change == "keep":
+    if new.on_change == "keep" and known:
         return Fate(version, state, users, "pinned")
-    to = new.moves.get(state, state)
+    to = new.moves.get(state, state) if known else state
     if to in new.states:
         return Fate(version, state, users, "move", to)
     return Fate(version, state, users, "exit")
@@ -257,19 +263,16 @@ def _refuse(result: JourneyPlan, new: Journey | None, stored: Mapping[tuple[str,
             check: Check) -> None:
     running = sorted({f.version for f in result.fates if f.action in ("pinned", "finish")})
     for version in running:
-        definition = stored.get((result.name, version))
-        if definition is None:
-            result.refusals.append(f"version {version} has live instances but its definition is not stored")
-            continue
+        definition = stored[(result.name, version)]  # a version not stored is never pinned (see _fate)
         for problem in check(definition):
             result.refusals.append(f"version {version}, still running for its live instances: {problem}")
     if new is None:
         return
     for version in sorted({f.version for f in result.fates if f.action == "move"}):
-        definition = stored.get((result.name, version))
-        if definition is not None and definition.entry.key != new.entry.key:
+        before = stored.get((result.name, version))
+        if before is not None and before.entry.key != new.entry.key:
             result.refusals.append(f"on_change: move cannot carry instances keyed by "
-                                   f"`{definition.entry.key or '(no key)'}` (version {version}) into a journey "
+                                   f"`{before.entry.key or '(no key)'}` (version {version}) into a journey "
                                    f"keyed by `{new.entry.key or '(no key)'}`; keep them pinned or rename the journey")
     for source, target in sorted(new.moves.items()):
         if target not in new.states:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from journey_engine.runtime import MemoryStore
+from journey_engine.memory import MemoryStore
 
 POSTGRES_URL = os.environ.get("JOURNEY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -40,7 +40,8 @@ StoreFactory = Callable[..., Any]
 @pytest.fixture(params=["memory", "memory-cold", "sqlite", "postgres"])
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """Makes a fresh store of each kind; the same database for every call within one test.
-    `memory-cold` keeps a single profile live and every other one encoded (`MemoryStore(hot=1)`)."""
+    `memory-cold` keeps a single profile live and every other one encoded (`MemoryStore(hot=1)`); both
+    memory stores keep the trace and the outbox (`keep=True`), as a service on memory does."""
     made: list[Any] = []
     url = None
     if request.param == "sqlite":
@@ -50,7 +51,7 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
 
     def make(**kwargs: Any) -> Any:
         if url is None:
-            store: Any = MemoryStore(hot=1 if request.param == "memory-cold" else None)
+            store: Any = MemoryStore(hot=1 if request.param == "memory-cold" else None, keep=True)
         else:
             from adapters.storage.sql import SqlStore
 

@@ -17,7 +17,7 @@ from adapters.demo.population import OFF_SITE, SESSION_TIMEOUT, Population
 from adapters.storage.sql import SqlStore
 from journey_engine.compiler import CompiledWorkspace, load_workspace
 from journey_engine.events import Event
-from journey_engine.runtime import MemoryStore
+from journey_engine.memory import MemoryStore
 
 WORKSPACE = Path(__file__).parent.parent / "journeys"
 FEEDBACK = ("Email Delivered", "Email Opened", "Email Link Clicked", "Push Opened", "Message Clicked")

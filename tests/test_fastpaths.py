@@ -17,10 +17,11 @@ from adapters.bench import events_stream
 from journey_engine import codec, native
 from journey_engine.compiler import CompiledWorkspace, compile_workspace, load_workspace
 from journey_engine.engine import Engine
+from journey_engine.memory import MemoryStore
 from journey_engine.metrics import _bisect_right, _insort
 from journey_engine.profile import Deferred, Instance, Profile
 from journey_engine.rules import RuleCompiler
-from journey_engine.runtime import MemoryStore, Runtime
+from journey_engine.runtime import Runtime
 from journey_engine.testing import Harness
 
 ROOT = Path(__file__).parent.parent

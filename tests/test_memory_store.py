@@ -11,9 +11,9 @@ import pytest
 from journey_engine import codec
 from journey_engine.compiler import load_workspace
 from journey_engine.engine import Engine
+from journey_engine.memory import MemoryStore
 from journey_engine.ports import Batch
 from journey_engine.profile import Instance, Profile
-from journey_engine.runtime import MemoryStore
 
 COMPILED = load_workspace(Path(__file__).parent / "workspaces" / "basic")
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)

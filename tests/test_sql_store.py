@@ -20,9 +20,10 @@ from journey_engine import codec
 from journey_engine.compiler import load_workspace
 from journey_engine.engine import Engine
 from journey_engine.events import Event
+from journey_engine.memory import MemoryStore
 from journey_engine.ports import Batch, StoreUnavailable, StoreVersionError, partition
 from journey_engine.profile import Profile
-from journey_engine.runtime import MemoryStore, Runtime
+from journey_engine.runtime import Runtime
 
 from .conftest import postgres_or_skip
 
@@ -279,7 +280,7 @@ def test_disk_use_is_reported_per_table_with_its_indexes(sql_store: SqlStore) ->
                                      "journey": "j", "from": "a", "to": "b", "trigger": "after"} for n in range(300)]))
     sizes = sql_store.disk_bytes()
     assert set(sizes) == {"profiles", "aliases", "processed", "trace", "outbox", "bandit", "segment_history",
-                          "erased", "enrolled", "state_counts", "store_facts"}
+                          "erased", "enrolled", "state_counts", "store_facts", "journey_versions", "journeys_in_force"}
     assert sizes["profiles"] > 300 * 20 and sizes["trace"] > 300 * 50  # rows and their indexes
     split = _disk(sizes, users=300, events=600)
     assert split["disk_state_bytes_per_user"] == round(sizes["profiles"] / 300)

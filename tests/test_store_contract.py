@@ -11,8 +11,9 @@ import pytest
 from journey_engine.compiler import load_workspace
 from journey_engine.engine import Engine
 from journey_engine.events import Event
+from journey_engine.memory import MemoryStore
 from journey_engine.ports import Batch, ConflictError, partition
-from journey_engine.runtime import MemoryStore, Runtime
+from journey_engine.runtime import Runtime
 from journey_engine.testing import Harness
 
 from .conftest import StoreFactory
@@ -282,7 +283,6 @@ def test_a_late_answer_from_an_expired_claim_is_ignored(store_factory: StoreFact
 
 def test_finished_outbox_rows_are_pruned_with_the_trace(store_factory: StoreFactory) -> None:
     """Delivered and dead sends older than the trace retention are dropped; pending ones stay."""
-    _sql_only(store_factory)
     store = _store(store_factory)
     _welcome(store)
     (row,) = store.claim_outbox(T0, 10)
@@ -312,7 +312,6 @@ def test_a_replayed_backfill_stays_deduplicated_for_the_window_after_it_arrived(
 def test_erasing_an_aliased_id_erases_the_user_it_was_merged_into(store_factory: StoreFactory) -> None:
     """DELETE of `anon-7` after alias anon-7 -> real-7 erases real-7 too: profile, trace, outbox, aliases,
     processed messageIds; all their ids are refused afterwards."""
-    _sql_only(store_factory)
     store = _store(store_factory)
     Runtime(Engine(COMPILED), store).process([
         Event(type="track", user_id="anon-7", name="Feature Used", timestamp=T0, message_id="m-anon"),
@@ -330,22 +329,16 @@ def test_erasing_an_aliased_id_erases_the_user_it_was_merged_into(store_factory:
 
 
 def _outbox_keys(store: Any) -> list[str]:
-    if isinstance(store, MemoryStore):
-        return [send.idempotency_key for send in store.outbox or []]
     return [row["key"] for row in store.outbox()]
 
 
 def _trace_kinds(store: Any, user: str) -> list[str]:
-    if isinstance(store, MemoryStore):
-        return [r["kind"] for r in store.records or [] if r.get("user") == user]
     return [r["kind"] for r in store.trace(user)]
 
 
 def test_a_commit_writes_its_sends_to_the_outbox_and_its_records_to_the_trace(store_factory: StoreFactory) -> None:
     """The sends and trace records of a committed batch are stored with it, once each."""
     store = _store(store_factory)
-    if isinstance(store, MemoryStore):
-        store.records, store.outbox = [], []  # the memory store keeps the trace and the sends only when asked
     runtime = Runtime(Engine(COMPILED), store)
     signup = [_identify("u1", {"email": "a@b.c"}, T0, "i0"),
               Event(type="track", user_id="u1", name="Signed Up", timestamp=T0, message_id="s0")]

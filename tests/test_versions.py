@@ -171,3 +171,14 @@ def test_moves_to_an_unknown_state_is_a_load_error_at_its_line(tmp_path: Path) -
         journey(tmp_path, on_change="move", moves={"wait": "wiat"})
     (problem,) = caught.value.problems
     assert problem.file.endswith("trial.yaml") and "unknown state `wiat`" in problem.message
+
+
+def test_instances_from_before_versions_take_the_version_in_force(tmp_path: Path) -> None:
+    """A live version whose definition was never stored goes on in the new version by state name."""
+    new = journey(tmp_path)
+    p = plan({"trial": new}, {}, {}, {("trial", "0ld", "wait"): 2, ("trial", "0ld", "gone"): 1},
+             runnable({"hello": 1, "nudge": 1}, {}, {}))
+    (jp,) = p.journeys
+    assert jp.status == "added" and p.appliable
+    assert jp.fates == [Fate("0ld", "gone", 1, "exit"), Fate("0ld", "wait", 2, "move", "wait")]
+    assert "from before versions were stored" in jp.warnings[0]

@@ -21,8 +21,9 @@ from adapters.storage.sql import SqlStore
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Engine, Outcome
 from journey_engine.events import Event
+from journey_engine.memory import MemoryStore
 from journey_engine.ports import Batch, Store
-from journey_engine.runtime import MemoryStore, Runtime
+from journey_engine.runtime import Runtime
 
 
 class _Watched:

@@ -1,6 +1,6 @@
 """`journey report`: the report's figures, built from the store's reads, shown as rich tables or one page.
 
-  model.py      the report as plain data, and `build_report`, which reads it from a `SqlStore`
+  model.py      the report as plain data, and `build_report`, which reads it through the `Reads` port
   cohorts.py    segment sizes per day and weekly retention cohorts
   cells.py      the figures as text, shared by both renderings
   terminal.py   `render_terminal`: rich tables

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from adapters.storage.sql import parse_time
+from journey_engine.ports import parse_time
 
 
 @dataclass(frozen=True, slots=True)

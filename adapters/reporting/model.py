@@ -1,6 +1,6 @@
 """The report as plain data: per journey a funnel over states, message performance, holdout lift and
 bandit arms; per segment its size over time and retention by week of entry. Built from one streamed
-pass over the store's trace and segment history, read through `SqlStore.snapshot`.
+pass over the store's trace and segment history, read through `Reads.snapshot`.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from adapters.reporting.cohorts import SegmentReport, segment_reports
-from adapters.storage.sql import SqlStore, parse_time
 from journey_engine.compiler import CompiledJourney, CompiledWorkspace
 from journey_engine.errors import UnknownJourneyError
 from journey_engine.graph import format_duration
 from journey_engine.model import Choose
+from journey_engine.ports import Reads, parse_time
 from journey_engine.selection import estimates
 from journey_engine.stats import newcombe_interval, rate
 
@@ -165,7 +165,7 @@ class Report:
 # --- building -------------------------------------------------------------------------------------
 
 
-def build_report(store: SqlStore, compiled: CompiledWorkspace, journey: str | None = None,
+def build_report(store: Reads, compiled: CompiledWorkspace, journey: str | None = None,
                  now: datetime | None = None, *, weeks: int = COHORT_WEEKS) -> Report:
     """The report of one journey (or all) and of every segment, from what `store` holds.
 

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from adapters.storage.sql import LEASE_SECONDS, send_from_payload
 from journey_engine import trace
 from journey_engine.engine import BOUNCE_EVENTS, Engine, SendMessage
 from journey_engine.events import Event
 from journey_engine.policies import ADDRESS
-from journey_engine.ports import Channel, Delivery, DeliveryResult, Outbox
+from journey_engine.ports import LEASE_SECONDS, Channel, Delivery, DeliveryResult, Outbox, send_from_payload
 from journey_engine.templates import TemplateError
 
 log = logging.getLogger("journey.dispatch")

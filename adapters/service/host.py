@@ -20,11 +20,10 @@ from typing import Any, Protocol, TypeVar
 from adapters.service.metrics import Metrics
 from adapters.service.settings import Settings
 from adapters.sources.segment import not_erased
-from adapters.storage.sql import LEASE_SECONDS, SqlStore
 from journey_engine import trace
 from journey_engine.engine import Outcome
 from journey_engine.events import Event
-from journey_engine.ports import Batch, ConflictError, StoreUnavailable
+from journey_engine.ports import LEASE_SECONDS, Batch, ConflictError, ServiceStore, StoreUnavailable
 from journey_engine.runtime import Runtime
 
 log = logging.getLogger("journey.serve")
@@ -96,7 +95,7 @@ class EngineHost(Protocol):
 class InProcessHost:
     """The one thread that runs the engine: batches of events, timer rounds, erasures, in order."""
 
-    def __init__(self, runtime: Runtime, store: SqlStore, settings: Settings | None = None,
+    def __init__(self, runtime: Runtime, store: ServiceStore, settings: Settings | None = None,
                  metrics: Metrics | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.runtime, self.store, self.clock = runtime, store, clock
         self.settings = settings if settings is not None else Settings()

@@ -9,12 +9,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from adapters.storage.sql import SqlStore
 from journey_engine.engine import Outcome
-from journey_engine.ports import StoreUnavailable
+from journey_engine.ports import Outbox, Reads, StoreUnavailable
+
+
+class WatchedStore(Reads, Outbox, Protocol):
+    """What the gauges read: due wake-ups (Reads) and due sends (Outbox)."""
 
 
 class Metrics:
@@ -48,7 +52,7 @@ class Metrics:
         if seen.timers:
             self.timers.inc(seen.timers)
 
-    def watch(self, store: SqlStore, clock: Callable[[], datetime]) -> None:
+    def watch(self, store: WatchedStore, clock: Callable[[], datetime]) -> None:
         """The gauges read from the store when scraped: due wake-ups, their lag, due sends."""
         self.timers_due.set_function(lambda: timers_due(store, clock()))
         self.timers_lag.set_function(lambda: timers_lag(store, clock()))
@@ -80,7 +84,7 @@ class Observed:
         return cls(events, seconds, sends, timers, len(outcome.records), len(outcome.sends))
 
 
-def timers_lag(store: SqlStore, now: datetime) -> float:
+def timers_lag(store: Reads, now: datetime) -> float:
     """Seconds the oldest due wake-up has waited (0 when none is due, NaN while the store is down)."""
     def lag() -> float:
         _, earliest = store.overdue(now)
@@ -88,7 +92,7 @@ def timers_lag(store: SqlStore, now: datetime) -> float:
     return or_nan(lag)
 
 
-def timers_due(store: SqlStore, now: datetime) -> float:
+def timers_due(store: Reads, now: datetime) -> float:
     """Users whose wake-up is due, for the gauge (NaN while the store is down)."""
     return or_nan(lambda: store.due_count(now))
 

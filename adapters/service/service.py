@@ -18,17 +18,20 @@ from adapters.service.settings import Settings
 from adapters.storage.sql import SqlStore
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Engine
-from journey_engine.ports import Channel
+from journey_engine.ports import Channel, ServiceStore
 from journey_engine.runtime import Runtime
 
 
-def engine_host(engine: Engine, store: SqlStore, settings: Settings, metrics: Metrics, *, workers: int = 1,
+def engine_host(engine: Engine, store: ServiceStore, settings: Settings, metrics: Metrics, *, workers: int = 1,
                 folder: Path | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> EngineHost:
     """The engine in this process (`workers` 1), or in that many processes loading the workspace from
-    `folder` on the wall clock."""
+    `folder` on the wall clock. Processes share the store's database: they need a SqlStore."""
     if workers > 1:
         if folder is None:
             raise ValueError("engine processes load the workspace from its folder: pass `folder`")
+        if not isinstance(store, SqlStore):
+            raise ValueError("engine processes share a database: more than one worker needs SQLite or "
+                             "PostgreSQL, not the memory store")
         return ProcessHost(folder, store, workers, settings, metrics)
     return InProcessHost(Runtime(engine, store, claim=500, live=True), store, settings, metrics, clock)
 
@@ -39,7 +42,7 @@ class Service:
     `workers` > 1: the engine runs in that many processes, each owning a partition of the users; they
     load the workspace from `folder` and use the wall clock (adapters/service/processes.py)."""
 
-    def __init__(self, compiled: CompiledWorkspace, store: SqlStore, settings: Settings | None = None, *,
+    def __init__(self, compiled: CompiledWorkspace, store: ServiceStore, settings: Settings | None = None, *,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  channels: Mapping[str, Channel] | None = None, scheduler: bool = True,
                  workers: int = 1, folder: Path | None = None, host: EngineHost | None = None,

@@ -6,9 +6,9 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from adapters.storage.sql import SqlStore
 from journey_engine import trace
 from journey_engine.engine import Engine
+from journey_engine.ports import ServiceStore
 
 
 def storable(text: str) -> bool:
@@ -30,7 +30,7 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def user_view(store: SqlStore, engine: Engine, user_id: str, now: datetime) -> dict[str, Any] | None:
+def user_view(store: ServiceStore, engine: Engine, user_id: str, now: datetime) -> dict[str, Any] | None:
     """What GET /v1/users/{id} and `journey user --json` show: where the user is, and why (metrics as of
     `now`: windows slid to it)."""
     if not storable(user_id) or store.erased([user_id]):  # an erased id stays erased, whatever names it since

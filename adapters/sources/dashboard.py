@@ -19,10 +19,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from adapters.reporting.cells import iso_seconds
 from adapters.reporting.cohorts import SegmentReport
 from adapters.reporting.model import JourneyReport, Lift, Report, build_report
-from adapters.storage.sql import SqlStore
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.graph import layout, places
 from journey_engine.model import Journey
+from journey_engine.ports import Reads
 
 BOX_W, BOX_H, COL, ROW, TOP = 170, 46, 310, 84, 56
 
@@ -77,7 +77,7 @@ def journey_svg(journey: Journey, counts: dict[str, int]) -> str:
 SIZE_DAYS = 60  # days of segment size the dashboard draws
 
 
-def add_dashboard_routes(app: FastAPI, store: SqlStore, compiled: CompiledWorkspace,
+def add_dashboard_routes(app: FastAPI, store: Reads, compiled: CompiledWorkspace,
                          authorize: Callable[[Request], None]) -> None:
     """`/` and its data: the journeys as SVG with live counts, and the report's figures as JSON.
     `authorize` raises for a request without the admin key; the page itself holds no data and is open."""

@@ -47,11 +47,10 @@ from adapters.sources.segment import (
     sent_at_problem,
     to_events,
 )
-from adapters.storage.sql import SqlStore
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.events import Event
 from journey_engine.graph import to_mermaid
-from journey_engine.ports import Channel, ConflictError, StoreUnavailable
+from journey_engine.ports import Channel, ConflictError, Reads, ServiceStore, StoreUnavailable
 
 SINGLE_CALLS = ("track", "identify", "alias", "page", "screen", "group")
 
@@ -68,7 +67,7 @@ class Refused(Exception):
         self.events = events
 
 
-def create_app(compiled: CompiledWorkspace, store: SqlStore, settings: Settings | None = None, *,
+def create_app(compiled: CompiledWorkspace, store: ServiceStore, settings: Settings | None = None, *,
                clock: Callable[[], datetime] = lambda: datetime.now(UTC), start_worker: bool = True,
                channels: Mapping[str, Channel] | None = None, scheduler: bool = True,
                workers: int = 1, folder: Path | None = None, host: EngineHost | None = None,
@@ -295,7 +294,7 @@ async def delete_user(user_id: str, service: Served) -> JSONResponse:
 @router.get("/v1/users/{user_id}/inbox", dependencies=ADMIN)
 async def inbox(user_id: str, service: Served) -> JSONResponse:
     user = path_id(user_id)
-    return JSONResponse({"messages": service.store.inbox(user, service.engine) if storable(user) else []})
+    return JSONResponse({"messages": service.store.inbox(user, service.engine.render) if storable(user) else []})
 
 
 @router.post("/v1/users/{user_id}/inbox/{key}/read", dependencies=ADMIN)
@@ -393,8 +392,8 @@ async def _wait(host: EngineHost, events: list[Event]) -> list[int]:
 HEALTH_SECONDS = 3.0  # /healthz answers within this even when the store hangs
 
 
-async def _store_down(store: SqlStore) -> str | None:
-    """Why the store cannot take a write now (see `SqlStore.unwritable`), or None."""
+async def _store_down(store: Reads) -> str | None:
+    """Why the store cannot take a write now (see `Reads.unwritable`), or None."""
     try:
         return await asyncio.wait_for(asyncio.to_thread(store.unwritable), HEALTH_SECONDS)
     except TimeoutError:

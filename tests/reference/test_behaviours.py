@@ -161,3 +161,24 @@ def test_a_held_transactional_send_goes_out_to_an_unsubscribed_user(tmp_path: Pa
     h.track("u1", "Unsubscribed", {"subscription": "news"})
     h.wait("4h")
     assert [s.at.isoformat() for s in h.channel.sent] == ["2026-01-05T09:00:00+00:00"]
+
+
+def test_a_held_send_goes_at_until_even_after_the_user_changed_time_zone(tmp_path: Path) -> None:
+    """A held send goes out at `until`, re-checked for eligibility, subscription and caps, not timing (item 10)."""
+    window = {"m": {"channel": "sms", "body": "hi", "send_at": {"window": "09:00-18:00"}}}
+    h = harness(tmp_path, journey(states={"s0": {"send": "m", "transitions": [{"after": "30d", "to": "done"}]},
+                                          "done": {"final": True}}), start="2026-01-05T06:00:00Z", messages=window)
+    h.track("u1", "Signed Up")  # 06:00 UTC: held until 09:00 UTC
+    h.identify("u1", timezone="Asia/Seoul")  # where 09:00 UTC is 18:00, outside the window
+    h.wait("4h")
+    assert [s.at.isoformat() for s in h.channel.sent] == ["2026-01-05T09:00:00+00:00"]
+
+
+def test_an_entry_rule_the_merge_makes_true_enters_the_known_user(tmp_path: Path) -> None:
+    """An alias that makes an `if:` entry rule true for the known user enters them (README reading 10)."""
+    h = harness(tmp_path, journey(entry={"if": "traits.vip == true", "reentry": "always"}, states={
+        "s0": {"transitions": [{"to": "done"}]}, "done": {"final": True}}))
+    h.identify("anon", vip=True)  # the anonymous id goes through the journey
+    h.identify("u1", email="a@example.com")
+    h.alias("u1", "anon")  # u1 takes vip: the rule turns true for u1
+    assert [r["user"] for r in kinds(h, "journey_entered")] == ["anon", "u1"]

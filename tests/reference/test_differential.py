@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import event as hevent
 
 from journey_engine.compiler import load_workspace
+from journey_engine.memory import MemoryStore
 from journey_engine.ports import Store
-from journey_engine.runtime import MemoryStore
 
 from .differential import compare, scenario_text, write_example
 from .pending import pending

@@ -1,7 +1,8 @@
 """The SQL schema as SQLModel tables. SQLModel serves the schema and the admin/API reads; the hot
-path uses SQLAlchemy Core on the same tables (`Model.__table__`), 10-80x faster (NOTES.md).
+path uses SQLAlchemy Core on the same tables (`Model.__table__`), without the ORM's per-row cost.
 
-The schema changes only through Alembic migrations in `migrations/versions/`.
+The schema changes only through Alembic migrations in `migrations/versions/`. `<name>_t` is each table's
+Core `Table`.
 """
 
 from __future__ import annotations
@@ -120,9 +121,44 @@ class ErasedRow(SQLModel, table=True):
     at: float
 
 
+class JourneyVersionRow(SQLModel, table=True):
+    """Every journey version ever deployed here, by its definition: live instances run on it until they end."""
+
+    __tablename__ = "journey_versions"
+    journey: str = Field(primary_key=True)
+    version: str = Field(primary_key=True)
+    definition: str = Field(sa_column=Column(Text, nullable=False))  # journey_engine.versions.definition
+    stored_at: float  # the store's wall clock
+
+
+class InForceRow(SQLModel, table=True):
+    """The version of each journey that new entrants take, as of deployment `deployment`."""
+
+    __tablename__ = "journeys_in_force"
+    journey: str = Field(primary_key=True)
+    version: str
+    deployment: int
+
+
 Index("ix_segment_history_open", SegmentHistoryRow.__table__.c.user_id, SegmentHistoryRow.__table__.c.segment,
       SegmentHistoryRow.__table__.c.left_at)
 Index("ix_outbox_claim", OutboxRow.__table__.c.next_attempt_at, OutboxRow.__table__.c.key,
       sqlite_where=text("status = 'pending' AND channel <> 'in_app'"),
       postgresql_where=text("status = 'pending' AND channel <> 'in_app'"))
 Index("ix_profiles_due", ProfileRow.__table__.c.wake_at, ProfileRow.__table__.c.user_id)
+
+profiles_t = ProfileRow.__table__
+aliases_t = AliasRow.__table__
+processed_t = ProcessedRow.__table__
+trace_t = TraceRow.__table__
+outbox_t = OutboxRow.__table__
+bandit_t = BanditRow.__table__
+history_t = SegmentHistoryRow.__table__
+erased_t = ErasedRow.__table__
+enrolled_t = EnrolledRow.__table__
+facts_t = StoreFactRow.__table__
+counts_t = StateCountRow.__table__
+versions_t = JourneyVersionRow.__table__
+in_force_t = InForceRow.__table__
+TABLES = (profiles_t, aliases_t, processed_t, trace_t, outbox_t, bandit_t, history_t, erased_t, enrolled_t, counts_t,
+          facts_t, versions_t, in_force_t)
