@@ -139,12 +139,11 @@ def shape(profile: Profile) -> dict[str, Any]:
             "journeys": sorted((i.journey, str(i.key), i.state) for i in profile.instances.values())}
 
 
-def reference(events: list[Event], now: datetime) -> tuple[dict[str, dict[str, Any]], list[Any]]:
-    """The profiles (shapes) and sends of a single-process ingest of `events` at `now`."""
-    store = MemoryStore()
-    store.outbox = []
+def reference(events: list[Event], now: datetime) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """The profiles (shapes) and outbox rows of a single-process ingest of `events` at `now`."""
+    store = MemoryStore(keep=True)
     Runtime(Engine(load_workspace(WORKSPACE)), store).process(events, now)
-    return {user: shape(p) for user, p in store.items()}, store.outbox
+    return {user: shape(p) for user, p in store.items()}, store.outbox()
 
 
 def stored(url: str, users: list[str]) -> dict[str, dict[str, Any]]:
