@@ -413,3 +413,62 @@ def test_healthz_names_the_bus_when_it_is_down(tmp_path: Path) -> None:
         assert body["down"] == {"bus": "not connected to NATS"} and body["message"] == "bus: not connected to NATS"
     finally:
         store.close()
+
+
+def test_a_killed_workers_partitions_are_taken_over_within_30_seconds(tmp_path: Path, bus_database: str,
+                                                                      nats_server: NatsCluster) -> None:
+    """Two `journey worker` processes share the partitions; after one is SIGKILLed the other holds them all
+    within 30 s and applies an event published to one of the dead worker's partitions."""
+    import signal
+    import sys
+
+    stream = stream_name()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JOURNEY_DATABASE_URL": bus_database, "JOURNEY_BUS_URL":
+           nats_server.url, "JOURNEY_BUS_STREAM": stream, "JOURNEY_BUS_PREFIX": stream.lower(),
+           "JOURNEY_BUS_PARTITIONS": "4", "JOURNEY_WORKSPACE": str(WORKSPACE)}
+    procs = []
+    for name in ("a", "b"):
+        with (tmp_path / f"{name}.log").open("ab") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", "adapters.cli", "worker", "--port", str(free_port()),
+                                           "--name", name], cwd=ROOT, env=env, stdout=log, stderr=log))
+    engine = sa.create_engine(bus_database)
+
+    def owners() -> dict[int, str]:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT part, owner FROM bus_leases WHERE stream = :s AND expires_at > :now"),
+                                {"s": stream, "now": time.time()}).all()
+        return {int(p): str(o) for p, o in rows if o is not None}
+
+    def tables() -> bool:
+        return bool(sa.inspect(engine).has_table("bus_leases")) and len(owners()) == 4
+
+    front: SqlStore | None = None  # opened once the workers made the schema
+    try:
+        assert wait_for(tables, 60), "the workers did not lease the partitions"
+        assert wait_for(lambda: sorted(owners().values()) == ["a", "a", "b", "b"], 30), owners()
+        dead = [p for p, o in owners().items() if o == "a"]
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait()
+        killed = time.monotonic()
+        assert wait_for(lambda: set(owners().values()) == {"b"} and len(owners()) == 4, 30), owners()
+        taken_in = time.monotonic() - killed
+        user = next(f"u{n}" for n in range(1000) if partition(f"u{n}", 4) == dead[0])
+        front = SqlStore(bus_database, upgrade=False)
+        publisher = BusPublisher(BusConfig(nats_server.url, stream=stream, prefix=stream.lower(), partitions=4), front)
+        publisher.start()
+        try:
+            publisher.submit([Event(type="identify", user_id=user, traits={"plan": "pro"}, timestamp=datetime.now(UTC),
+                                    message_id="after-kill")]).result(timeout=30)
+            assert wait_for(lambda: front.seen(["after-kill"]) == {"after-kill"}, 30)
+        finally:
+            publisher.stop()
+        assert front.load([user])[user].traits == {"plan": "pro"}
+        assert taken_in < 30
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        if front is not None:
+            front.close()
+        engine.dispose()
