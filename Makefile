@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# the engine's hot modules compiled with mypyc (journey_engine/native.py), rebuilt when the core
+# the engine's hot modules compiled with mypyc (tools/build_native.py), rebuilt when the core
 # changes; the package uses them only while they match its sources, and runs as Python otherwise
 NATIVE := $(VENV)/native/manifest.json
 
@@ -24,9 +24,9 @@ system:
 	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium graphviz >/dev/null) \
 	    || echo "note: install chromium and graphviz for the browser and svg tests"; }
 
-$(NATIVE): $(STAMP) $(wildcard journey_engine/*.py)
+$(NATIVE): $(STAMP) $(wildcard journey_engine/*.py journey_engine/*/*.py) tools/build_native.py
 	@echo "compiling the engine's hot modules (mypyc, about a minute)"
-	@JOURNEY_NATIVE=0 $(BIN)/python -c "from journey_engine import native; native.build(native.directory())" \
+	@JOURNEY_NATIVE=0 $(BIN)/python tools/build_native.py $(VENV)/native \
 	  || echo "note: the native build failed (see above); the engine runs as Python, slower"
 
 native: $(NATIVE)

@@ -27,6 +27,7 @@ from journey_engine import native
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Engine, Outcome
 from journey_engine.events import Event
+from journey_engine.facts import Transitioned
 from journey_engine.memory import MemoryStore
 from journey_engine.ports import Store
 from journey_engine.runtime import Runtime
@@ -56,10 +57,10 @@ class _Counter:
         self.timers = 0
 
     def __call__(self, outcome: Outcome) -> None:
-        self.records += len(outcome.records)
+        self.records += len(outcome.facts)
         self.sends += len(outcome.sends)
-        for r in outcome.records:
-            if r["kind"] == "transition" and r["trigger"] in _TIMER_TRIGGERS:
+        for fact in outcome.facts:
+            if type(fact) is Transitioned and fact.trigger in _TIMER_TRIGGERS:
                 self.timers += 1
 
 

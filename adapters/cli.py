@@ -14,15 +14,15 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from adapters.cli_bus import BusOpt, Mix, bench_bus, publisher_for, worker
+from adapters import cli_bus, cli_reach, cli_versions
 from adapters.service.tuning import tune_gc
 from journey_engine.errors import JourneyError, ScenarioError, UnknownJourneyError, WorkspaceError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="An adaptive customer-journey engine: journeys as YAML state machines.")
-app.command()(worker)  # `journey worker` (SPEC §9), in adapters/cli_bus.py with the bus's other options
+app.command()(cli_bus.worker)  # `journey worker` (SPEC §9), in adapters/cli_bus.py with the bus's other options
 err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+out = Console(highlight=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)  # piped: wide
 
 WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", "-w", envvar="JOURNEY_WORKSPACE",
                                                    help="workspace folder (default: journeys/)")]
@@ -211,30 +211,21 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
                                                    "same second, drained and committed")] = 0,
           pending: Annotated[int, typer.Option(help="with --timers: timers due a day later, in the store")] = 0,
           as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
-          mix: Annotated[Mix, typer.Option(help="session: bursts minutes apart, days between; uniform")] = Mix.session,
-          bus: BusOpt = None) -> None:
+          mix: cli_bus.MixOpt = cli_bus.Mix.session, bus: cli_bus.Bus = None) -> None:
     """Throughput and latency on this machine (SPEC §8). Disk stores count only committed events."""
     import tempfile
 
     from adapters.bench import run_bench, run_timer_bench
     from journey_engine.memory import MemoryStore
 
-    if http is not None:
-        from adapters.loadtest import run_http_bench
-
-        keys = os.environ.get("JOURNEY_WRITE_KEYS", "").split(",")
-        report = run_http_bench(http, keys[0] or None, requests=requests, users=users, rate=rate, seed=seed)
-        sys.stdout.write(json.dumps(report) + "\n")
-        return
+    if http is not None or bus is not None:  # a running serve (adapters/loadtest.py), the bus (adapters/bench_bus.py)
+        return cli_bus.bench_elsewhere(http, bus, _workspace(workspace), _database(database), users=users,
+                                       events=events, seed=seed, days=days, mix=mix.value, rate=rate,
+                                       requests=requests, workers=workers, progress=None if as_json else err)
 
     if not days > 0:
         err.print("[red]--days must be more than 0[/red]")
         raise typer.Exit(2)
-    if bus is not None:  # --workers bus workers against the in-memory engine (adapters/bench_bus.py)
-        report = bench_bus(_workspace(workspace), _database(database), bus, workers=workers, users=users, events=events,
-                           seed=seed, days=days, mix=mix.value, rate=rate, progress=None if as_json else err)
-        sys.stdout.write(json.dumps(report) + "\n")
-        return
     if workers > 1 and store == "memory":
         err.print("[red]--workers is 1 or more, and more than 1 only with --store sqlite or postgres (processes "
                   "share a database, not memory)[/red]")
@@ -373,7 +364,7 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
                           "process runs on one)")] = 1,
           allow_simulated: Annotated[bool, typer.Option(
               "--allow-simulated", help="serve a database written by `journey demo` or `bench`, sending "
-                                        "through the console channel only")] = False, bus: BusOpt = None) -> None:
+                                        "through the console channel only")] = False, bus: cli_bus.Bus = None) -> None:
     """The HTTP API, the engine worker and its timers on the configured store (embedded SQLite by default)."""
     import logging
 
@@ -427,7 +418,7 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
         while compiled is not None:
             store.defaults = dict(compiled.metrics.defaults)  # a reloaded workspace may add metrics
             served = create_app(compiled, store, settings, channels=channels, workers=workers, folder=folder,
-                                host=publisher_for(bus, store, settings), scheduler=bus is None)
+                                host=cli_bus.publisher_for(bus, store, settings), scheduler=bus is None)
             server = uvicorn.Server(uvicorn.Config(served, host=host, port=port, log_level="warning"))
             changed = watch_workspace(folder, server, _reload_refused, err.print) if reload else None
             server.run()
@@ -459,6 +450,7 @@ def user(user_id: Annotated[str, typer.Argument(help="the user id")], database: 
          as_json: Annotated[bool, typer.Option("--json", help="what GET /v1/users/{id} returns")] = False) -> None:
     """Where a user is in every journey and why: the event, rule or timer that moved them, and every
     message that was or was not sent, with the reason."""
+    from adapters.reporting.explain import explain_move, explain_timer
     from adapters.service.views import user_view
     from journey_engine.engine import Engine
     from journey_engine.simulation import format_record
@@ -480,9 +472,11 @@ def user(user_id: Annotated[str, typer.Argument(help="the user id")], database: 
         key = f" [{inst['key']}]" if inst["key"] else ""
         out.print(f"  {inst['journey']}{key}: [bold]{inst['state']}[/bold] since {inst['since']}")
         if inst["why"]:
-            out.print("    because " + format_record(inst["why"]), markup=False)
+            moved = explain_move(compiled, inst["why"])  # the rule's text and the target, not `trigger=rule`
+            out.print("    because " + format_record(inst["why"]) + (f" ({moved})" if moved else ""), markup=False)
         for timer in inst["timers"]:
-            out.print(f"    next: transition {timer['transition']} at {timer['due']}")
+            goes = explain_timer(compiled, inst["journey"], inst["state"], timer["transition"])
+            out.print(f"    next: {goes} at {timer['due']}", markup=False)
     if not view["journeys"]:
         out.print("  in no journey now")
     out.print("[bold]decisions[/bold]")
@@ -536,14 +530,14 @@ def demo(users: Annotated[int, typer.Option(help="synthetic users")] = 10_000,
          seed: Annotated[int, typer.Option(help="the population's seed")] = 7,
          html: Annotated[Path, typer.Option(help="where to write the HTML report")] = Path("journey-demo.html"),
          database: Annotated[str, typer.Option(help="a fresh database for the demo (replaced each run)")] =
-         "sqlite:///journey-demo.db",
-         workspace: WorkspaceOpt = None) -> None:
+         "sqlite:///journey-demo.db", workspace: WorkspaceOpt = None) -> None:
     """A synthetic population lives through the workspace for 30 simulated days on the embedded SQLite
     store, then the report is printed and written as HTML."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from adapters.demo import run_demo
     from adapters.reporting import build_report, render_html, render_terminal
+    from adapters.reporting.page import cohort_sentence
 
     compiled = _load(_workspace(workspace), long_running=True)
     if database.startswith("sqlite:///"):
@@ -568,6 +562,14 @@ def demo(users: Annotated[int, typer.Option(help="synthetic users")] = 10_000,
     verdict = "beats" if result.adaptive_beat_fixed else "does not beat"
     out.print(f"  overall: the bandit {verdict} the fixed choice: "
               f"{result.adaptive_rate:.2%} vs {result.fixed_rate:.2%}")
+    for c in result.choices:
+        if c.cohorts:
+            out.rule("learning per cohort vs one bandit for everyone vs the best fixed choice per cohort")
+            for cohort, r in c.cohorts.items():
+                out.print(f"  {c.journey}.{c.state} · {cohort}: per-cohort {r.per_cohort_rate:.2%}, single "
+                          f"{r.single_rate:.2%}, best fixed {r.fixed_rate:.2%} ({' > '.join(r.fixed_order)}; "
+                          f"{r.decisions} decisions)", soft_wrap=True)
+            out.print(f"  {cohort_sentence(c)}", soft_wrap=True)
     out.rule("journeys against their holdout")
     for h in result.holdouts:
         treated, held = h.treated_rate or 0.0, h.holdout_rate or 0.0
@@ -584,6 +586,10 @@ def demo(users: Annotated[int, typer.Option(help="synthetic users")] = 10_000,
         command += f" --workspace {shlex.quote(str(workspace))}"
     out.print(f"report on this run again with: {command}", soft_wrap=True, markup=False)
 
+
+cli_reach.register(app, load=_load, workspace=_workspace, open_store=_open_store, database=_database, out=out,
+                   err=err, database_opt=DatabaseOpt, workspace_opt=WorkspaceOpt)
+cli_versions.register(app, load=_load, workspace=_workspace, open_store=_open_store, out=out, database_opt=DatabaseOpt)
 
 def main() -> None:
     app()

@@ -6,8 +6,10 @@ of the service happen inside the functions, as there.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +19,7 @@ from rich.console import Console
 
 err = Console(stderr=True, highlight=False)
 
-BusOpt = Annotated[str | None, typer.Option("--bus", envvar="JOURNEY_BUS_URL", help="NATS JetStream URL(s), "
+Bus = Annotated[str | None, typer.Option("--bus", envvar="JOURNEY_BUS_URL", help="NATS JetStream URL(s), "
                                             "comma-separated: events go to the log, `journey worker`s apply them")]
 
 
@@ -26,20 +28,39 @@ class Mix(StrEnum):
     uniform = "uniform"
 
 
-def bench_bus(folder: Path, database: str, bus: str, *, workers: int, users: int, events: int, seed: int, days: float,
-              mix: str, rate: float | None, progress: Any) -> dict[str, Any]:
-    """`journey bench --bus`: the bus path beside the in-memory engine (adapters/bench_bus.py)."""
+MixOpt = Annotated[Mix, typer.Option(help="the event mix: session (bursts minutes apart, days between), uniform")]
+
+
+def bench_elsewhere(http: str | None, bus: str | None, folder: Path, database: str, *, users: int, events: int,
+                    seed: int, days: float, mix: str, rate: float | None, requests: int, workers: int,
+                    progress: Any) -> None:
+    """`journey bench --http URL`: drive a running `journey serve` (adapters/loadtest.py); `--bus URL`: the bus
+    path with `workers` bus workers beside the in-memory engine (adapters/bench_bus.py). Prints one JSON object."""
+    sys.stdout.write(json.dumps(_bench_elsewhere(http, bus, folder, database, users=users, events=events, seed=seed,
+                                                 days=days, mix=mix, rate=rate, requests=requests, workers=workers,
+                                                 progress=progress)) + "\n")
+
+
+def _bench_elsewhere(http: str | None, bus: str | None, folder: Path, database: str, *, users: int, events: int,
+                     seed: int, days: float, mix: str, rate: float | None, requests: int, workers: int,
+                     progress: Any) -> dict[str, Any]:
     from datetime import timedelta
 
+    if http is not None:
+        from adapters.loadtest import run_http_bench
+
+        keys = os.environ.get("JOURNEY_WRITE_KEYS", "").split(",")
+        return run_http_bench(http, keys[0] or None, requests=requests, users=users, rate=rate, seed=seed)
     from adapters.bench_bus import run_bus_bench
     from journey_engine.compiler import load_workspace
 
+    assert bus is not None
     if not database.startswith("postgres"):
         err.print("[red]--bus needs JOURNEY_DATABASE_URL (or --database): a postgresql:// URL[/red]")
         raise typer.Exit(2)
-    compiled = load_workspace(folder)
-    return run_bus_bench(compiled, folder, bus=bus, database=database, workers=workers, users=users, events=events,
-                         seed=seed, span=timedelta(days=days), mix=mix, rate=rate or 2000.0, progress=progress)
+    return run_bus_bench(load_workspace(folder), folder, bus=bus, database=database, workers=workers, users=users,
+                         events=events, seed=seed, span=timedelta(days=days), mix=mix, rate=rate or 2000.0,
+                         progress=progress)
 
 
 def publisher_for(bus: str | None, store: Any, settings: Any) -> Any:

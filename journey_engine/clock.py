@@ -2,10 +2,9 @@
 instant asked.
 
 Everything one input does happens at one `now` (the same datetime object): its trace records, the
-checks of windows, caps, quiet hours and wake-ups. Converting it again for each of them cost ~4% of
-the engine's time (an aware datetime's `timestamp()` builds a timedelta; `isoformat()` and
-`astimezone()` ask tzinfo objects), so the last answers are kept, matched by identity (datetimes and
-zones are immutable).
+checks of windows, caps, quiet hours and wake-ups. Converting it is not free (an aware datetime's
+`timestamp()` builds a timedelta; `isoformat()` and `astimezone()` ask tzinfo objects), so the last
+answers are kept, matched by identity (datetimes and zones are immutable).
 """
 
 from __future__ import annotations
@@ -52,8 +51,8 @@ def local(at: datetime, zone: tzinfo) -> datetime:
 
 
 def _iso_text(at: datetime) -> str:
-    """As `isoformat()` writes it, with Z for +00:00; the date is formatted once a day (isoformat alone
-    costs ~0.9 µs, and nearly every input has an instant of its own)."""
+    """As `isoformat()` writes it, with Z for +00:00; the date part is formatted once a day, since nearly
+    every input has an instant of its own but shares its day with many."""
     global _day
     at = at.astimezone(UTC)  # itself when already in UTC
     day = int(epoch(at) // 86400)

@@ -1,14 +1,14 @@
 """A profile as compact bytes (msgpack) and back: what stores keep, one blob per user.
 
-Hot counters and timers live inside the blob rather than in JSON columns decoded on every read
-(NOTES.md); the store keeps only what it must query (the next wake-up) in columns of its own.
+Hot counters and timers live inside the blob rather than in JSON columns decoded on every read; the
+store keeps only what it must query (the next wake-up) in columns of its own.
 The first element is the format version: a newer format is refused, never misread.
 Times the engine keeps as epoch floats stay floats here; the rest are msgpack Timestamps.
 
 A store whose blobs never leave the process (`MemoryStore`) passes a `Names` table: the names a
 workspace repeats in every profile (journeys, versions, states, segments, channels, messages,
 metrics) are then written as small integers, so decoding makes no string for them, and every
-decoded profile shares one copy of each instead of holding its own (~10 strings, ~500 bytes).
+decoded profile shares one copy of each instead of holding its own.
 Such a blob is marked with its own format number, which a decoder without the table refuses.
 """
 

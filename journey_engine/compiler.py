@@ -15,7 +15,7 @@ from .loading import PathKey, Workspace, read_workspace
 from .machine import JourneyMachine
 from .metrics import MetricBook
 from .model import Journey, Message, Translation, Trigger
-from .rulecompile import EVERY_METRIC, Threshold
+from .ruleanalysis import EVERY_METRIC, Threshold
 from .rules import CompiledRule, RuleCompiler, RuleProblem, UnknownDeclaration
 from .segments import SegmentBook
 from .templates import Renderer
@@ -64,6 +64,7 @@ class CompiledWorkspace:
     journeys: dict[str, CompiledJourney]  # in name order: the order of work for one event
     renderer: Renderer
     warnings: list[Problem] = field(default_factory=list)
+    cap_rules: dict[int, CompiledRule] = field(default_factory=dict)  # frequency cap index -> its `if:`
 
 
 def load_workspace(root: str | Path) -> CompiledWorkspace:
@@ -97,6 +98,8 @@ def compile_workspace(ws: Workspace) -> CompiledWorkspace:
     problems.extend(segment_cycles(ws, {n: r.segments for n, r in segment_rules.items() if r is not None}))
     where = {n: rule(m.where, "metrics", n, ("where",)) for n, m in ws.metrics.items()}
     message_rules = {n: rule(m.if_, "messages", n, ("if",)) for n, m in ws.messages.items()}
+    cap_rules = {i: rule(c.if_, "policies", "policies", ("frequency_caps", i, "if"))
+                 for i, c in enumerate(ws.policies.frequency_caps)}
     for name, msg in ws.messages.items():
         problems.extend(_template_problems(ws, renderer, name, (), msg))
         for locale, translation in msg.translations.items():
@@ -120,7 +123,8 @@ def compile_workspace(ws: Workspace) -> CompiledWorkspace:
     return CompiledWorkspace(workspace=ws, metrics=metrics, segments=segments,
                              message_rules={n: r for n, r in message_rules.items() if r is not None},
                              journeys={n: j for n, j in journeys.items() if j is not None},
-                             renderer=renderer, warnings=problems)
+                             renderer=renderer, warnings=problems,
+                             cap_rules={i: r for i, r in cap_rules.items() if r is not None})
 
 
 def _thresholds(read: list[CompiledRule]) -> dict[str, tuple[Threshold, ...] | None]:

@@ -282,6 +282,10 @@ def read_workspace(root: str | Path, *, keep_going: bool = False) -> Workspace:
         if not isinstance(doc.data, dict):
             problems.append(doc.problem((), "a workspace file is a mapping starting with `version: 1`"))
             continue
+        if "scenario" in doc.data and "journey" not in doc.data:  # a scenario kept outside scenarios/
+            problems.append(doc.problem(("scenario",), "a scenario, not a workspace file: skipped here; run it "
+                                        "with `journey simulate`", "warning"))
+            continue
         try:
             parsed.append((doc, WorkspaceFile.model_validate(doc.data)))
         except ValidationError as exc:

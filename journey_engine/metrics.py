@@ -17,7 +17,7 @@ from . import clock
 from .events import Event
 from .model import Metric
 from .profile import Profile
-from .rulecompile import Threshold, holds
+from .ruleanalysis import Threshold, holds
 from .rules import METRIC_DEFAULTS, RULE_ERRORS, CompiledRule
 
 _NOTHING: frozenset[str] = frozenset()

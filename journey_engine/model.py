@@ -157,6 +157,17 @@ class Transition(Frozen):
 class Choose(Frozen):
     choose: Literal["best", "first", "random"]
     from_: list[str] = Field(alias="from", min_length=1)
+    by: list[str] = Field(default_factory=list,
+                          description="segments: `best` learns apart for each (the first one a user is in) "
+                                      "and for everyone else")
+
+    @model_validator(mode="after")
+    def _cohorts(self) -> Choose:
+        if self.by and self.choose != "best":
+            raise ValueError("`by` goes with `choose: best`: only the bandit learns per cohort")
+        if len(set(self.by)) != len(self.by):
+            raise ValueError("`by` names a segment twice")
+        return self
 
 
 class SplitPath(Frozen):
@@ -328,6 +339,20 @@ def _segment_shorthand(value: Any) -> Any:
 Segment = Annotated[SegmentDef, BeforeValidator(_segment_shorthand, json_schema_input_type=str | SegmentDef)]
 
 
+def _percent(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().endswith("%"):
+        return float(value.strip()[:-1]) / 100
+    return value
+
+
+# the bounds sit next to the float so they stay `minimum`/`exclusiveMaximum` in the JSON schema
+Share = Annotated[
+    float, Field(ge=0, lt=1), BeforeValidator(_percent),
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+                              {"type": "string", "pattern": r"^\s*\d{1,2}(\.\d+)?\s*%\s*$", "examples": ["10%"]}]}),
+]
+
+
 # --- policies -------------------------------------------------------------------------------------
 
 
@@ -341,6 +366,7 @@ class FrequencyCap(Frozen):
     channel: Channel | Literal["any"] = "any"
     max: int = Field(ge=0)
     per: Duration
+    if_: str | None = Field(None, alias="if", description="a rule: the cap applies only to users for whom it holds")
 
 
 class SendTime(Frozen):
@@ -353,6 +379,7 @@ class Policies(Frozen):
     frequency_caps: list[FrequencyCap] = Field(default_factory=list)
     send_time: SendTime = SendTime()
     expires: Expiry = Field(DEFAULT_EXPIRY, description="how late a send may still go out (`never`)")
+    control_group: Share = Field(0.0, description='share of users held out of every non-transactional send, "5%"')
 
 
 class Subscription(Frozen):
@@ -361,20 +388,6 @@ class Subscription(Frozen):
 
 
 # --- files and journeys ---------------------------------------------------------------------------
-
-
-def _percent(value: Any) -> Any:
-    if isinstance(value, str) and value.strip().endswith("%"):
-        return float(value.strip()[:-1]) / 100
-    return value
-
-
-# the bounds sit next to the float so they stay `minimum`/`exclusiveMaximum` in the JSON schema
-Share = Annotated[
-    float, Field(ge=0, lt=1), BeforeValidator(_percent),
-    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0, "exclusiveMaximum": 1},
-                              {"type": "string", "pattern": r"^\s*\d{1,2}(\.\d+)?\s*%\s*$", "examples": ["10%"]}]}),
-]
 
 
 OnChange = Literal["keep", "move"]

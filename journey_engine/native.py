@@ -1,39 +1,46 @@
-"""The engine's hot modules compiled to C with mypyc: the same typed sources, 1.7x to 1.9x as fast
-(`journey bench --store memory`, 100k users, 1M events: 45.1k against 24.0k events/s over one day,
-18.7k against 10.8k over 30 days).
+"""Loads the engine's hot modules compiled with mypyc (tools/build_native.py, `make native`), when they
+were built from these very sources for this interpreter; otherwise the package runs as Python.
 
-`build(DIR)` compiles `MODULES` into DIR (`make native`: `<venv>/native`) and
-writes a manifest of the sources' hashes. `use()`, called first thing when the package is imported, puts
-DIR in front of the package's path only when every compiled source is unchanged since the build and the
-interpreter is the one it was built for: an edited source never runs as a stale compiled copy, it runs
-as Python. `JOURNEY_NATIVE=0` forces Python; `JOURNEY_NATIVE_DIR` points elsewhere than
-`<sys.prefix>/native`. This module itself is never compiled, so it can always run.
+`use()`, called first thing when the package is imported, reads the build's manifest and compares each
+compiled source's size and modification time with the file's (as Python checks its own `.pyc`): no
+source is read or hashed. When they match, it loads the build's shared library and puts the build's
+folder first on the package's path; `sys.path` is left alone. `JOURNEY_NATIVE=0` forces Python;
+`JOURNEY_NATIVE_DIR` points elsewhere than `<sys.prefix>/native`. This module itself is never compiled.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
+from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 from typing import Any
 
-# what the event and timer paths run through; the rest (loading, validation, graphs) runs once
-MODULES = ("batch", "clock", "codec", "engine", "events", "memory", "metrics", "policies", "profile", "rulecompile",
-           "rules", "runtime", "segments", "selection", "stats", "trace")
 GROUP = "journey_native"  # the shared library mypyc builds beside the package: journey_native__mypyc
+LIBRARY = GROUP + "__mypyc"
 PACKAGE = Path(__file__).resolve().parent
 MANIFEST = "manifest.json"
 
 
-def _fingerprint() -> dict[str, str]:
-    digests = {m: hashlib.sha256((PACKAGE / f"{m}.py").read_bytes()).hexdigest() for m in MODULES}
-    return {"python": sys.implementation.cache_tag or "", **digests}
-
-
 def directory() -> Path:
     return Path(os.environ.get("JOURNEY_NATIVE_DIR") or Path(sys.prefix, "native"))
+
+
+def stamp(source: Path | str) -> list[int]:
+    """What identifies a source file without reading it: its size and modification time."""
+    status = os.stat(source)
+    return [status.st_size, status.st_mtime_ns]
+
+
+def matches(built: Any) -> bool:
+    """Whether a build's manifest is of these sources, unchanged, and of the running interpreter."""
+    if not isinstance(built, dict) or built.get("python") != sys.implementation.cache_tag:
+        return False
+    sources = built.get("sources")
+    folder = str(PACKAGE)
+    return isinstance(sources, dict) and bool(sources) and all(
+        stamp(f"{folder}/{module}.py") == expected for module, expected in sources.items())
 
 
 def use(package_path: list[str]) -> bool:
@@ -43,13 +50,17 @@ def use(package_path: list[str]) -> bool:
     root = directory()
     try:
         built = json.loads((root / MANIFEST).read_text())
-        fresh = built == _fingerprint()
+        if not matches(built):
+            return False
     except (OSError, ValueError):
         return False
-    if not fresh:
-        return False
-    if str(root) not in sys.path:
-        sys.path.append(str(root))  # the shared library is a top-level module
+    if LIBRARY not in sys.modules:  # the compiled modules import it by its top-level name
+        spec = spec_from_file_location(LIBRARY, root / built["library"])
+        if spec is None or spec.loader is None:
+            return False
+        library = module_from_spec(spec)
+        spec.loader.exec_module(library)
+        sys.modules[LIBRARY] = library
     package_path.insert(0, str(root / "journey_engine"))
     return True
 
@@ -66,27 +77,3 @@ def active() -> bool:
     from . import engine
 
     return not engine.__file__.endswith(".py") if engine.__file__ else False
-
-
-def build(root: Path) -> None:
-    """Compile MODULES into `root`; the manifest is written last, so a failed build is never used."""
-    from mypyc.build import mypycify
-    from setuptools import Distribution
-
-    manifest = root / MANIFEST
-    manifest.unlink(missing_ok=True)
-    cwd = os.getcwd()
-    os.chdir(PACKAGE.parent)  # mypy reads pyproject.toml's settings from the project's root
-    try:
-        extensions = mypycify([f"journey_engine/{m}.py" for m in MODULES], group_name=GROUP,
-                              target_dir=str(root / "build"))
-        dist = Distribution({"name": "journey-native", "ext_modules": extensions})
-        command = dist.get_command_obj("build_ext")
-        command.build_lib = str(root)
-        command.build_temp = str(root / "build")
-        command.parallel = os.cpu_count() or 1
-        dist.run_command("build_ext")
-    finally:
-        os.chdir(cwd)
-    manifest.write_text(json.dumps(_fingerprint()))
-

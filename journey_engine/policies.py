@@ -5,7 +5,8 @@ send; time is an argument and the user's past sends are a ledger passed in as da
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -121,14 +122,16 @@ def decide(
     hour_source: str | None = None,
     deferred: bool = False,
     bounced: str | None = None,
+    caps: Sequence[FrequencyCap] | None = None,
 ) -> Decision:
     """Decide one send. `ledger` holds the user's past sends as (epoch seconds, channel), all journeys.
 
     `best_hour` is the local hour `send_at: optimal` aims at and `hour_source` says where it was
     learned (None: the workspace's `send_time.default_hour`). `deferred` is True when this send was
     deferred before and is now due: it is decided again (subscription and caps may have changed) but
-    not its timing: it goes out now, at its `until` (SPEC §3 item 10). `bounced` is the user's address on this channel
-    when it bounced hard.
+    not its timing: it goes out now, at its `until` (SPEC §3 item 10). `bounced` is the user's address on
+    this channel when it bounced hard. `caps` are the frequency caps that apply to this user (those whose
+    `if:` holds for them; see `applicable_caps`); None: all of the policies' caps.
     """
     now = _aware(now)
     if bounced is not None:
@@ -137,7 +140,7 @@ def decide(
                         explanation=f"{bounced} bounced hard; a new traits.{field} lifts this")
     if not subscribed:
         return Decision(action="suppress", reason="unsubscribed", explanation="the user is unsubscribed")
-    cap = _reached_cap(now, message.channel, policies.frequency_caps, ledger)
+    cap = _reached_cap(now, message.channel, policies.frequency_caps if caps is None else caps, ledger)
     if cap is not None:
         return Decision(action="suppress", reason="frequency_cap", explanation=_cap_text(cap))
     zone = resolve_zone(timezone, policies.timezone)
@@ -148,6 +151,20 @@ def decide(
     if decision.action == "send" and message.send_at == "optimal" and not deferred:
         return Decision(action="send", explanation=f"sent at {source} in {zone.key}")
     return decision
+
+
+def applicable_caps(caps: Sequence[FrequencyCap], holds: Callable[[int], bool]) -> list[FrequencyCap]:
+    """The caps that apply to one user: those without `if:`, and those whose rule (by index) holds."""
+    return [cap for i, cap in enumerate(caps) if cap.if_ is None or holds(i)]
+
+
+def in_control_group(user_id: str, share: float) -> bool:
+    """Whether the workspace's control group holds this user out: a hash of the id, so the same users
+    are held out on every run, every process and every report (SPEC §3 item 15)."""
+    if share <= 0:
+        return False
+    digest = hashlib.sha1(f"control_group:{user_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < share
 
 
 def _aware(now: datetime) -> datetime:
@@ -178,7 +195,8 @@ def _capped_by(cap: FrequencyCap, channel: str) -> bool:
 
 def _cap_text(cap: FrequencyCap) -> str:
     scope = "all channels" if cap.channel == "any" else cap.channel
-    return f"frequency cap on {scope} reached: {cap.max} per {format_duration(cap.per)}"
+    tier = f" (for users where {cap.if_})" if cap.if_ is not None else ""
+    return f"frequency cap on {scope} reached: {cap.max} per {format_duration(cap.per)}{tier}"
 
 
 def _gates(message: Message, policies: Policies, hour: int, deferred: bool) -> tuple[_Gate, ...]:

@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import partial
 
-from . import clock, trace
+from . import clock
 from .engine import Engine, Outcome
 from .events import Event
+from .facts import AliasIgnored, DuplicateIgnored
 from .memory import MemoryStore
 from .ports import Batch, ConflictError, Part, Store
 from .profile import Profile
@@ -81,7 +82,7 @@ class Runtime:
         at = event.timestamp if now is None else now
         if event.message_id is not None:
             if event.message_id in already:
-                out.records.append(trace.other("duplicate", at, event.user_id, message_id=event.message_id))
+                out.facts.append(DuplicateIgnored(at=at, user=event.user_id, message_id=event.message_id))
                 return
             already.add(event.message_id)
             batch.message_ids.append((event.message_id, at))
@@ -103,8 +104,8 @@ class Runtime:
         merged_into = aliases.get(event.previous_id)
         if merged_into is not None and merged_into != user:
             # an id merged into another user once stays theirs: never fold two known customers together
-            out.records.append(trace.other("alias_ignored", now, user, previous_id=event.previous_id,
-                                           reason=f"`{event.previous_id}` was merged into `{merged_into}` before"))
+            out.facts.append(AliasIgnored(at=now, user=user, previous_id=event.previous_id,
+                                          reason=f"`{event.previous_id}` was merged into `{merged_into}` before"))
             out.extend(self.engine.apply(profile, event, now))
             return
         aliases[event.previous_id] = user

@@ -121,7 +121,7 @@ class SegmentBook:
 
         Also lowers `profile.segments_due_at` to the earliest anchor or `for:` deadline from `now` on:
         the inputs may have changed since the wake-up that settled the segments (an anchor is x + d, the
-        instant the comparison turns, a strict one's tick included: see rulecompile._anchor).
+        instant the comparison turns, a strict one's tick included: see ruleanalysis._anchor).
         """
         wake: datetime | None = None
         due: datetime | None = None

@@ -1,12 +1,13 @@
 """Next best message and splits (SPEC §3.7): first by priority, uniform or weighted random, and a
-Thompson-sampling bandit over (sends, conversions) per arm. Randomness comes only from the
-`random.Random` passed in, so a seeded simulation picks the same arms every run.
+Thompson-sampling bandit over (sends, conversions) per arm, learnt apart per cohort when a `choose`
+has `by:` (SPEC §3 item 15). Randomness comes only from the `random.Random` passed in, so a seeded
+simulation picks the same arms every run.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import NamedTuple, TypedDict
 
 from journey_engine.stats import beta_posterior, credible_interval
@@ -30,6 +31,28 @@ class Estimate(TypedDict):
 
 
 Stats = Mapping[str, tuple[int, int]]
+
+# The cohort of the users in none of a `by:` list's segments. Not a valid segment name (no spaces).
+EVERYONE_ELSE = "everyone else"
+# A per-cohort bandit is stored under the state `<state>@<cohort>`, so the store, the goal's
+# attribution and the reports keep their (journey, state, arm) shape.
+_COHORT_MARK = "@"
+
+
+def cohort_of(by: Sequence[str], segments: Collection[str]) -> str:
+    """The first segment of `by` the user is in, else EVERYONE_ELSE."""
+    return next((name for name in by if name in segments), EVERYONE_ELSE)
+
+
+def bandit_state(state: str, cohort: str | None) -> str:
+    """The state key a bandit learns under: the state itself, or its cohort's own key."""
+    return state if cohort is None else f"{state}{_COHORT_MARK}{cohort}"
+
+
+def split_bandit_state(key: str) -> tuple[str, str | None]:
+    """(state, cohort) of a bandit's state key; cohort None for a bandit without `by:`."""
+    state, mark, cohort = key.rpartition(_COHORT_MARK)
+    return (state, cohort) if mark and state else (key, None)
 
 
 def choose_first(candidates: Sequence[tuple[str, int]]) -> str:

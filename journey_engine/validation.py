@@ -95,6 +95,8 @@ def _segment_refs(journey: Journey) -> Iterator[tuple[PathKey, str]]:
         for i, transition in enumerate(state.transitions):
             if transition.segment is not None:
                 yield ("states", name, "transitions", i, "segment"), transition.segment
+        if isinstance(state.send, Choose):  # the cohorts a `choose: best` learns for (SPEC §3 item 15)
+            yield from ((("states", name, "send", "by", i), segment) for i, segment in enumerate(state.send.by))
 
 
 def _unknown(kind: str, name: str, known: Iterable[str], fix: str) -> str:
@@ -364,6 +366,7 @@ def _texts(ws: Workspace) -> Iterator[tuple[tuple[str, str], str]]:
         yield from ((("messages", name), text) for text in parts if text)
     yield from ((("segments", name), s.rule) for name, s in ws.segments.items())
     yield from ((("metrics", name), m.where) for name, m in ws.metrics.items() if m.where)
+    yield from ((("policies", "policies"), c.if_) for c in ws.policies.frequency_caps if c.if_)
 
 
 def _attribute(at: object) -> str | None:
@@ -376,6 +379,11 @@ def _mentioned(name: str, owner: tuple[str, str], texts: list[tuple[tuple[str, s
     return any(other != owner and word.search(text) for other, text in texts)
 
 
+# "active in the last 7 days" over a last_seen metric: the report's retention grid reads such a segment,
+# so it is used even when no journey or rule names it
+ACTIVITY_RULE = re.compile(r"^\s*metrics\.(\w+)\s*!=\s*null\s+and\s+\$now\s*-\s*metrics\.(\w+)\s*<\s*t'P7D'\s*$")
+
+
 def _unused(ws: Workspace) -> Iterator[Problem]:
     sent = {m for journey in ws.journeys.values() for _, m in _message_refs(journey)}
     entered = {s for journey in ws.journeys.values() for _, s in _segment_refs(journey)}
@@ -384,6 +392,7 @@ def _unused(ws: Workspace) -> Iterator[Problem]:
         if name not in sent:
             yield ws.problem("messages", name, (), f"message `{name}` is declared but not used: no state "
                              "sends it; add it to a `send:` or remove it", "warning")
+    entered |= {name for name, s in ws.segments.items() if ACTIVITY_RULE.match(s.rule)}
     for kind, names in (("segments", ws.segments), ("metrics", ws.metrics)):
         for name in names:
             if name not in entered and not _mentioned(name, (kind, name), texts):

@@ -103,7 +103,7 @@ def _triggers(journey: Journey) -> dict[str, str]:
 def changes(old: Journey | None, new: Journey | None) -> list[Change]:
     """What differs from `old` to `new` (either may be None: an added or a removed journey)."""
     if old is None or new is None:
-        return [Change("journey", "added" if old is None else "removed from the workspace")]
+        return []  # an added or removed journey: its status says so
     found: list[Change] = []
     a, b = _triggers(old), _triggers(new)
     for part in sorted(set(a) | set(b)):

@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 
 from adapters.reporting import Report
 from adapters.service.settings import Settings
-from adapters.sources.dashboard import ReportCache
 from adapters.sources.http_api import create_app
 from adapters.storage.sql import SqlStore
+from adapters.web.dashboard import ReportCache
 from journey_engine.compiler import load_workspace
 
 from . import browser
@@ -77,7 +77,8 @@ def test_the_report_is_rebuilt_at_most_every_few_seconds() -> None:
 
     cache = ReportCache(build, floor=2.0, share=0.1, clock=lambda: now[0])
     first = cache.get()
-    assert json.loads(json.dumps(first)) == {"now": "2026-01-05T09:00:00Z", "journeys": [], "segments": []}
+    assert json.loads(json.dumps(first)) == {"now": "2026-01-05T09:00:00Z", "journeys": [], "segments": [],
+                                             "retention": [], "programme": None, "control_group": 0.0}
     now[0] = 4.0
     assert cache.get() is first
     now[0] = 5.6
@@ -138,7 +139,7 @@ def test_the_dashboard_shows_every_journey_and_counts_move(server: str) -> None:
 def test_the_report_data_holds_the_bandits_estimates() -> None:
     """Each `choose: best` state's arms, with sends, conversions and the credible interval, reach the page."""
     from adapters.reporting.model import ArmEstimate, BanditReport, JourneyReport
-    from adapters.sources.dashboard import report_json
+    from adapters.web.dashboard import report_json
 
     arm = ArmEstimate(arm="tips_push", kind="message", sends=20, conversions=5, mean=0.26, low=0.1, high=0.46)
     journey = JourneyReport(name="onboarding", description=None, goal=None, funnel=[], messages=[], lift=None,
@@ -147,4 +148,4 @@ def test_the_report_data_holds_the_bandits_estimates() -> None:
     data = report_json(Report(now=NOW, journeys=[journey], segments=[]))
     assert data["journeys"][0]["bandits"] == [{"state": "tips", "strategy": "choose: best", "arms": [
         {"arm": "tips_push", "kind": "message", "sends": 20, "conversions": 5, "mean": 0.26, "low": 0.1,
-         "high": 0.46}]}]
+         "high": 0.46}], "cohort": None}]

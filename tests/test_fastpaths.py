@@ -179,7 +179,7 @@ def test_a_rule_is_anchored_only_when_every_clock_read_is_an_anchor(text: str, a
 
 @pytest.mark.parametrize("root", WORKSPACES, ids=lambda p: p.name)
 def test_every_move_is_the_move_the_journey_machine_makes(root: Path) -> None:
-    """The engine assigns target states itself; the `transitions` machine agrees for every transition."""
+    """The `transitions` machine takes every transition and split path to the target the journey file names."""
     compiled = load_workspace(root)
     engine = Engine(compiled)
     for cj in compiled.journeys.values():

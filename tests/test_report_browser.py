@@ -72,3 +72,32 @@ def test_the_html_report_renders_offline_and_requests_nothing(tmp_path: Path) ->
         # The trap itself works: a request the page did make would have been seen and refused.
         refused = page.evaluate("fetch('http://192.0.2.1/x.png').then(() => false, () => true)")
         assert refused and attempted and attempted[0] == "http://192.0.2.1/x.png"
+
+
+# Every table fits the window, or sits in a box that scrolls sideways and itself fits: the page never
+# scrolls sideways as a whole and no table is cut off at the window's edge.
+OVERFLOWING_TABLES = """() => {
+  const width = document.documentElement.clientWidth;
+  const bad = [];
+  if (document.documentElement.scrollWidth > width + 1) bad.push('page ' + document.documentElement.scrollWidth);
+  for (const table of document.querySelectorAll('table')) {
+    let box = table.parentElement;
+    while (box && !['auto', 'scroll'].includes(getComputedStyle(box).overflowX)) box = box.parentElement;
+    const edge = (box || table).getBoundingClientRect().right;
+    if (edge > width + 1) bad.push((table.className || 'table') + ' ' + Math.round(edge));
+  }
+  return bad;
+}"""
+
+
+def test_report_tables_never_overflow_a_narrow_or_a_wide_window(tmp_path: Path) -> None:
+    """At 390 and 1400 pixels wide, no table reaches past the window; screenshots of both are kept."""
+    html = written_report(tmp_path)
+    with chromium() as browser:
+        for width in (390, 1400):
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.goto(html.as_uri())
+            page.wait_for_load_state("load")
+            page.screenshot(path=str(ARTIFACTS / f"report-{width}.png"), full_page=True)
+            assert page.evaluate(OVERFLOWING_TABLES) == [], f"tables overflow at {width} px"
+            page.close()

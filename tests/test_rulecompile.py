@@ -15,7 +15,8 @@ from rule_engine import DataType as T
 from rule_engine import errors
 from rule_engine.types import coerce_value
 
-from journey_engine.rulecompile import TICK, compile_rule, thresholds, time_anchors
+from journey_engine.ruleanalysis import TICK, thresholds, time_anchors
+from journey_engine.rulecompile import compile_rule
 
 UTC = UTC
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -34,20 +34,23 @@ class Mutant:
     env: tuple[tuple[str, str], ...] = ()
 
 
-ENGINE = "journey_engine/engine.py"
+ENGINE = "journey_engine/engine/__init__.py"
+JOURNEYS = "journey_engine/engine/journeys.py"
+MESSAGES = "journey_engine/engine/messages.py"
+PLAN = "journey_engine/engine/plan.py"
 MUTANTS = (
     Mutant("exits_after_transitions", "exits and goal checked after the state's transitions",
-           ((ENGINE, "        for criterion in plan.exits(run, event):\n",
+           ((JOURNEYS, "        for criterion in plan.exits(run, event):\n",
              "        early = self._first(run, plan.states[inst.state].checks, event, arrival=False)\n"
              "        if early is not None:\n            self._move(run, cj, inst, early)\n            return\n"
              "        for criterion in plan.exits(run, event):\n"),),
            (DIFFERENTIAL, f"{BEHAVIOURS}::test_an_exit_wins_over_a_transition_on_the_same_event")),
     Mutant("key_first_instance", "an event without the key property reaches only the first keyed instance",
-           ((ENGINE, "if routed is None or inst.key == routed:",
+           ((JOURNEYS, "if routed is None or inst.key == routed:",
              "if (routed is None and inst is instances[0]) or inst.key == routed:"),),
            (DIFFERENTIAL, f"{BEHAVIOURS}::test_an_event_without_the_key_reaches_every_keyed_instance")),
     Mutant("at_workspace_zone", "`at: \"09:00\"` in the workspace zone instead of traits.timezone",
-           ((ENGINE, 'zone = resolve_zone(_str(run.profile.traits.get("timezone")), self.policies.timezone)',
+           ((JOURNEYS, 'zone = resolve_zone(text(run.profile.traits.get("timezone")), self.policies.timezone)',
              "zone = resolve_zone(None, self.policies.timezone)"),),
            (DIFFERENTIAL, f"{BEHAVIOURS}::test_at_is_the_users_local_time")),
     Mutant("bearer_write_key", "`Authorization: Bearer <write key>` accepted on admin routes",
@@ -62,29 +65,29 @@ MUTANTS = (
              "            return self.start <= minute <= self.end"),),
            (DIFFERENTIAL, f"{BEHAVIOURS}::test_a_window_closes_at_its_end_minute")),
     Mutant("deferred_dropped_on_final", "a deferred send dropped when the journey completes (SPEC §3 item 10)",
-           ((ENGINE, 'if reason != "final" and profile.deferred:', "if profile.deferred:"),),
+           ((JOURNEYS, 'if reason != "final" and profile.deferred:', "if profile.deferred:"),),
            (DIFFERENTIAL, TRUST + "::test_a_final_states_deferred_send_goes_out_after_the_journey_completed",
             TRUST + "::test_a_deferred_send_survives_moving_on_at_once_through_a_fallback")),
     Mutant("deferred_kept_on_leaving", "a deferred send kept when its state is left later (SPEC §3 item 10)",
-           ((ENGINE, 'self._cancel(run, inst, "left_state", inst.visit)', "pass"),),
+           ((JOURNEYS, 'self._cancel(run, inst, "left_state", inst.visit)', "pass"),),
            (DIFFERENTIAL, TRUST + "::test_an_exit_or_a_later_move_cancels_a_deferred_send")),
     Mutant("same_instant_one_run", "two entries in one millisecond share a run (SPEC §3 item 12)",
-           ((ENGINE, "run_id = int(last * 1000 + 0.01) + 1", "run_id = run_id"),),
+           ((JOURNEYS, "run_id = int(last * 1000 + 0.01) + 1", "run_id = run_id"),),
            (DIFFERENTIAL, TRUST + "::test_two_entries_at_the_same_instant_are_two_runs_with_their_own_send_keys")),
     Mutant("new_user_no_segments", "a new user's segments evaluated only for the inputs that changed (item 13)",
            ((ENGINE, "        fresh = _blank(profile)\n", "        fresh = False\n"),),
            (DIFFERENTIAL, TRUST + "::test_a_new_user_is_in_the_segments_that_hold_for_them_from_their_first_event")),
     Mutant("send_list_in_file_order", "a send list tried in file order, not by priority (item 11)",
-           ((ENGINE, "sorted(spec.candidates, key=lambda m: -messages[m].priority if m in messages else 0)",
+           ((PLAN, "sorted(spec.candidates, key=lambda m: -messages[m].priority if m in messages else 0)",
              "spec.candidates"),),
            (DIFFERENTIAL, TRUST + "::test_a_send_list_under_a_cap_sends_the_highest_priority_message_first")),
     Mutant("transactional_counts_toward_caps", "a transactional send counted toward caps (item 11)",
-           ((ENGINE, "        if not msg.transactional:  # transactional sends do not count toward caps",
+           ((MESSAGES, "        if not msg.transactional:  # transactional sends do not count toward caps",
              "        if True:  # mutant"),),
            (DIFFERENTIAL, TRUST + "::"
             "test_a_transactional_message_ignores_quiet_hours_caps_and_subscriptions_and_counts_toward_no_cap")),
     Mutant("expiry_ignored", "a send days late goes out anyway (item 10)",
-           ((ENGINE, "        if expiry is not None and run.current - due > expiry:",
+           ((MESSAGES, "        if expiry is not None and run.current - due > expiry:",
              "        if False:"),),
            (TRUST + "::test_sends_due_during_an_outage_expire_while_the_journey_moves_on",
             "tests/test_scenarios.py")),
@@ -94,14 +97,14 @@ MUTANTS = (
            (DIFFERENTIAL, TRUST + "::"
             "test_a_rule_that_fails_at_run_time_is_false_and_traced_with_its_file_and_line")),
     Mutant("caps_per_journey", "frequency caps counted per journey instead of across journeys",
-           ((ENGINE, "decision = self._decide(run, msg, deferred)",
+           ((MESSAGES, "decision = self._decide(run, msg, deferred)",
              "decision = self._decide(run, msg, deferred, cj.name)"),
-            (ENGINE, "def _decide(self, run: _Run, msg: Message, deferred: bool) -> Decision:",
-             "def _decide(self, run: _Run, msg: Message, deferred: bool, journey: str = '') -> Decision:"),
-            (ENGINE, "ledger=profile.ledger or (), subscribed=subscribed",
+            (MESSAGES, "def _decide(self, run: Run, msg: Message, deferred: bool) -> Decision:",
+             "def _decide(self, run: Run, msg: Message, deferred: bool, journey: str = '') -> Decision:"),
+            (MESSAGES, "ledger=profile.ledger or (), subscribed=subscribed",
              "ledger=tuple((t, c.split('@')[0]) for t, c in (profile.ledger or ()) if c.endswith('@' + journey)), "
              "subscribed=subscribed"),
-            (ENGINE, "(clock.epoch(run.now), msg.channel))", "(clock.epoch(run.now), msg.channel + '@' + cj.name))")),
+            (MESSAGES, "(clock.epoch(run.now), msg.channel))", "(clock.epoch(run.now), msg.channel + '@' + cj.name))")),
            (DIFFERENTIAL, f"{BEHAVIOURS}::test_a_cap_counts_sends_of_every_journey")),
     Mutant("wake_one_expiry_late", "a window's wake-up at the next-but-one expiry",
            (("journey_engine/metrics.py", "at = entries[0] + self.spans[name] if bounds is None",
@@ -114,7 +117,7 @@ MUTANTS = (
              "    return candidates[0]"),),
            ("tests/test_selection.py",)),
     Mutant("reentry_from_exit", "re-entry `after` counted from the exit instead of the entry",
-           ((ENGINE, "        profile.note_entry(ikey, inst.entry_epoch())\n        inst.timers = ()",
+           ((JOURNEYS, "        profile.note_entry(ikey, inst.entry_epoch())\n        inst.timers = ()",
              "        profile.note_entry(ikey, clock.epoch(run.now))\n        inst.timers = ()"),),
            (DIFFERENTIAL, f"{BEHAVIOURS}::test_reentry_after_counts_from_the_last_entry")),
     Mutant("identify_dedupe_removed", "an identify's messageId no longer deduplicated",
@@ -124,7 +127,7 @@ MUTANTS = (
              "            if event.message_id in"),),
            (DIFFERENTIAL, f"{BEHAVIOURS}::test_a_repeated_identify_is_a_duplicate")),
     Mutant("quiet_hours_workspace_zone", "the user's time zone ignored in quiet hours",
-           ((ENGINE, "policies=policies, timezone=timezone,", "policies=policies, timezone=None,"),),
+           ((MESSAGES, "policies=policies, timezone=timezone,", "policies=policies, timezone=None,"),),
            (DIFFERENTIAL, f"{BEHAVIOURS}::test_quiet_hours_are_the_users_local_hours")),
 )
 

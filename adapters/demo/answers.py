@@ -6,7 +6,8 @@ message (`MESSAGES`): email 98% delivered (else `Email Bounced`), 22% of those o
 all-industry average), 12% of opens clicked; push opened 5% (Airship's direct open rates); in-app
 messages are seen at the next session if it comes within 7 days, and clicked 15%; SMS clicked 10%.
 Groups: new (signed up this week, no order) x1.3, browser (no order) x0.8, buyer x1, repeat buyer
-x1.3, lapsed (no order for 30 days) x0.6. An engaged user converts with the message's rate, times
+x1.3, lapsed (no order for 30 days) x0.6; by age (`AGE_CHANNEL`), push x1.5 and email x0.4 for users
+under 30, push x0.3 and email x2 for the others. An engaged user converts with the message's rate, times
 the group's: an order (on the message's cart for a journey keyed by cartId) or, for a journey whose
 goal is a rule (`reactivation`), the finished set-up. Feedback follows Segment's spec: `Email
 Delivered` seconds after the send, `Email Opened` a lognormal delay later (median 2 hours, skipping
@@ -20,21 +21,39 @@ The stylised part: in each `choose: best` state one candidate is clearly better 
 (`tips_push`, `vip_perks_in_app`, `winback_in_app`, `resume_sms`) and it is not the first listed, and
 the VIP messages work well; `DemoResult` compares the bandit's picks with always sending the first
 eligible candidate under this same model, and holdout users, who are sent nothing and so never
-answer, give the baseline of the lift.
+answer, give the baseline of the lift. The tips are the per-cohort case: tips_push is better for
+users under 30, tips_email for the others, so one answer for everyone is wrong for one of them.
+For a choice learnt per cohort (`by:`), each decision is also put to a single bandit for everyone
+(`_Shadow`: Thompson sampling on its own counts, learning from a click drawn from this model at once,
+as the engine learns from clicks, so it has it easier than the engine), and the best fixed
+per-cohort assignment (the preference order of candidates, per cohort, with the most expected
+conversions over that cohort's decisions) is found after the run: the three side by side.
 """
 
 from __future__ import annotations
 
+import itertools
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from adapters.demo.population import DAY, HOUR, MINUTE, Population
-from adapters.demo.results import Answered, ChoiceResult, HoldoutResult
+from adapters.demo.results import Answered, ChoiceResult, CohortResult, HoldoutResult
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.engine import Outcome, SendMessage
+from journey_engine.facts import (
+    Fact,
+    GoalReached,
+    JourneyEntered,
+    MessageDeferred,
+    MessageFact,
+    MessageSent,
+    MessageSuppressed,
+)
 from journey_engine.model import Choose
+from journey_engine.selection import EVERYONE_ELSE, choose_best
 
 if TYPE_CHECKING:
     from adapters.demo.population import _User
@@ -54,7 +73,7 @@ GROUPS: dict[str, tuple[float, float]] = {
 }
 # message: (appeal: engagement factor, conversion rate of the engaged)
 MESSAGES: dict[str, tuple[float, float]] = {
-    "welcome_email": (1.5, 0.04), "tips_email": (1.0, 0.05), "tips_push": (2.0, 0.30),
+    "welcome_email": (1.5, 0.04), "tips_email": (1.2, 0.30), "tips_push": (2.0, 0.30),
     "first_order_push": (1.5, 0.25), "first_order_email": (1.2, 0.25), "activated_in_app": (1.0, 0.05),
     "cart_reminder_push": (1.8, 0.25), "cart_reminder_email": (1.3, 0.25), "cart_discount_email": (1.4, 0.35),
     "winback_email_a": (1.0, 0.15), "winback_email_b": (1.3, 0.18), "winback_push": (1.0, 0.10),
@@ -65,6 +84,12 @@ MESSAGES: dict[str, tuple[float, float]] = {
     "resume_in_app": (1.5, 0.40), "resume_email": (1.2, 0.35), "resume_push": (1.0, 0.25), "resume_sms": (1.0, 0.60),
 }
 DEFAULT_MESSAGE = (1.0, 0.10)
+YOUNG = 30  # users under this age are the young ones of the response model (and of `young_adults`)
+# (under YOUNG, channel): engagement factor
+AGE_CHANNEL: dict[tuple[bool, str], float] = {(True, "push"): 1.5, (True, "email"): 0.4,
+                                              (False, "push"): 0.3, (False, "email"): 2.0}
+# what the demo's people are, for a segment a `by:` names: the others count as not in it
+SEGMENT_TRUTH = {"young_adults": lambda user: user.age < YOUNG}
 CLICK_EVENTS = {"email": "Email Link Clicked", "push": "Push Opened", "in_app": "Message Clicked",
                 "sms": "Message Clicked"}
 
@@ -79,6 +104,9 @@ class _Decision:
     fixed: float = 0.0
     best: float = 0.0
     converted: bool = False
+    cohort: str = ""  # with `by:`: the cohort of the user at the decision
+    chances: dict[str, float] = field(default_factory=dict)  # expected conversions of each eligible candidate
+    single: float = 0.0  # expected conversions of the single bandit's pick (`_Shadow`)
 
 
 @dataclass(slots=True)
@@ -98,8 +126,9 @@ class Responses:
         self.people = people
         self.tally = _Tally()
         self.workspace = _WorkspaceFacts(compiled)
-        self._ineligible: dict[tuple[str, str, str | None, str], tuple[str, set[str]]] = {}
+        self._ineligible: dict[tuple[str, str, str | None, str], tuple[datetime | None, set[str]]] = {}
         self._decisions: dict[tuple[str, str, str | None, str, str], _Decision] = {}
+        self._shadow = _Shadow(random.Random(people.seed + 3))
 
     def group(self, user: _User, at: float) -> str:
         """Where the user is when a message reaches them: the response model's groups."""
@@ -113,6 +142,7 @@ class Responses:
         """(P(engage), P(goal | engaged)) for this user sent this message at `at`."""
         appeal, convert = MESSAGES.get(message, DEFAULT_MESSAGE)
         engage, conversion = GROUPS[self.group(user, at)]
+        engage *= AGE_CHANNEL.get((user.age < YOUNG, channel), 1.0)
         if channel == "email":
             p = EMAIL_DELIVERED * min(CAP, EMAIL_OPEN * engage * appeal) * EMAIL_CLICK
         elif channel == "push":
@@ -127,48 +157,47 @@ class Responses:
         return p, min(CAP, convert * conversion)
 
     def observe(self, outcome: Outcome) -> None:
-        """Learn from the engine's trace what it decided, and schedule the users' answers to its sends."""
-        for record in outcome.records:
-            self._record(record)
+        """Learn from the engine's facts what it decided, and schedule the users' answers to its sends."""
+        for fact in outcome.facts:
+            self._fact(fact)
         for send in sorted(outcome.sends, key=lambda s: (s.at, s.idempotency_key)):
             self._answer(send)
 
-    def _record(self, r: dict[str, Any]) -> None:
-        kind = r["kind"]
+    def _fact(self, f: Fact) -> None:
         facts = self.workspace
         assert facts is not None
-        if kind == "journey_entered":
-            stats = self.tally.journeys.setdefault(r["journey"], {"entered": 0, "goals": 0})
+        if isinstance(f, JourneyEntered):
+            stats = self.tally.journeys.setdefault(f.journey, {"entered": 0, "goals": 0})
             stats["entered"] += 1
-            if r["journey"] in facts.holdouts:
-                entrants = self.tally.entrants.setdefault(r["journey"], {})
-                if r["user"] not in entrants:
-                    entrants[r["user"]] = (_parse(r["at"]), bool(r.get("holdout")))
-        elif kind == "goal_reached":
-            self.tally.journeys.setdefault(r["journey"], {"entered": 0, "goals": 0})["goals"] += 1
-        elif kind.startswith("message_") and (r["journey"], r["state"]) in facts.choices:
-            self._choice(r, kind)
+            if f.journey in facts.holdouts:
+                entrants = self.tally.entrants.setdefault(f.journey, {})
+                if f.user not in entrants:
+                    entrants[f.user] = (f.at.timestamp(), f.holdout)
+        elif isinstance(f, GoalReached):
+            self.tally.journeys.setdefault(f.journey, {"entered": 0, "goals": 0})["goals"] += 1
+        elif isinstance(f, MessageFact) and f.state is not None and (f.journey, f.state) in facts.choices:
+            self._choice(f, f.state)
 
-    def _choice(self, r: dict[str, Any], kind: str) -> None:
+    def _choice(self, f: MessageFact, state_name: str) -> None:
         """Pair a `choose: best` pick with the candidates that were eligible when it was made."""
         assert self.workspace is not None
-        state = (r["user"], r["journey"], r["key"], r["state"])
-        if kind == "message_suppressed" and r.get("reason") == "ineligible":
-            at, found = self._ineligible.get(state, ("", set()))
-            if at != r["at"]:
+        state = (f.user, f.journey, f.key, state_name)
+        if isinstance(f, MessageSuppressed) and f.reason == "ineligible":
+            at, found = self._ineligible.get(state, (None, set()))
+            if at != f.at:
                 found = set()
-            found.add(r["message"])
-            self._ineligible[state] = (r["at"], found)
+            found.add(f.message)
+            self._ineligible[state] = (f.at, found)
             return
-        pick = (*state, r["message"])
+        pick = (*state, f.message)
         if pick in self._decisions:  # a pick deferred earlier, sent or dropped now
-            if kind == "message_suppressed":
+            if isinstance(f, MessageSuppressed):
                 del self._decisions[pick]
             return
-        at, ineligible = self._ineligible.pop(state, ("", set()))
-        candidates = self.workspace.choices[(r["journey"], r["state"])]
-        eligible = tuple(m for m in candidates if at != r["at"] or m not in ineligible)
-        if kind in ("message_sent", "message_deferred"):
+        at, ineligible = self._ineligible.pop(state, (None, set()))
+        candidates = self.workspace.choices[(f.journey, state_name)]
+        eligible = tuple(m for m in candidates if at != f.at or m not in ineligible)
+        if isinstance(f, (MessageSent, MessageDeferred)):
             self._decisions[pick] = _Decision(eligible=eligible)
 
     def _answer(self, send: SendMessage) -> None:
@@ -257,7 +286,20 @@ class Responses:
         decision.expected = chances.get(send.message, 0.0)
         decision.fixed = chances[decision.eligible[0]] if decision.eligible else decision.expected
         decision.best = max(chances.values(), default=decision.expected)
+        by = self.workspace.by.get((send.journey, send.state)) if self.workspace else None
+        if by and decision.eligible:
+            decision.chances = chances
+            decision.cohort = next((s for s in by if SEGMENT_TRUTH.get(s, _nobody)(user)), EVERYONE_ELSE)
+            picked = self._shadow.pick((send.journey, send.state), decision.eligible)
+            decision.single = chances[picked]
+            clicked = self._clicks(user, picked, at)
+            self._shadow.learn((send.journey, send.state), picked, clicked)
         self.tally.choices.setdefault((send.journey, send.state), []).append(decision)
+
+    def _clicks(self, user: _User, message: str, at: float) -> bool:
+        """Whether the user would click `message` sent at `at`: drawn from the model, sending nothing."""
+        channel = self.workspace.channels[message] if self.workspace else "email"
+        return self._shadow.rng.random() < self.chance(user, message, channel, at)[0]
 
     # --- for the result -----------------------------------------------------------------------------
 
@@ -275,7 +317,7 @@ class Responses:
                 picks=dict(sorted(Counter(d.picked for d in made).items())),
                 conversions=sum(d.converted for d in made),
                 adaptive_rate=_mean([d.expected for d in made]), fixed_rate=_mean([d.fixed for d in made]),
-                best_rate=_mean([d.best for d in made])))
+                best_rate=_mean([d.best for d in made]), cohorts=_cohorts(made)))
         return tuple(choices)
 
     def holdouts(self) -> tuple[HoldoutResult, ...]:
@@ -307,6 +349,7 @@ class _WorkspaceFacts:
         self.channels = {m: msg.channel for m, msg in messages.items()}
         self.subscriptions = {m: msg.subscription for m, msg in messages.items() if msg.subscription}
         self.choices: dict[tuple[str, str], tuple[str, ...]] = {}
+        self.by: dict[tuple[str, str], tuple[str, ...]] = {}
         self.holdouts: dict[str, float] = {}
         self.actions: dict[str, str] = {}
         self.keys: dict[str, str | None] = {}
@@ -321,11 +364,51 @@ class _WorkspaceFacts:
             for state_name, state in journey.states.items():
                 if isinstance(state.send, Choose) and state.send.choose == "best":
                     self.choices[(name, state_name)] = tuple(state.send.from_)
+                    if state.send.by:
+                        self.by[(name, state_name)] = tuple(state.send.by)
 
 
-def _parse(at: str) -> float:
-    return datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+class _Shadow:
+    """A single `choose: best` bandit for everyone, beside the engine's per-cohort ones: it picks for the
+    same decisions and learns from clicks drawn from the response model; nothing it picks is sent."""
 
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.stats: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
+
+    def pick(self, choice: tuple[str, str], eligible: tuple[str, ...]) -> str:
+        return choose_best(eligible, self.stats.setdefault(choice, {}), self.rng)
+
+    def learn(self, choice: tuple[str, str], arm: str, clicked: bool) -> None:
+        sends, clicks = self.stats[choice].get(arm, (0, 0))
+        self.stats[choice][arm] = (sends + 1, clicks + clicked)
+
+
+def _nobody(user: _User) -> bool:
+    return False
+
+
+def _cohorts(made: list[_Decision]) -> dict[str, CohortResult]:
+    """Per cohort: its decisions, and expected conversions per decision of the engine's per-cohort bandit,
+    of the single bandit, and of the best fixed assignment for the cohort."""
+    found: dict[str, list[_Decision]] = {}
+    for d in made:
+        if d.cohort:
+            found.setdefault(d.cohort, []).append(d)
+    return {cohort: CohortResult(decisions=len(ds), per_cohort_rate=_mean([d.expected for d in ds]),
+                                 single_rate=_mean([d.single for d in ds]), **_best_fixed(ds))
+            for cohort, ds in sorted(found.items())}
+
+
+def _best_fixed(made: list[_Decision]) -> dict[str, Any]:
+    """The preference order of the candidates that, always followed (the first eligible one in it), has
+    the most expected conversions over these decisions."""
+    candidates = sorted({m for d in made for m in d.eligible})
+    best: tuple[float, tuple[str, ...]] = (-1.0, ())
+    for order in itertools.permutations(candidates):
+        total = sum(d.chances[next(m for m in order if m in d.chances)] for d in made)
+        best = max(best, (total, order))
+    return {"fixed_order": best[1], "fixed_rate": round(best[0] / len(made), 6) if made else 0.0}
 
 def _mean(values: list[float]) -> float:
     return round(sum(values) / len(values), 6) if values else 0.0

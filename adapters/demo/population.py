@@ -46,6 +46,11 @@ Onboarding. Sign-ups start at `onboarding_step` profile; at each session of thei
 60% of them move one step on (profile -> preferences -> completed, an `identify`); the other 40%
 stall at profile or preferences, which is what `stuck_onboarding` and `reactivation` are for.
 
+Age. Every user has a trait `age`: 40% are 18-29, the rest 30-69 (uniform within each band; an
+assumption, drawn from a generator of its own so the rest of the population is the same with or
+without it). The response model makes push work better for the young and email for the others, which
+is what `choose: best ... by: [young_adults]` is for.
+
 Answers to messages: see `answers` (`Responses`). The run: see `run`.
 """
 
@@ -82,6 +87,7 @@ BATCH_MAX = 2000
 # --- who ---------------------------------------------------------------------------------------------
 
 EXISTING_SHARE = 0.20
+YOUNG_SHARE = 0.40  # of users aged 18-29; the others are 30-69
 # zone, share of users, locale, share of its users whose device reports the locale
 ZONES: tuple[tuple[str, float, str, float], ...] = (
     ("Europe/Berlin", 0.38, "de-DE", 0.8), ("Europe/Vienna", 0.06, "de-AT", 0.8),
@@ -151,7 +157,7 @@ _EVENT, _SIGNUP, _SESSION, _REPEAT = 0, 1, 2, 3
 
 
 class _User:
-    __slots__ = ("app", "carts", "email", "epoch", "existing", "id", "locale", "name", "next_session", "orders",
+    __slots__ = ("age", "app", "carts", "email", "epoch", "existing", "id", "locale", "name", "next_session", "orders",
                  "phone", "push", "rate", "repeat_at", "session", "shift", "signup", "since", "sms", "stall_at", "step",
                  "test", "zone")
 
@@ -174,6 +180,7 @@ class _User:
         self.session: list[Any] | None = None  # [last event, events, added to cart, ordered]: the traffic count
         self.next_session: float | None = None
         self.carts = 0
+        self.age = 40
 
 
 
@@ -187,8 +194,10 @@ class Population:
 
     def __init__(self, *, users: int = 10_000, days: int = 30, seed: int = 7,
                  start: datetime = datetime(2026, 3, 2, tzinfo=UTC)) -> None:
+        self.seed = seed
         self.rng = random.Random(seed)
         self.answers = random.Random(seed + 1)  # whether and when users answer: drawn apart from their habits
+        self._ages = random.Random(seed + 2)  # apart too: adding ages changed no other draw
         self.log = cdnow()
         self.start = start.timestamp()
         self.end = self.start + days * DAY
@@ -344,6 +353,8 @@ class Population:
         user.existing = rng.random() < EXISTING_SHARE
         median = RATE_EXISTING if user.existing else RATE_NEW
         user.rate = median * rng.lognormvariate(0, RATE_SIGMA)
+        ages = self._ages
+        user.age = ages.randint(18, 29) if ages.random() < YOUNG_SHARE else ages.randint(30, 69)
         if not user.existing:
             user.test = rng.random() < TEST_ACCOUNTS
             user.step = 0
@@ -353,7 +364,7 @@ class Population:
     def _traits(self, user: _User, created: float) -> dict[str, Any]:
         traits: dict[str, Any] = {"first_name": user.name, "timezone": user.zone.key,
                                   "created_at": datetime.fromtimestamp(round(created), UTC),
-                                  "onboarding_step": ONBOARDING[user.step]}
+                                  "onboarding_step": ONBOARDING[user.step], "age": user.age}
         if user.email:
             traits["email"] = f"{user.name.lower().replace(' ', '')}.{user.id}@example.com"
         if user.locale:

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 from journey_engine.stats import newcombe_interval
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CohortResult:
+    """One cohort of a choice learnt per cohort (`by:`): expected conversions per decision of the engine's
+    bandit for this cohort, of a single bandit for everyone at the same decisions, and of the best fixed
+    assignment for this cohort (the candidates' preference order `fixed_order`)."""
+
+    decisions: int
+    per_cohort_rate: float
+    single_rate: float
+    fixed_rate: float
+    fixed_order: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -27,6 +40,22 @@ class ChoiceResult:
     adaptive_rate: float
     fixed_rate: float  # the first-listed eligible candidate, every time
     best_rate: float  # the best candidate for each user, every time (the ceiling)
+    cohorts: dict[str, CohortResult] = field(default_factory=dict)  # with `by:`: per cohort
+
+    @property
+    def per_cohort_rate(self) -> float:
+        """With `by:`: the engine's per-cohort bandits, per decision (the decisions with a cohort)."""
+        return _weighted(self.cohorts, "per_cohort_rate")
+
+    @property
+    def single_rate(self) -> float:
+        """With `by:`: a single bandit for everyone at the same decisions."""
+        return _weighted(self.cohorts, "single_rate")
+
+    @property
+    def cohort_fixed_rate(self) -> float:
+        """With `by:`: the best fixed assignment of each cohort."""
+        return _weighted(self.cohorts, "fixed_rate")
 
     @property
     def lift(self) -> float | None:
@@ -163,3 +192,8 @@ class DemoResult:
 # what the users' answers to the engine's sends came to (`answers.Responses.answered`): the choices,
 # the holdouts, per group [sends, engaged, conversions], per journey {entered, goals}
 Answered = tuple[tuple[ChoiceResult, ...], tuple[HoldoutResult, ...], dict[str, list[int]], dict[str, dict[str, int]]]
+
+
+def _weighted(cohorts: dict[str, CohortResult], rate: str) -> float:
+    decisions = sum(c.decisions for c in cohorts.values())
+    return sum(getattr(c, rate) * c.decisions for c in cohorts.values()) / decisions if decisions else 0.0

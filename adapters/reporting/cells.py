@@ -13,6 +13,7 @@ from adapters.reporting.model import (
     MessageStats,
     StateFunnel,
 )
+from adapters.reporting.retention import Retention, SegmentConversion
 
 
 def pct(value: float | None) -> str:
@@ -43,6 +44,28 @@ def lift_sentence(lift: Lift) -> str:
             f"{LIFT_METHOD}); relative lift {signed_pct(lift.relative)}")
 
 
+def programme_title(share: float) -> str:
+    return (f"Users who entered a journey with a goal and reached a goal: those messaged against the control "
+            f"group ({share * 100:g}% of users, sent nothing but transactional messages).")
+
+
+SEGMENT_CONVERSION_COLUMNS = ("segment at entry", "entered", "converted", "conversion")
+
+
+def segment_conversion_cells(row: SegmentConversion) -> list[str]:
+    return [row.segment, str(row.entered), str(row.converted), pct(row.rate)]
+
+
+def retention_title(grid: Retention) -> str:
+    return (f"Share of the users first seen each week who were active ({grid.label}) in each week since "
+            f"(from segment {grid.segment}; weeks Monday to Sunday, UTC; blank: not ended yet).")
+
+
+def hidden_note(what: str, cohorts: int, users: int) -> str:
+    return (f"{cohorts} older {what} cohort{'s' if cohorts != 1 else ''} ({users} user{'s' if users != 1 else ''}) "
+            "began before the report's window and are not shown.")
+
+
 def iso_seconds(at: datetime) -> str:
     """ISO-8601 UTC to the second, with a Z: how reports and the dashboard show times."""
     return at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -50,8 +73,8 @@ def iso_seconds(at: datetime) -> str:
 
 FUNNEL_COLUMNS = ("state", "entered", "now in", "moved on", "exit: final", "exit: exit", "exit: goal", "converted",
                   "conversion")
-MESSAGE_COLUMNS = ("message", "channel", "sent", "deferred", "suppressed", "delivered", "failed", "opened",
-                   "clicked", "bounced", "unsubscribed", "conversions", "per send")
+MESSAGE_COLUMNS = ("message", "channel", "sent", "deferred", "suppressed", "passed over", "delivered", "failed",
+                   "opened", "clicked", "bounced", "unsubscribed", "conversions", "per send")
 BANDIT_COLUMNS = ("state", "strategy", "arm", "sends", "conversions", "mean", "95% credible interval")
 
 
@@ -62,17 +85,22 @@ def funnel_cells(row: StateFunnel) -> list[str]:
 
 
 def message_cells(row: MessageStats) -> list[str]:
-    return [row.message, row.channel, str(row.sent), str(row.deferred), reasons(row), str(row.delivered),
+    return [row.message, row.channel, str(row.sent), str(row.deferred), reasons(row), str(row.passed_over),
+            str(row.delivered),
             str(row.failed), str(row.opened), str(row.clicked), str(row.bounced), str(row.unsubscribed),
             str(row.conversions), pct(row.conversion_rate)]
 
 
 def arm_cells(bandit: BanditReport, arm: ArmEstimate) -> list[str]:
     label = f"→ {arm.arm}" if arm.kind == "path" else arm.arm
-    return [bandit.state, bandit.strategy, label, str(arm.sends), str(arm.conversions), pct(arm.mean),
+    state = bandit.state if bandit.cohort is None else f"{bandit.state} · {bandit.cohort}"
+    return [state, bandit.strategy, label, str(arm.sends), str(arm.conversions), pct(arm.mean),
             f"{pct(arm.low)} – {pct(arm.high)}"]
 
 
-def lift_rows(lift: Lift) -> list[list[str]]:
-    return [["treated", str(lift.treated), str(lift.treated_converted), pct(lift.treated_rate)],
-            ["held out", str(lift.held_out), str(lift.held_out_converted), pct(lift.held_out_rate)]]
+def lift_rows(lift: Lift, labels: tuple[str, str] = ("treated", "held out")) -> list[list[str]]:
+    return [[labels[0], str(lift.treated), str(lift.treated_converted), pct(lift.treated_rate)],
+            [labels[1], str(lift.held_out), str(lift.held_out_converted), pct(lift.held_out_rate)]]
+
+
+PROGRAMME_GROUPS = ("messaged", "control group")

@@ -31,6 +31,8 @@ class SegmentReport:
     segment: str
     sizes: list[tuple[date, int]]  # members at the close of each day, UTC; the last day is as of `now`
     cohorts: list[Cohort]
+    hidden: int = 0  # cohorts that began before the window of `weeks` weeks, left out of `cohorts`
+    hidden_users: int = 0
 
     @property
     def weeks(self) -> int:
@@ -99,7 +101,15 @@ class _SegmentTally:
                 row[k + 1] += 1
 
     def report(self) -> SegmentReport:
-        return SegmentReport(segment=self.name, sizes=self._sizes(), cohorts=self._cohorts())
+        cohorts = self._cohorts()
+        # the window: the last `weeks` weeks; older cohorts (a demo's warm-up year) are counted, not shown
+        window = self.today - timedelta(days=self.today.weekday(), weeks=self.weeks - 1)
+        shown = [c for c in cohorts if c.start >= window]
+        columns = max([1, *(sum(1 for n in c.still_in if n is not None) for c in shown)])
+        shown = [Cohort(week=c.week, start=c.start, users=c.users, still_in=c.still_in[:columns]) for c in shown]
+        return SegmentReport(segment=self.name, sizes=self._sizes(), cohorts=shown,
+                             hidden=len(cohorts) - len(shown),
+                             hidden_users=sum(c.users for c in cohorts if c.start < window))
 
     def _sizes(self) -> list[tuple[date, int]]:
         if not self.changes:

@@ -10,12 +10,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from adapters.reporting.cohorts import SegmentReport, segment_reports
+from adapters.reporting.retention import (
+    Retention,
+    SegmentConversion,
+    Stays,
+    activity_segments,
+    conversion_by_segment,
+    retention_grids,
+)
 from journey_engine.compiler import CompiledJourney, CompiledWorkspace
 from journey_engine.errors import UnknownJourneyError
 from journey_engine.graph import format_duration
 from journey_engine.model import Choose
+from journey_engine.policies import in_control_group
 from journey_engine.ports import Reads, parse_time
-from journey_engine.selection import estimates
+from journey_engine.selection import EVERYONE_ELSE, bandit_state, estimates, split_bandit_state
 from journey_engine.stats import newcombe_interval, rate
 
 EXIT_REASONS = ("final", "exit", "goal")
@@ -55,6 +64,9 @@ class MessageStats:
     sent: int = 0
     deferred: int = 0
     suppressed: dict[str, int] = field(default_factory=dict)  # reason -> sends not made
+    # `choose` candidates that were not eligible when the choice was made: another candidate went, so
+    # these are not lost sends (counted apart from `suppressed`)
+    passed_over: int = 0
     delivered: int = 0
     failed: int = 0
     opened: int = 0
@@ -128,6 +140,7 @@ class BanditReport:
     state: str
     strategy: str  # "choose: best" | "split: bandit"
     arms: list[ArmEstimate]
+    cohort: str | None = None  # the cohort this bandit learns for (`by:`), None: every user
 
 
 @dataclass(slots=True)
@@ -141,6 +154,7 @@ class JourneyReport:
     bandits: list[BanditReport]
     entered: int  # runs started
     converted: int  # runs that reached the goal
+    by_segment: list[SegmentConversion] = field(default_factory=list)  # goal conversion by segment at entry
 
     @property
     def conversion_rate(self) -> float | None:
@@ -160,6 +174,11 @@ class Report:
     now: datetime
     journeys: list[JourneyReport]
     segments: list[SegmentReport]
+    # the whole programme against the workspace's control group (`policies.control_group`): users who
+    # entered a journey with a goal, and those of them who reached one; None without a control group
+    programme: Lift | None = None
+    control_group: float = 0.0
+    retention: list[Retention] = field(default_factory=list)  # by first-seen week, per activity segment
 
 
 # --- building -------------------------------------------------------------------------------------
@@ -183,13 +202,31 @@ def build_report(store: Reads, compiled: CompiledWorkspace, journey: str | None 
             walk.feed(record)
         walk.finish()
         cutoff = now or reads.latest() or datetime.now(UTC)  # no data at all: an empty report of today
-        segments = segment_reports(reads.segment_history(), compiled.workspace.segments, cutoff, weeks)
+        stays = Stays()  # every stay, kept for retention and conversion by segment
+        segments = segment_reports(stays.tee(reads.segment_history()), compiled.workspace.segments, cutoff, weeks)
         if now is None:
             counts = reads.state_counts()
             for tally in tallies.values():
                 tally.live(counts.get(tally.cj.name, {}))
         bandits = reads.bandit()
-    return Report(now=cutoff, journeys=[t.report(bandits) for t in tallies.values()], segments=segments)
+    share = compiled.workspace.policies.control_group
+    journeys = [t.report(bandits) for t in tallies.values()]
+    for journey, tally in zip(journeys, tallies.values(), strict=True):
+        if tally.within is not None:
+            journey.by_segment = conversion_by_segment(tally.entries, stays, compiled.workspace.segments)
+    retention = retention_grids(stays, activity_segments(compiled.workspace), cutoff, weeks)
+    return Report(now=cutoff, journeys=journeys, segments=segments,
+                  programme=programme_lift(walk.entrants, walk.converters, share) if share > 0 else None,
+                  control_group=share, retention=retention)
+
+
+def programme_lift(entrants: set[str], converters: set[str], share: float) -> Lift:
+    """Users outside the control group against those in it: who reached any journey's goal among those
+    who entered a journey that has one. The control group is chosen by a hash of the id, so the two
+    groups differ only in the messages."""
+    held = {user for user in entrants if in_control_group(user, share)}
+    return Lift(treated=len(entrants) - len(held), treated_converted=len(converters - held),
+                held_out=len(held), held_out_converted=len(converters & held))
 
 
 _time = parse_time
@@ -198,9 +235,10 @@ _time = parse_time
 class _Run:
     """One run through a journey while the walk is inside it."""
 
-    __slots__ = ("converted", "holdout", "moved", "sends", "state", "visited")
+    __slots__ = ("converted", "entry", "holdout", "moved", "sends", "state", "visited")
 
     def __init__(self, state: str, holdout: bool) -> None:
+        self.entry: list[Any] = []  # [user, entered at, converted], shared with the tally's entries
         self.state = state
         self.holdout = holdout
         self.converted = False
@@ -222,7 +260,9 @@ class _JourneyTally:
         for state in cj.journey.states.values():
             for message in state.candidates:
                 self.message(message, self.messages_known[message].channel)
+        self.choosers = {name for name, state in cj.journey.states.items() if isinstance(state.send, Choose)}
         self.entrants = {False: 0, True: 0}  # holdout -> runs
+        self.entries: list[list[Any]] = []  # [user, entered at, converted] per run: conversion by segment
         self.converted = {False: 0, True: 0}
 
     def state(self, name: str) -> StateFunnel:
@@ -270,6 +310,8 @@ class _TraceWalk:
         self.cutoff = cutoff
         self.runs: dict[str, dict[tuple[str, str], _Run]] = {}  # user -> (journey, key) -> run
         self.engaged: set[str] = set()  # "event:send_key": a second open of one email is not a second open
+        self.entrants: set[str] = set()  # users who entered a journey with a goal (the programme's lift)
+        self.converters: set[str] = set()  # of them, who reached a goal
         self.handlers = {
             "journey_entered": self._entered, "transition": self._transition, "journey_exited": self._exited,
             "goal_reached": self._goal, "message_sent": self._sent, "message_deferred": self._deferred,
@@ -300,6 +342,10 @@ class _TraceWalk:
         self.runs.setdefault(r["user"], {})[(r["journey"], r.get("key") or "")] = run
         tally.state(run.state).entered += 1
         tally.entrants[run.holdout] += 1
+        if tally.within is not None:
+            self.entrants.add(r["user"])
+            run.entry = [r["user"], _time(r["at"]), False]
+            tally.entries.append(run.entry)
 
     def _transition(self, tally: _JourneyTally, r: dict[str, Any]) -> None:
         run = self._run(r)
@@ -328,6 +374,9 @@ class _TraceWalk:
         run = self._run(r)
         if run is None:
             return
+        self.converters.add(r["user"])
+        if run.entry:
+            run.entry[2] = True
         if not run.converted:  # a goal that does not exit may be reached again: the funnel counts it once
             run.converted = True
             tally.converted[run.holdout] += 1
@@ -358,8 +407,12 @@ class _TraceWalk:
         tally.message(r["message"], r["channel"]).deferred += 1
 
     def _suppressed(self, tally: _JourneyTally, r: dict[str, Any]) -> None:
-        reasons = tally.message(r["message"], r["channel"]).suppressed
+        row = tally.message(r["message"], r["channel"])
         reason = str(r.get("reason") or "unknown")
+        if reason == "ineligible" and r.get("state") in tally.choosers:
+            row.passed_over += 1
+            return
+        reasons = row.suppressed
         reasons[reason] = reasons.get(reason, 0) + 1
 
     def _delivered(self, tally: _JourneyTally, r: dict[str, Any]) -> None:
@@ -400,19 +453,30 @@ class _TraceWalk:
 
 def _bandits(cj: CompiledJourney, stats: dict[tuple[str, str], dict[str, tuple[int, int]]]) -> list[BanditReport]:
     found = []
+    learnt_cohorts: dict[str, list[str]] = {}  # state -> cohorts the store has learning for
+    for journey, key in stats:
+        state, cohort = split_bandit_state(key)
+        if journey == cj.name and cohort is not None:
+            learnt_cohorts.setdefault(state, []).append(cohort)
     for name, state in cj.journey.states.items():
-        learned = stats.get((cj.name, name), {})
         if isinstance(state.send, Choose) and state.send.choose == "best":
-            arms = {m: learned.get(m, (0, 0)) for m in state.send.from_}
-            strategy = "choose: best"
+            listed = [*state.send.by, EVERYONE_ELSE] if state.send.by else [None]
+            cohorts = listed + sorted(c for c in learnt_cohorts.get(name, ()) if c not in listed)
+            for cohort in cohorts:
+                learned = stats.get((cj.name, bandit_state(name, cohort)), {})
+                arms = {m: learned.get(m, (0, 0)) for m in state.send.from_}
+                found.append(_bandit(name, "choose: best", arms, learned, cohort))
         elif state.split is not None and state.split.strategy == "bandit":
+            learned = stats.get((cj.name, name), {})
             arms = {"->" + p.to: learned.get("->" + p.to, (0, 0)) for p in state.split.paths}
-            strategy = "split: bandit"
-        else:
-            continue
-        arms.update(learned)  # arms the file no longer lists still show what they learnt
-        found.append(BanditReport(state=name, strategy=strategy, arms=[
-            ArmEstimate(arm=arm.removeprefix("->"), kind="path" if arm.startswith("->") else "message",
-                        sends=e["sends"], conversions=e["conversions"], mean=e["mean"], low=e["low"], high=e["high"])
-            for arm, e in estimates(arms).items()]))
+            found.append(_bandit(name, "split: bandit", arms, learned, None))
     return found
+
+
+def _bandit(state: str, strategy: str, arms: dict[str, tuple[int, int]], learned: dict[str, tuple[int, int]],
+            cohort: str | None) -> BanditReport:
+    arms.update(learned)  # arms the file no longer lists still show what they learnt
+    return BanditReport(state=state, strategy=strategy, cohort=cohort, arms=[
+        ArmEstimate(arm=arm.removeprefix("->"), kind="path" if arm.startswith("->") else "message",
+                    sends=e["sends"], conversions=e["conversions"], mean=e["mean"], low=e["low"], high=e["high"])
+        for arm, e in estimates(arms).items()])

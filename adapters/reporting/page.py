@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from html import escape
 from typing import TYPE_CHECKING
 
@@ -10,16 +10,24 @@ from adapters.reporting.cells import (
     BANDIT_COLUMNS,
     FUNNEL_COLUMNS,
     MESSAGE_COLUMNS,
+    PROGRAMME_GROUPS,
+    SEGMENT_CONVERSION_COLUMNS,
     arm_cells,
     funnel_cells,
+    hidden_note,
     iso_seconds,
     lift_rows,
     lift_sentence,
     message_cells,
     pct,
     points,
+    programme_title,
+    retention_title,
+    segment_conversion_cells,
 )
+from adapters.reporting.cohorts import Cohort
 from adapters.reporting.model import JourneyReport, Lift, Report, SegmentReport, StateFunnel
+from adapters.reporting.retention import Retention, RetentionRow
 
 if TYPE_CHECKING:
     from adapters.demo.results import ChoiceResult, DemoResult, HoldoutResult
@@ -49,7 +57,15 @@ def render_html(report: Report, demo: DemoResult | None = None) -> str:
     result of `journey demo`, the page opens with the run: its population, the bandits against a fixed
     choice and the holdouts."""
     journeys = "".join(_html_journey(j) for j in report.journeys)
+    if report.programme is not None:
+        journeys += ('<section id="programme"><h2>The whole programme</h2>'
+                     f'<p class="muted">{escape(programme_title(report.control_group))}</p>'
+                     + _html_table(("group", "users", "converted", "rate"),
+                                       lift_rows(report.programme, PROGRAMME_GROUPS))
+                     + _interval_svg(report.programme) + f"<p>{escape(lift_sentence(report.programme))}</p></section>")
     segments = "".join(_html_segment(s) for s in report.segments)
+    if report.retention:
+        journeys += _html_retention(report.retention)
     segment_part = f"<section><h2>Segments</h2>{_COHORT_NOTE}<div class=\"segments\">{segments}</div></section>" \
         if segments else ""
     return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -81,6 +97,15 @@ def _html_demo(demo: DemoResult) -> str:
              _html_table(DEMO_CHOICE_COLUMNS, [_demo_choice_cells(c) for c in demo.choices]),
              f"<p>Overall: the bandit {'beats' if demo.adaptive_beat_fixed else 'does not beat'} the fixed choice, "
              f"{pct(demo.adaptive_rate)} against {pct(demo.fixed_rate)} per decision.</p>"]
+    per_cohort = [c for c in demo.choices if c.cohorts]
+    if per_cohort:
+        parts += ["<h3>Learning per cohort against one bandit for everyone</h3>",
+                  '<p class="muted">Choices learnt per cohort (<code>by:</code>), expected goal conversions per '
+                  "decision: the engine's per-cohort bandits, a single bandit for everyone at the same decisions, and "
+                  "the best fixed assignment of each cohort (its candidates' preference order, found after the run)."
+                  "</p>",
+                  _html_table(DEMO_COHORT_COLUMNS, [row for c in per_cohort for row in _demo_cohort_cells(c)])]
+        parts += [f"<p>{escape(cohort_sentence(c))}</p>" for c in per_cohort]
     if demo.holdouts:
         parts += ["<h3>Journeys against their holdout</h3>",
                   '<p class="muted">First entries with the whole goal window inside the run; converted: another '
@@ -93,6 +118,26 @@ def _demo_choice_cells(c: ChoiceResult) -> list[str]:
     picks = ", ".join(f"{m} {n}" for m, n in c.picks.items())
     return [f"{c.journey}.{c.state}", str(c.decisions), str(c.with_choice), pct(c.adaptive_rate),
             pct(c.fixed_rate), pct(c.best_rate), picks]
+
+
+DEMO_COHORT_COLUMNS = ("state", "cohort", "decisions", "per-cohort bandit", "single bandit", "best fixed",
+                       "best fixed order")
+
+
+def _demo_cohort_cells(c: ChoiceResult) -> list[list[str]]:
+    rows = [[f"{c.journey}.{c.state}", cohort, str(r.decisions), pct(r.per_cohort_rate), pct(r.single_rate),
+             pct(r.fixed_rate), " > ".join(r.fixed_order)] for cohort, r in c.cohorts.items()]
+    return [*rows, [f"{c.journey}.{c.state}", "all", str(sum(r.decisions for r in c.cohorts.values())),
+                    pct(c.per_cohort_rate), pct(c.single_rate), pct(c.cohort_fixed_rate), ""]]
+
+
+def cohort_sentence(c: ChoiceResult) -> str:
+    """Whether learning per cohort reached 90% of the best fixed per-cohort assignment and beat one bandit."""
+    share = c.per_cohort_rate / c.cohort_fixed_rate if c.cohort_fixed_rate else 0.0
+    beats = "beats" if c.per_cohort_rate > c.single_rate else "does not beat"
+    return (f"{c.journey}.{c.state}: learning per cohort reaches {share:.0%} of the best fixed per-cohort "
+            f"assignment and {beats} a single bandit ({pct(c.per_cohort_rate)} against {pct(c.single_rate)} "
+            "per decision).")
 
 
 def _demo_holdout_cells(h: HoldoutResult) -> list[str]:
@@ -112,7 +157,8 @@ def _html_journey(journey: JourneyReport) -> str:
         parts.append(f'<p class="muted">{escape(journey.description)}</p>')
     parts += [f"<p>{escape(summary)}</p>", "<h3>Funnel</h3>", _FUNNEL_KEY, _funnel_svg(journey.funnel),
               _html_table(FUNNEL_COLUMNS, [funnel_cells(r) for r in journey.funnel]),
-              "<h3>Messages</h3>", _html_table(MESSAGE_COLUMNS, [message_cells(r) for r in journey.messages])]
+              "<h3>Messages</h3>", _PASSED_OVER,
+              _html_table(MESSAGE_COLUMNS, [message_cells(r) for r in journey.messages])]
     if journey.lift is not None:
         parts += ["<h3>Holdout lift</h3>",
                   _html_table(("group", "entrants", "converted", "rate"), lift_rows(journey.lift)),
@@ -120,9 +166,16 @@ def _html_journey(journey: JourneyReport) -> str:
     if journey.bandits:
         parts += ["<h3>Bandits</h3>",
                   _html_table(BANDIT_COLUMNS, [arm_cells(b, arm) for b in journey.bandits for arm in b.arms])]
+    if journey.by_segment:
+        parts += ["<h3>Goal conversion by segment</h3>",
+                  '<p class="muted">Runs whose user was in the segment when they entered (a user in several '
+                  "segments counts in each).</p>",
+                  _html_table(SEGMENT_CONVERSION_COLUMNS, [segment_conversion_cells(r) for r in journey.by_segment])]
     return "".join(parts) + "</section>"
 
 
+_PASSED_OVER = ('<p class="muted">Passed over: a <code>choose</code> candidate that was not eligible when another '
+                "one was chosen; not a lost send, so not counted as suppressed.</p>")
 _FUNNEL_KEY = ('<p class="muted">Runs through the journey per state:<span class="key" style="background:#c9d6fb">'
                '</span>entered<span class="key" style="background:#2f9e55"></span>then reached the goal</p>')
 
@@ -190,9 +243,21 @@ def _html_segment(segment: SegmentReport) -> str:
     now = segment.sizes[-1][1] if segment.sizes else 0
     parts = [f'<div class="segment"><h3 id="segment-{escape(segment.segment)}">{escape(segment.segment)}</h3>',
              f"<p>members now: {now}</p>", _size_svg(segment)]
+    if segment.hidden:
+        parts.append(f'<p class="muted">{escape(hidden_note("entry", segment.hidden, segment.hidden_users))}</p>')
     if segment.cohorts:
         parts.append(_cohort_html(segment))
     return "".join(parts) + "</div>"
+
+
+def _html_retention(grids: list[Retention]) -> str:
+    parts = ['<section id="retention"><h2>Retention by first-seen week</h2>']
+    for grid in grids:
+        parts.append(f'<h3>Active: {escape(grid.label)}</h3><p class="muted">{escape(retention_title(grid))}</p>')
+        if grid.hidden:
+            parts.append(f'<p class="muted">{escape(hidden_note("first-seen", grid.hidden, grid.hidden_users))}</p>')
+        parts.append(_grid_html(grid.rows, grid.weeks, "first seen"))
+    return "".join(parts) + "</section>"
 
 
 def _size_svg(segment: SegmentReport) -> str:
@@ -220,12 +285,17 @@ def _size_svg(segment: SegmentReport) -> str:
 
 
 def _cohort_html(segment: SegmentReport) -> str:
-    head = "<th>week of entry</th><th>users</th>" + "".join(f"<th>week {k}</th>" for k in range(segment.weeks))
+    return _grid_html(segment.cohorts, segment.weeks, "week of entry")
+
+
+def _grid_html(rows_in: Sequence[Cohort | RetentionRow], weeks: int, first: str) -> str:
+    head = f"<th>{escape(first)}</th><th>users</th>" + "".join(f"<th>week {k}</th>" for k in range(weeks))
     rows = []
-    for cohort in segment.cohorts:
-        cells = [_heat_cell(share, n) for share, n in zip(cohort.shares, cohort.still_in, strict=True)]
-        cells += ['<td class="heat"></td>'] * (segment.weeks - len(cells))
-        rows.append(f"<tr><td>{escape(cohort.week)}</td><td>{cohort.users}</td>{''.join(cells)}</tr>")
+    for row in rows_in:
+        counts = row.still_in if isinstance(row, Cohort) else row.active
+        cells = [_heat_cell(share, n) for share, n in zip(row.shares, counts, strict=True)]
+        cells += ['<td class="heat"></td>'] * (weeks - len(cells))
+        rows.append(f"<tr><td>{escape(row.week)}</td><td>{row.users}</td>{''.join(cells)}</tr>")
     return f'<div class="scroll"><table class="cohorts"><thead><tr>{head}</tr></thead>' \
            f'<tbody>{"".join(rows)}</tbody></table></div>'
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from rich import box
 from rich.console import Console
@@ -13,15 +13,23 @@ from adapters.reporting.cells import (
     BANDIT_COLUMNS,
     FUNNEL_COLUMNS,
     MESSAGE_COLUMNS,
+    PROGRAMME_GROUPS,
+    SEGMENT_CONVERSION_COLUMNS,
     arm_cells,
     funnel_cells,
+    hidden_note,
     iso_seconds,
     lift_rows,
     lift_sentence,
     message_cells,
     pct,
+    programme_title,
+    retention_title,
+    segment_conversion_cells,
 )
+from adapters.reporting.cohorts import Cohort
 from adapters.reporting.model import JourneyReport, Report, SegmentReport
+from adapters.reporting.retention import RetentionRow
 
 _SPARKS = "▁▂▃▄▅▆▇█"
 _SPARK_DAYS = 60
@@ -32,12 +40,27 @@ def render_terminal(report: Report, console: Console) -> None:
     console.rule(f"journey report · as of {iso_seconds(report.now)}")
     for journey in report.journeys:
         _terminal_journey(journey, console)
+    if report.programme is not None:
+        console.rule("the whole programme")
+        console.print(Text(programme_title(report.control_group), style="italic"))
+        console.print(_table("programme lift", ("group", "users", "converted", "rate"),
+                             lift_rows(report.programme, PROGRAMME_GROUPS)))
+        console.print(Text(lift_sentence(report.programme)))
+    if report.retention:
+        console.rule("retention by first-seen week")
+        for grid in report.retention:
+            console.print(Text(retention_title(grid), style="italic"))
+            if grid.hidden:
+                console.print(Text(hidden_note("first-seen", grid.hidden, grid.hidden_users), style="dim"))
+            console.print(_grid_table(grid.rows, grid.weeks, "first seen"))
     if report.segments:
         console.rule("segments")
         console.print(_table("segment size (members at the close of each UTC day)",
                              ("segment", "now", "min", "max", f"last {_SPARK_DAYS} days"),
                              [_size_cells(s) for s in report.segments]))
         for segment in report.segments:
+            if segment.hidden:
+                console.print(Text(hidden_note(segment.segment, segment.hidden, segment.hidden_users), style="dim"))
             if segment.cohorts:
                 # A line of its own, not the table's title: rich wraps a title to the narrow table's width.
                 console.print(Text(f"{segment.segment}: share of each week's new members still in it at the close "
@@ -65,6 +88,9 @@ def _terminal_journey(journey: JourneyReport, console: Console) -> None:
     if journey.bandits:
         console.print(_table("bandits (posterior of goal conversion per send)", BANDIT_COLUMNS,
                              [arm_cells(b, arm) for b in journey.bandits for arm in b.arms]))
+    if journey.by_segment:
+        console.print(_table("goal conversion by segment at entry", SEGMENT_CONVERSION_COLUMNS,
+                             [segment_conversion_cells(row) for row in journey.by_segment]))
 
 
 def _table(title: str, columns: Iterable[str], rows: Iterable[list[str]]) -> Table:
@@ -78,8 +104,9 @@ def _table(title: str, columns: Iterable[str], rows: Iterable[list[str]]) -> Tab
         words = max(len(word) for word in name.split())
         if index == 0 or any(" " in row[index] for row in rows):
             table.add_column(name, justify=justify, overflow="fold", min_width=words)
-        else:
-            table.add_column(name, justify=justify, width=max([words, *(len(row[index]) for row in rows)]))
+        else:  # folded rather than cut to `2…` when even this does not fit
+            table.add_column(name, justify=justify, overflow="fold",
+                             width=max([words, *(len(row[index]) for row in rows)]))
     for row in rows:
         table.add_row(*row)
     return table
@@ -99,15 +126,19 @@ def _sparkline(values: list[int]) -> str:
 
 
 def _cohort_table(segment: SegmentReport) -> Table:
+    return _grid_table(segment.cohorts, segment.weeks, "week of entry")
+
+
+def _grid_table(rows: Sequence[Cohort | RetentionRow], weeks: int, first: str) -> Table:
     table = Table()
-    table.add_column("week of entry")
-    table.add_column("users", justify="right")
-    for k in range(segment.weeks):
-        table.add_column(f"week {k}", justify="right")
-    for cohort in segment.cohorts:
-        cells = [_heat_text(share) for share in cohort.shares]
-        cells += [Text("")] * (segment.weeks - len(cells))
-        table.add_row(cohort.week, str(cohort.users), *cells)
+    table.add_column(first, overflow="fold")
+    table.add_column("users", justify="right", overflow="fold")
+    for k in range(weeks):
+        table.add_column(f"week {k}", justify="right", overflow="fold")
+    for row in rows:
+        cells = [_heat_text(share) for share in row.shares]
+        cells += [Text("")] * (weeks - len(cells))
+        table.add_row(row.week, str(row.users), *cells)
     return table
 
 

@@ -14,6 +14,14 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from journey_engine.engine import Outcome
+from journey_engine.facts import (
+    MessageDeferred,
+    MessageEngaged,
+    MessageFact,
+    MessageSent,
+    MessageSuppressed,
+    Transitioned,
+)
 from journey_engine.ports import Outbox, Reads, StoreUnavailable
 
 
@@ -74,14 +82,19 @@ class Observed:
     def of(cls, outcome: Outcome, events: int, seconds: float) -> Observed:
         sends: dict[tuple[str, str], int] = {}
         timers = 0
-        for record in outcome.records:
-            kind = record["kind"]
-            if kind.startswith("message_"):
-                key = (record.get("channel", "?"), kind.removeprefix("message_"))
+        for fact in outcome.facts:
+            if isinstance(fact, MessageFact):
+                key = (fact.channel, _SEND_OUTCOMES[type(fact)])
                 sends[key] = sends.get(key, 0) + 1
-            elif kind == "transition" and record.get("trigger") in ("after", "at"):
+            elif isinstance(fact, Transitioned) and fact.trigger in _TIMER_TRIGGERS:
                 timers += 1
-        return cls(events, seconds, sends, timers, len(outcome.records), len(outcome.sends))
+        return cls(events, seconds, sends, timers, len(outcome.facts), len(outcome.sends))
+
+
+# the `outcome` label of journey_sends: what became of a decision about a message
+_SEND_OUTCOMES: dict[type[MessageFact], str] = {MessageSent: "sent", MessageDeferred: "deferred",
+                                                MessageSuppressed: "suppressed", MessageEngaged: "engaged"}
+_TIMER_TRIGGERS = frozenset({"after", "at"})
 
 
 def timers_lag(store: Reads, now: datetime) -> float:

@@ -37,7 +37,6 @@ from adapters.service.metrics import Metrics
 from adapters.service.service import Service
 from adapters.service.settings import Settings
 from adapters.service.views import storable, user_view
-from adapters.sources.dashboard import add_dashboard_routes
 from adapters.sources.segment import (
     MAX_BATCH,
     MAX_MESSAGE,
@@ -47,6 +46,7 @@ from adapters.sources.segment import (
     sent_at_problem,
     to_events,
 )
+from adapters.web.dashboard import add_dashboard_routes
 from journey_engine.compiler import CompiledWorkspace
 from journey_engine.events import Event
 from journey_engine.graph import to_mermaid

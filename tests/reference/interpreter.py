@@ -15,6 +15,7 @@ one of them (the generated workspaces write no `$today` or clock-hour rules).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -188,7 +189,9 @@ class Reference:
             # the anonymous id ceases to exist: its memberships end (the history of §4 stays true)
             for name in sorted(other.segments):
                 self.trace.append({"kind": "segment_left", "at": iso(now), "user": other.id, "segment": name})
-            user.events.extend(other.events)
+            # reading 2: arrival order breaks ties of `last`; across the two ids the known user's value wins a
+            # tie, as its traits do: the anonymous id's events count as arrived before all of the user's
+            user.events.extend((n - self.arrivals - 1, e) for n, e in other.events)
             for k, v in other.traits.items():
                 user.traits.setdefault(k, v)
             taken = [ikey for ikey in other.instances if ikey not in user.instances]
@@ -628,6 +631,9 @@ class Reference:
             self.touched.add("transactional")
         elif inst.holdout:
             return self._suppress(user, inst, state, message, now, "holdout")
+        elif self._in_control_group(user.id):
+            self.touched.add("control_group")
+            return self._suppress(user, inst, state, message, now, "control_group")
         elif not self._subscribed(user, msg):
             return self._suppress(user, inst, state, message, now, "unsubscribed")
         elif self._capped(user, msg, now):  # README, reading 3: a capped send is suppressed now, not deferred
@@ -667,11 +673,23 @@ class Reference:
         default = sub is None or sub.default == "subscribed"
         return user.choices.get(msg.subscription, default)
 
+    def _in_control_group(self, uid: str) -> bool:
+        """SPEC §3 item 15: `control_group: 5%` holds out that share of users, deterministic by id: the
+        first 4 bytes of sha1("control_group:<id>") as a fraction of 2**32, below the share."""
+        share = self.policies.control_group
+        digest = hashlib.sha1(f"control_group:{uid}".encode()).digest()
+        return share > 0 and int.from_bytes(digest[:4], "big") / 2**32 < share
+
     def _capped(self, user: User, msg: Message, now: datetime) -> bool:
-        """SPEC §3 item 6: a cap counts this user's sends in the last `per` (README, reading 3: now - per < t)."""
+        """SPEC §3 item 6: a cap counts this user's sends in the last `per` (README, reading 3: now - per < t).
+        Item 15: a cap with `if:` applies only while its rule holds for the user."""
         for cap in self.policies.frequency_caps:
             if cap.channel not in ("any", msg.channel):
                 continue
+            if cap.if_ is not None:
+                self.touched.add("cap_if")
+                if not self._holds(user, cap.if_, self._scope(user, now), now):
+                    continue
             recent = [t for t, ch in user.ledger if now - cap.per < t <= now and cap.channel in ("any", ch)]
             if len(recent) >= cap.max:
                 return True
@@ -731,7 +749,9 @@ class Reference:
 
     def _deferred(self, user: User, now: datetime) -> None:
         """Item 10: at `until`, a deferred send is decided again on eligibility, subscription and caps."""
-        due = sorted((d for d in user.deferred if d.until <= now), key=lambda d: (d.until, d.message))
+        # item 11: those due together go by priority, then in the order they were held (a `send` list's)
+        due = sorted((d for d in user.deferred if d.until <= now),
+                     key=lambda d: (d.until, -self.ws.messages[d.message].priority))
         for d in due:
             user.deferred.remove(d)
             msg = self.ws.messages[d.message]

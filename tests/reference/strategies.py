@@ -75,6 +75,13 @@ def workspaces(draw: st.DrawFn, pending: frozenset[str]) -> dict[str, str]:
                                    st.sampled_from(["4h", "1d", "2d"])), max_size=2))
     if caps:
         policies["frequency_caps"] = [{"channel": c, "max": n, "per": p} for c, n, p in caps]
+        if "cap_if" not in pending and draw(st.integers(0, 2)) == 0:  # a tier (SPEC §3 item 15)
+            tier = draw(st.sampled_from(["metrics.orders >= 1", "traits.plan == 'pro'",
+                                         *(f"'{s}' in segments" for s in segments)]))
+            policies["frequency_caps"][-1]["if"] = tier
+            metrics.update(_rule_uses(tier))
+    if "control_group" not in pending and draw(st.integers(0, 3)) == 0:
+        policies["control_group"] = draw(st.sampled_from(["20%", "50%"]))
     policies["send_time"] = {"default_hour": draw(st.sampled_from([9, 10, 18]))}
     if draw(st.booleans()):
         policies["expires"] = draw(st.sampled_from(["2d", "never"]))
@@ -148,7 +155,7 @@ def _journey(draw: st.DrawFn, name: str, messages: list[str], segments: list[str
     for i in range(n):
         forward = names[i + 1:]
         state: dict[str, Any] = {}
-        send = draw(st.sampled_from(["none", "one", "list", "first", "random"]))
+        send = draw(st.sampled_from(["none", "one", "list", "first", "random", "best"]))
         picks = draw(st.lists(st.sampled_from(messages), min_size=1, max_size=3, unique=True))
         if send == "one":
             state["send"] = picks[0]
@@ -156,6 +163,10 @@ def _journey(draw: st.DrawFn, name: str, messages: list[str], segments: list[str
             state["send"] = picks
         elif send in ("first", "random"):
             state["send"] = {"choose": send, "from": picks}
+        elif send == "best":  # the engine's picks are replayed; `by` must not change what is sent
+            state["send"] = {"choose": "best", "from": picks}
+            if draw(st.booleans()):
+                state["send"]["by"] = draw(st.lists(st.sampled_from(segments), min_size=1, max_size=2, unique=True))
         if i > 0 and draw(st.integers(0, 5)) == 0:
             state["split"] = {"strategy": "random", "paths": [{"to": t, "weight": 1}
                                                              for t in draw(st.lists(st.sampled_from(forward),

@@ -127,7 +127,12 @@ class ReportCache:
 def report_json(report: Report) -> dict[str, Any]:
     """The figures of `journey report` as plain JSON for the page: rates computed, dates as ISO text."""
     return {"now": iso_seconds(report.now), "journeys": [_journey_json(j) for j in report.journeys],
-            "segments": [_segment_json(s) for s in report.segments]}
+            "segments": [_segment_json(s) for s in report.segments],
+            "retention": [{"segment": g.segment, "label": g.label, "weeks": g.weeks, "hidden": g.hidden,
+                           "rows": [{"week": r.week, "users": r.users, "active": r.active, "shares": r.shares}
+                                    for r in g.rows]} for g in report.retention],
+            "programme": _lift_json(report.programme) if report.programme is not None else None,
+            "control_group": report.control_group}
 
 
 def _journey_json(journey: JourneyReport) -> dict[str, Any]:
@@ -138,7 +143,8 @@ def _journey_json(journey: JourneyReport) -> dict[str, Any]:
             "messages": [asdict(row) | {"suppressed_total": row.suppressed_total,
                                         "conversion_rate": row.conversion_rate} for row in journey.messages],
             "lift": _lift_json(journey.lift) if journey.lift is not None else None,
-            "bandits": [asdict(b) for b in journey.bandits]}
+            "bandits": [asdict(b) for b in journey.bandits],
+            "by_segment": [asdict(row) | {"rate": row.rate} for row in journey.by_segment]}
 
 
 def _lift_json(lift: Lift) -> dict[str, Any]:
@@ -183,7 +189,10 @@ table.figures td:not(:first-child):not(.text),table.figures th:not(:first-child)
 <section class="segments" id="segments" hidden><h2>Segments</h2>
 <p class="muted">Members at the close of each UTC day, and per segment a cohort table: users grouped by the ISO week
 they first entered, and the share of them still in the segment at the close of each week since (blank: that week has
-not ended yet).</p><div class="list"></div></section></main>
+not ended yet).</p><div class="list"></div></section>
+<section class="segments" id="retention" hidden><h2>Programme and retention</h2>
+<p class="muted">The whole programme against the control group, and retention by first-seen week: the share of each
+week's new users active in each week since.</p><div class="list"></div></section></main>
 <script>
 const headers = () => { const k = sessionStorage.getItem('adminKey'); return k ? {Authorization: 'Bearer ' + k} : {}; };
 async function api(path) {
@@ -223,10 +232,10 @@ function messageTable(j) {
   const reasons = m => m.suppressed_total ? `${m.suppressed_total} (${Object.entries(m.suppressed).sort()
     .map(([k, n]) => esc(k) + ' ' + n).join(', ')})` : '0';
   const rows = j.messages.map(m => `<tr data-message="${esc(m.message)}"><td>${esc(m.message)}</td><td class="text">${esc(m.channel)}</td>
-    <td class="sent">${m.sent}</td><td>${m.deferred}</td><td>${reasons(m)}</td><td>${m.delivered}</td><td>${m.failed}</td>
+    <td class="sent">${m.sent}</td><td>${m.deferred}</td><td>${reasons(m)}</td><td class="passed">${m.passed_over}</td><td>${m.delivered}</td><td>${m.failed}</td>
     <td>${m.opened}</td><td>${m.clicked}</td><td>${m.bounced}</td><td>${m.unsubscribed}</td><td>${m.conversions}</td>
     <td>${pct(m.conversion_rate)}</td></tr>`);
-  return table('messages', ['message', 'channel', 'sent', 'deferred', 'suppressed', 'delivered', 'failed', 'opened',
+  return table('messages', ['message', 'channel', 'sent', 'deferred', 'suppressed', 'passed over', 'delivered', 'failed', 'opened',
                             'clicked', 'bounced', 'unsubscribed', 'conversions', 'per send'], rows);
 }
 function liftLine(l) {
@@ -237,7 +246,7 @@ function liftLine(l) {
 }
 function banditTable(j) {
   if (!j.bandits.length) return '';
-  const rows = j.bandits.flatMap(b => b.arms.map(a => `<tr data-arm="${esc(a.arm)}"><td>${esc(b.state)}</td>
+  const rows = j.bandits.flatMap(b => b.arms.map(a => `<tr data-arm="${esc(a.arm)}"><td>${esc(b.state)}${b.cohort ? ' · ' + esc(b.cohort) : ''}</td>
     <td class="text">${esc(b.strategy)}</td><td class="text">${a.kind === 'path' ? '→ ' : ''}${esc(a.arm)}</td>
     <td>${a.sends}</td><td>${a.conversions}</td><td>${pct(a.mean)}</td><td>${pct(a.low)} – ${pct(a.high)}</td></tr>`));
   return '<h3>Next best message: what the bandits believe</h3>' + table('bandits', ['state', 'strategy', 'arm',
@@ -248,7 +257,29 @@ function journeyReport(j) {
   return `<p class="summary">${j.entered} entered${goal}</p><h3>Funnel</h3>
     <div class="muted">Runs through the journey per state:<span class="key" style="background:#c9d6fb"></span>entered
     <span class="key" style="background:#2f9e55"></span>then reached the goal</div>
-    ${funnelTable(j)}<h3>Messages</h3>${messageTable(j)}${liftLine(j.lift)}${banditTable(j)}`;
+    ${funnelTable(j)}<h3>Messages</h3>${messageTable(j)}${liftLine(j.lift)}${banditTable(j)}${bySegment(j)}`;
+}
+function bySegment(j) {
+  if (!j.by_segment.length) return '';
+  const rows = j.by_segment.map(r => `<tr data-segment="${esc(r.segment)}"><td>${esc(r.segment)}</td><td>${r.entered}</td>
+    <td>${r.converted}</td><td>${pct(r.rate)}</td></tr>`);
+  return '<h3>Goal conversion by segment at entry</h3>' + table('by-segment', ['segment', 'entered', 'converted', 'conversion'], rows);
+}
+function retentionBox(g) {
+  const weeks = Array.from({length: g.weeks}, (_, k) => 'week ' + k);
+  const rows = g.rows.map(r => `<tr data-week="${esc(r.week)}"><td>${esc(r.week)}</td><td class="users">${r.users}</td>
+    ${r.shares.map((v, k) => heat(v, r.active[k])).join('')}${'<td class="heat"></td>'.repeat(g.weeks - r.shares.length)}</tr>`);
+  const older = g.hidden ? `<p class="muted">${g.hidden} older cohort(s) began before the window and are not shown.</p>` : '';
+  return `<div class="segment retention" id="ret-${esc(g.segment)}"><h3>active: ${esc(g.label)}</h3>${older}
+    ${table('retention', ['first seen', 'users', ...weeks], rows)}</div>`;
+}
+function programmeLine(report) {
+  const l = report.programme;
+  if (!l) return '';
+  const ci = l.interval ? `, 95% CI ${points(l.interval[0])} to ${points(l.interval[1])}` : '';
+  return `<p class="lift programme">Whole programme against the ${pct(report.control_group)} control group: messaged
+    ${pct(l.treated_rate)} of ${l.treated} reached a goal, control group ${pct(l.held_out_rate)} of ${l.held_out};
+    difference ${points(l.difference)}${ci}.</p>`;
 }
 function sparkline(sizes) {
   if (sizes.length < 2) return '';
@@ -286,6 +317,9 @@ async function refresh() {
     const segments = document.getElementById('segments');
     segments.querySelector('.list').innerHTML = report.segments.map(segmentBox).join('');
     segments.hidden = !report.segments.length;
+    const retention = document.getElementById('retention');
+    retention.querySelector('.list').innerHTML = programmeLine(report) + report.retention.map(retentionBox).join('');
+    retention.hidden = !report.retention.length && !report.programme;
     document.getElementById('status').textContent = 'updated ' + new Date().toLocaleTimeString() + ' · report as of ' + report.now;
   } catch (e) { document.getElementById('status').textContent = e.message; }
   finally { busy = false; }
