@@ -371,7 +371,7 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
     import uvicorn
 
     from adapters.channels import ChannelConfigError, ChannelSettings, build_channels
-    from adapters.service.reload import watch_workspace
+    from adapters.service.reload import serve_workspaces
     from adapters.service.settings import Settings
     from adapters.sources.http_api import create_app
     from journey_engine.model import parse_duration
@@ -414,22 +414,18 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
                         outbox_lease=float(os.environ.get("JOURNEY_OUTBOX_LEASE_SECONDS") or 60))
     engines = f"  {workers} engine processes" if workers > 1 else ""
     err.print(f"journey-engine on http://{host}:{port}  workspace {folder}  database {_database(database)}{engines}")
+    def run(serving: Any, on_server: Any) -> None:
+        store.defaults = dict(serving.metrics.defaults)  # a reloaded workspace may add metrics
+        served = create_app(serving, store, settings, channels=channels, workers=workers, folder=folder,
+                            host=cli_bus.publisher_for(bus, store, settings), scheduler=bus is None)
+        server = uvicorn.Server(uvicorn.Config(served, host=host, port=port, log_level="warning"))
+        on_server(server)
+        server.run()
+
     try:
-        while compiled is not None:
-            store.defaults = dict(compiled.metrics.defaults)  # a reloaded workspace may add metrics
-            served = create_app(compiled, store, settings, channels=channels, workers=workers, folder=folder,
-                                host=cli_bus.publisher_for(bus, store, settings), scheduler=bus is None)
-            server = uvicorn.Server(uvicorn.Config(served, host=host, port=port, log_level="warning"))
-            changed = watch_workspace(folder, server, _reload_refused, err.print) if reload else None
-            server.run()
-            compiled = changed() if changed is not None else None
+        serve_workspaces(compiled, store, folder, run, reload=reload, err=err)
     finally:
         store.close()
-
-
-def _reload_refused(exc: WorkspaceError) -> None:
-    err.print("[yellow]the changed workspace does not load; still serving the last one:[/yellow]")
-    _problems(exc)
 
 
 def _overdue(store: Any) -> None:
@@ -530,7 +526,8 @@ def demo(users: Annotated[int, typer.Option(help="synthetic users")] = 10_000,
          seed: Annotated[int, typer.Option(help="the population's seed")] = 7,
          html: Annotated[Path, typer.Option(help="where to write the HTML report")] = Path("journey-demo.html"),
          database: Annotated[str, typer.Option(help="a fresh database for the demo (replaced each run)")] =
-         "sqlite:///journey-demo.db", workspace: WorkspaceOpt = None) -> None:
+         "sqlite:///journey-demo.db",
+         workspace: WorkspaceOpt = None) -> None:
     """A synthetic population lives through the workspace for 30 simulated days on the embedded SQLite
     store, then the report is printed and written as HTML."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

@@ -23,7 +23,7 @@ def register(app: typer.Typer, *, load: Callable[[Path], Any], workspace: Callab
         state how many live instances stay pinned, move or exit. Exit 0: it can be applied; 1: something
         would be refused; 2: the workspace does not load."""
         from adapters.reporting.plan import render
-        from adapters.service.deploy import plan_for
+        from journey_engine.deployment import plan_for
 
         compiled = load(workspace(ws))  # exits 2 when it does not load
         store = open_store(db, compiled.metrics.defaults)

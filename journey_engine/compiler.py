@@ -6,7 +6,7 @@ raise WorkspaceError with every problem at once, or return a `CompiledWorkspace`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -65,6 +65,9 @@ class CompiledWorkspace:
     renderer: Renderer
     warnings: list[Problem] = field(default_factory=list)
     cap_rules: dict[int, CompiledRule] = field(default_factory=dict)  # frequency cap index -> its `if:`
+    # (journey, version) -> a stored version that live instances are on, beside `journeys` (the versions
+    # new entrants take): see `with_versions`
+    versions: dict[tuple[str, str], CompiledJourney] = field(default_factory=dict)
 
 
 def load_workspace(root: str | Path) -> CompiledWorkspace:
@@ -186,3 +189,36 @@ def _compile_journey(journey: Journey, rule: _RuleFn) -> CompiledJourney | None:
         exits=tuple(trigger(t, ("exit", i)) for i, t in enumerate(journey.exit)),
         goal=trigger(journey.goal, ("goal",)) if journey.goal else None, name=name,
         transitions=transitions)
+
+
+def with_versions(cw: CompiledWorkspace, stored: Mapping[tuple[str, str], Journey],
+                  current: Mapping[str, Journey] | None = None) -> CompiledWorkspace:
+    """The workspace with stored journey versions beside its own (SPEC §3, "Changing a live workspace"),
+    their rules compiled against its metrics and segments. `current`, when given, replaces the
+    workspace's journeys as the versions new entrants take (the versions in force, when the files'
+    plan was refused). A version that does not compile here is left out: its instances wait, and
+    `journey plan` names what it lacks."""
+    compiler = RuleCompiler(cw.workspace.metrics, set(cw.workspace.segments))
+    failed: list[str] = []
+
+    def rule(text: str | None, kind: str, name: str, path: PathKey) -> CompiledRule | None:
+        if text is None:
+            return None
+        try:
+            return replace(compiler.compile(text), where=f"{name} (stored version) {'.'.join(map(str, path))}")
+        except RuleProblem as exc:
+            failed.append(f"{name}: {exc}")
+            return None
+
+    def compiled(journey: Journey) -> CompiledJourney | None:
+        failed.clear()
+        cj = _compile_journey(journey, rule)
+        return cj if cj is not None and not failed else None
+
+    journeys = dict(cw.journeys)
+    if current is not None:
+        journeys = {n: cj for n, j in sorted(current.items()) if (cj := compiled(j)) is not None}
+    in_force = {(cj.name, cj.version) for cj in journeys.values()}
+    versions = {key: cj for key, j in sorted(stored.items())
+                if key not in in_force and (cj := compiled(j)) is not None}
+    return replace(cw, journeys=journeys, versions=versions)

@@ -113,6 +113,18 @@ class JourneyExited(Fact):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class JourneyMigrated(Fact):
+    """A live instance moved to a new version of its journey (`on_change: move`)."""
+
+    journey: str
+    key: str | None
+    from_version: str
+    to_version: str
+    source: str  # the state it was in
+    target: str  # the state it is in on the new version
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RuleFailed(Fact):
     rule: str  # file:line
     error: str

@@ -140,6 +140,20 @@ class Runtime:
             self._finish(Batch(enrolled={cj.name for cj in new}), Outcome())
         return total
 
+    def migrate(self, users: list[str], now: datetime) -> Outcome:
+        """After a deploy: move these users' instances that the versions in force move (or exit), caught
+        up to `now` first, and commit (SPEC §3, "Changing a live workspace")."""
+        return _retrying(partial(self._migrate, users, now))
+
+    def _migrate(self, users: list[str], now: datetime) -> Outcome:
+        batch, out = Batch(), Outcome()
+        for user, profile in self.store.load(users).items():
+            self._catch_up(profile, now, out)
+            out.extend(self.engine.migrate(profile, now))
+            batch.profiles[user] = profile
+        self._finish(batch, out)
+        return out
+
     def _enroll(self, users: list[str], journeys: list[str], now: datetime) -> Outcome:
         batch, out = Batch(), Outcome()
         for user, profile in self.store.load(users).items():

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .compiler import CompiledWorkspace, load_workspace
-from .errors import Problem, ScenarioError, did_you_mean
+from .errors import Problem, ScenarioError, WorkspaceError, did_you_mean
 from .loading import Document, PathKey, model_problems, parse_yaml
 from .model import Duration
 from .testing import Harness
@@ -72,6 +72,10 @@ class Outage(_Step):
     outage: Duration
 
 
+class Deploy(_Step):
+    deploy: str = Field(description="another workspace folder, relative to the scenario file")
+
+
 class Rendered(_Step):
     message: str
     contains: str
@@ -104,7 +108,7 @@ class Expect(_Step):
 
 
 STEP_KINDS: dict[str, type[_Step]] = {"identify": Identify, "track": Track, "alias": Alias, "wait": Wait,
-                                      "outage": Outage, "expect": Expect}
+                                      "outage": Outage, "deploy": Deploy, "expect": Expect}
 
 
 class Scenario(BaseModel):
@@ -135,9 +139,10 @@ class Failure:
     expected: dict[str, Any]
     actual: dict[str, Any]
     recent: list[Record]
+    title: str = "expectation failed"
 
     def describe(self, file: str) -> str:
-        lines = [f"{file}:{self.line}: expectation failed"]
+        lines = [f"{file}:{self.line}: {self.title}"]
         for name, want in self.expected.items():
             got = self.actual.get(name)
             mark = "  " if want == got else "✗ "
@@ -248,11 +253,28 @@ def _play(h: Harness, step: _Step, line: int, result: Result) -> None:
         h.wait(step.wait)
     elif isinstance(step, Outage):
         h.outage(step.outage)
+    elif isinstance(step, Deploy):
+        _deploy(h, Path(result.scenario.file).parent / step.deploy, line, result)
     elif isinstance(step, Expect):
         result.expectations += 1
         failure = check(h, step.expect, line)
         if failure is not None:
             result.failures.append(failure)
+
+
+def _deploy(h: Harness, folder: Path, line: int, result: Result) -> None:
+    """Apply another workspace; one that does not load or whose plan is refused fails the scenario (the
+    running versions stay, as in `journey serve`)."""
+    from .deployment import PlanRefused
+
+    try:
+        h.deploy(folder)
+    except WorkspaceError as exc:
+        result.failures.append(Failure(line, {"deploy": str(folder)}, {"loads": [str(p) for p in exc.problems]}, [],
+                                       title="deploy: the workspace does not load"))
+    except PlanRefused as exc:
+        result.failures.append(Failure(line, {"deploy": str(folder)}, {"refused": exc.plan.refusals}, [],
+                                       title="deploy: the plan cannot be applied"))
 
 
 def check(h: Harness, e: Expectation, line: int) -> Failure | None:

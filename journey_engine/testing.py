@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .compiler import CompiledWorkspace, load_workspace
 from .engine import Engine, Outcome, SendMessage
@@ -22,6 +22,10 @@ from .model import parse_duration
 from .ports import Store
 from .runtime import Runtime
 from .trace import Record
+
+if TYPE_CHECKING:
+    from .ports import ServiceStore
+    from .versions import Plan
 
 __all__ = ["Harness", "MemoryStore", "RecordingChannel", "VirtualClock"]
 
@@ -70,6 +74,25 @@ class Harness:
         self.trace: list[Record] = []
         self.store: Store = store if store is not None else MemoryStore()
         self.runtime = Runtime(self.engine, self.store, sink=self._collect)
+
+    def deploy(self, workspace: str | Path | CompiledWorkspace) -> Plan:
+        """Apply another workspace from now on, as `journey serve --reload` would: live instances stay pinned,
+        move or exit as its plan says (SPEC §3, "Changing a live workspace"). Raises PlanRefused, applying
+        nothing, when the plan cannot be applied. The store must keep versions (MemoryStore, SqlStore)."""
+        from .deployment import PlanRefused, deploy, migrate, running
+
+        new = workspace if isinstance(workspace, CompiledWorkspace) else load_workspace(workspace)
+        store = cast("ServiceStore", self.store)
+        if store.in_force()[0] == 0:
+            deploy(self.engine.cw, store)  # what ran so far was never deployed: it is deployment 1
+        done = deploy(new, store)
+        if not done.applied:
+            raise PlanRefused(done.plan)
+        engine = Engine(running(new, store, done), seed=self.engine.seed)
+        engine.bandits = self.engine.bandits
+        self.engine = self.runtime.engine = engine
+        migrate(self.runtime, store, done, self.clock.now)
+        return done.plan
 
     @classmethod
     def load(cls, workspace: str | Path, *, start: str | datetime, seed: int = 0) -> Harness:

@@ -22,6 +22,7 @@ from .facts import (
     GoalReached,
     JourneyEntered,
     JourneyExited,
+    JourneyMigrated,
     MessageDeferred,
     MessageEngaged,
     MessageSent,
@@ -125,6 +126,11 @@ def _exited(f: JourneyExited) -> Record:
     return journey_exited(f.at, f.user, f.journey, f.key, f.reason, state=f.state)
 
 
+def _migrated(f: JourneyMigrated) -> Record:
+    return {"kind": "journey_migrated", "at": iso(f.at), "user": f.user, "journey": f.journey, "key": f.key,
+            "from_version": f.from_version, "to_version": f.to_version, "from": f.source, "to": f.target}
+
+
 def _rule_failed(f: RuleFailed) -> Record:
     return other("rule_error", f.at, f.user, rule=f.rule, error=f.error, text=f.text)
 
@@ -161,7 +167,8 @@ def _address_suppressed(f: AddressSuppressed) -> Record:
 _RECORDS: dict[type, Callable[[Any], Record]] = {
     SegmentEntered: _segment, SegmentLeft: _segment, JourneyEntered: _journey_entered, Transitioned: _transitioned,
     MessageSent: _sent, MessageDeferred: _deferred, MessageSuppressed: _suppressed, MessageEngaged: _engaged,
-    GoalReached: _goal, JourneyExited: _exited, RuleFailed: _rule_failed, CycleStopped: _cycle,
+    GoalReached: _goal, JourneyExited: _exited, JourneyMigrated: _migrated, RuleFailed: _rule_failed,
+    CycleStopped: _cycle,
     AliasMerged: _alias_merged, AliasIgnored: _alias_ignored, DuplicateIgnored: _duplicate,
     SubscriptionChanged: _subscription_changed, SubscriptionUnknown: _subscription_unknown,
     AddressSuppressed: _address_suppressed,

@@ -24,9 +24,9 @@ from journey_engine import native  # noqa: E402
 
 # what the event and timer paths run through; the rest (loading, validation, graphs) runs once
 MODULES = ("batch", "clock", "codec", "engine/__init__", "engine/base", "engine/feedback", "engine/journeys",
-           "engine/messages", "engine/plan", "engine/schedule", "engine/values", "events", "facts", "memory", "metrics",
-           "policies", "profile", "ruleanalysis", "rulecompile", "rules", "runtime", "segments", "selection", "stats",
-           "trace")
+           "engine/messages", "engine/plan", "engine/schedule", "engine/values", "engine/versions", "events", "facts",
+           "memory", "metrics", "policies", "profile", "ruleanalysis", "rulecompile", "rules", "runtime", "segments",
+           "selection", "stats", "trace")
 
 
 def manifest() -> dict[str, object]:

@@ -43,6 +43,7 @@ from adapters.service.settings import Settings
 from adapters.service.tuning import tune_gc
 from adapters.storage.sql import SqlStore
 from journey_engine.compiler import load_workspace
+from journey_engine.deployment import adopt
 from journey_engine.engine import Engine, Outcome
 from journey_engine.events import Event
 from journey_engine.ports import ConflictError, StoreUnavailable, partition
@@ -393,6 +394,7 @@ def _engine_process(folder: str, url: str, index: int, count: int, settings: Set
     compiled = load_workspace(folder)
     tune_gc()
     store = SqlStore(url, defaults=dict(compiled.metrics.defaults), upgrade=False, schema=options.schema)
+    compiled = adopt(compiled, store)  # the versions in force, as the parent applied them
     runtime = Runtime(Engine(compiled, seed=options.seed, send_expiry=settings.send_expiry), store, claim=500,
                       part=(index, count), live=options.live)
     replies = _Replies(pipe)

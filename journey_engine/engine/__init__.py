@@ -8,7 +8,8 @@ name order: exit criteria, goal, the current state's transitions, entry.
 `Engine` is the facade. It is built in layers, one concern per module, each using only the layers
 below it: base (workspace, plans, segments, learning) <- feedback (traits, subscriptions, delivery
 and engagement) <- messages (send decisions, deferred sends) <- journeys (entry, exit, goal,
-transitions, timers armed) <- schedule (wake-ups) <- Engine (the inputs). Single inheritance, so
+transitions, timers armed) <- versions (which version each instance runs on, the walk over the
+user's journeys) <- schedule (wake-ups) <- Engine (the inputs). Single inheritance, so
 the compiled build (mypyc) keeps every call a direct one.
 """
 
@@ -104,6 +105,15 @@ class Engine(Schedule):
         self._segments(run, metrics=set(self.cw.metrics.metrics), traits=True, timed=True)
         run.changed = True
         self._journeys(run, None)
+        self._settle(run)
+        return run.out
+
+    def migrate(self, profile: Profile, now: datetime) -> Outcome:
+        """Move this user's instances that the versions in force move (the service's sweep after a deploy;
+        the engine also moves an instance the first time it touches it)."""
+        run = Run(profile, now)
+        for inst in list(profile.instances.values()):
+            self._running(run, inst)
         self._settle(run)
         return run.out
 

@@ -38,13 +38,29 @@ class Base:
         self._control = self.policies.control_group  # share of users held out of every journey's sends
         self._plans = tuple(Plan.of(cj, self.messages) for cj in compiled.journeys.values())
         self._plan = {p.name: p for p in self._plans}
+        # every version live instances may be on: the ones new entrants take, and the stored ones beside them
+        stored = tuple(Plan.of(cj, self.messages) for cj in compiled.versions.values())
+        self._versions = {(p.name, p.cj.version): p for p in (*self._plans, *stored)}
+        self._of_cj = {id(p.cj): p for p in (*self._plans, *stored)}
+        self._retired = tuple(sorted({p.name for p in stored} - set(self._plan)))  # journeys gone from the files
         self._clock_entries = any(p.clock_entry for p in self._plans)
         self._clock_rules = self._clock_entries or any(
-            p.clock_triggers or any(sp.clock_rules for sp in p.states.values()) for p in self._plans)
+            p.clock_triggers or any(sp.clock_rules for sp in p.states.values()) for p in self._versions.values())
         self._defaults = MappingProxyType(compiled.metrics.defaults)  # shared by every profile, read-only
         self._ledger_span = max((c.per for c in self.policies.frequency_caps), default=timedelta(0))
         self._subscribed_by_default = {name: sub.default == "subscribed"
                                        for name, sub in compiled.workspace.subscriptions.items()}
+
+    def _version_of(self, inst: Instance) -> Plan | None:
+        """The plan of the version this instance runs on: its own, or for a version never stored (from
+        before versions were) the one in force, if it has the instance's state."""
+        plan = self._versions.get((inst.journey, inst.version))
+        if plan is None:
+            plan = self._plan.get(inst.journey)
+            if plan is None or inst.state not in plan.states:
+                return None
+            inst.version = plan.cj.version
+        return plan
 
     def _segments(self, run: Run, *, metrics: AbstractSet[str], traits: bool, timed: bool) -> None:
         run.scope.pop("journey", None)  # membership is per user: never read a journey instance's leftovers

@@ -15,7 +15,7 @@ from ..model import AttributeTime, clock_minutes
 from ..policies import resolve_zone
 from ..profile import Instance, InstanceKey
 from ..selection import split_bandit, split_random
-from .base import MAX_CHAIN, NO_GROUPS, attribute, by_journey, text
+from .base import MAX_CHAIN, attribute, text
 from .messages import Messages
 from .plan import Plan, Run, StatePlan
 
@@ -24,21 +24,6 @@ _DETAIL = {"segment": "rule", "if": "rule", "always": "rule", "after": "after", 
 
 class Journeys(Messages):
     """Where each of the user's journeys stands, and how it moves."""
-
-    def _journeys(self, run: Run, event: Event | None) -> None:
-        groups = by_journey(run.profile) if run.profile.instances else NO_GROUPS
-        for plan in self._plans:
-            instances = groups.get(plan.name)
-            if instances:
-                key_prop = plan.key_prop
-                routed = None
-                if event is not None and key_prop is not None and key_prop in event.properties:
-                    routed = str(event.properties[key_prop])
-                for inst in instances:
-                    if routed is None or inst.key == routed:
-                        self._check(run, plan, inst, event)
-            if plan.may_enter(run, event):
-                self._enter(run, plan.cj, event)  # the rest of the entry checks
 
     def _check(self, run: Run, plan: Plan, inst: Instance, event: Event | None) -> None:
         """Exit criteria, then the goal, then the current state's transitions."""
@@ -104,7 +89,7 @@ class Journeys(Messages):
             if value is None:
                 return
             key = str(value)
-        ikey = self._plan[cj.name].ikey if not key else (cj.name, key)
+        ikey = self._of_cj[id(cj)].ikey if not key else (cj.name, key)
         if ikey in run.profile.instances or not self._may_reenter(run, cj, ikey):
             return
         run.scope.pop("journey", None)
@@ -129,7 +114,7 @@ class Journeys(Messages):
         before any message: exits and goals are otherwise checked when something changes, and entering
         is not a change of the user's."""
         self._journey_scope(run, inst)
-        for criterion in self._plan[cj.name].exits_changed:
+        for criterion in self._of_cj[id(cj)].exits_changed:
             if self._holds(run, criterion):
                 self._exit(run, cj, inst, "exit")
                 return True
@@ -218,7 +203,7 @@ class Journeys(Messages):
                 error=f"more than {MAX_CHAIN} transitions in a row: a loop of states whose rules are all true; "
                       "stopped here"))
             return
-        plan = self._plan[cj.name].states[inst.state]
+        plan = self._of_cj[id(cj)].states[inst.state]
         state = plan.spec
         inst.visit += 1
         inst.state_entered_at = run.now
@@ -264,7 +249,7 @@ class Journeys(Messages):
 
     def _exit(self, run: Run, cj: CompiledJourney, inst: Instance, reason: str) -> None:
         profile = run.profile
-        ikey = self._plan[cj.name].ikey if not inst.key else (cj.name, inst.key)  # the shared tuple if unkeyed
+        ikey = self._of_cj[id(cj)].ikey if not inst.key else (cj.name, inst.key)  # the shared tuple if unkeyed
         profile.remove_instance(ikey)
         profile.note_entry(ikey, inst.entry_epoch())
         inst.timers = ()

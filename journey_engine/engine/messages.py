@@ -221,7 +221,7 @@ class Messages(Feedback):
             return
         profile.deferred = [d for d in profile.deferred if d.due > run.now] or None
         for d in due:  # what leaving cancels was dropped then: what is left goes, its run ended or not
-            cj = self.cw.journeys.get(d.journey)
+            cj = self._journey_of(d)
             if cj is None or d.message not in self.messages:  # no longer in the workspace
                 run.out.facts.append(MessageSuppressed(at=run.now, user=profile.user_id, journey=d.journey,
                                                        key=d.key or None, state=d.state, message=d.message,
@@ -231,6 +231,14 @@ class Messages(Feedback):
             if self._eligible(run, cj, d, d.state, d.message):  # eligibility may have changed since
                 self._deliver(run, cj, d, d.message, d.state, deferred=True, due=d.due)
         run.scope.pop("journey", None)
+
+    def _journey_of(self, d: Deferred) -> CompiledJourney | None:
+        """The journey a held send belongs to: the version in force, else a stored one (a journey removed
+        from the files still finishes what it started)."""
+        cj = self.cw.journeys.get(d.journey)
+        if cj is None:
+            cj = next((v for (name, _), v in self.cw.versions.items() if name == d.journey), None)
+        return cj
 
     def _deferred_scope(self, run: Run, d: Deferred) -> None:
         """`journey.*` for a deferred send's rules: its run's, or what the send kept of a run that ended."""

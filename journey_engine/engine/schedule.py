@@ -11,11 +11,11 @@ from ..facts import CycleStopped, RuleFailed
 from ..profile import UNSETTLED, Instance, Profile
 from ..rules import RULE_ERRORS
 from .base import MAX_CHAIN, NO_GROUPS, by_journey
-from .journeys import Journeys
 from .plan import Plan, Run
+from .versions import Versions
 
 
-class Schedule(Journeys):
+class Schedule(Versions):
     """Wake-ups and the catching up after an input."""
 
     def _wake(self, run: Run) -> None:
@@ -31,10 +31,14 @@ class Schedule(Journeys):
             instances = groups.get(plan.name)
             if instances:
                 for inst in instances:
-                    if not self._fire_timer(run, plan, inst):
-                        self._check(run, plan, inst, None)
+                    own = self._running(run, inst)
+                    if own is not None and not self._fire_timer(run, own, inst):
+                        self._check(run, own, inst, None)
             if plan.entry_on is None and (plan.entry_segment is None or plan.entry_segment in run.entered):
                 self._enter(run, plan.cj, None)  # a segment entry, or a rule entry if something changed
+        for inst, own in self._retired_instances(run, groups):
+            if not self._fire_timer(run, own, inst):
+                self._check(run, own, inst, None)
         run.entered.clear()
 
     def _reads_clock(self, profile: Profile) -> bool:
@@ -44,9 +48,9 @@ class Schedule(Journeys):
             return False
         if self._clock_entries:
             return True
-        for (name, _), inst in profile.instances.items():
-            plan = self._plan[name]
-            if plan.clock_triggers or plan.states[inst.state].clock_rules:
+        for inst in profile.instances.values():
+            plan = self._version_of(inst)
+            if plan is not None and (plan.clock_triggers or plan.states[inst.state].clock_rules):
                 return True
         return False
 
@@ -127,8 +131,10 @@ class Schedule(Journeys):
         """When time alone may next flip a rule that matters to this user: the current states' `if`
         rules, the exit and goal rules of their journeys, and `if:` entries of journeys they are not in."""
         best: datetime | None = None
-        for (name, _), inst in run.profile.instances.items():
-            plan = self._plan[name]
+        for inst in run.profile.instances.values():
+            plan = self._version_of(inst)
+            if plan is None:
+                continue
             rules: tuple[CompiledTransition | CompiledTrigger, ...] = (*plan.states[inst.state].clock_rules,
                                                                        *plan.clock_triggers)
             if not rules:

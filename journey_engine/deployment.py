@@ -1,5 +1,5 @@
 """Applying a workspace over a live store (SPEC §3, "Changing a live workspace"): `journey plan`, the
-start of `journey serve` and its reloads, and the scenario step `deploy:` share this.
+start of `journey serve` and its reloads, and the scenario step `deploy:` (the Harness) share this.
 
 `plan_for` reads the versions in force, the stored definitions and the live instances, and plans the
 workspace over them. `deploy` applies a plan that can be applied: the new versions are stored and put
@@ -15,10 +15,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from journey_engine.compiler import CompiledWorkspace
-from journey_engine.ports import Versions
-from journey_engine.runtime import Runtime
-from journey_engine.versions import Plan, definition, plan, restore, runnable
+from .compiler import CompiledWorkspace, with_versions
+from .errors import JourneyError
+from .ports import Versions
+from .runtime import Runtime
+from .versions import Plan, definition, plan, restore, runnable
+
+
+class PlanRefused(JourneyError, RuntimeError):
+    """A workspace whose plan cannot be applied over what is live (`journey plan` says why)."""
+
+    def __init__(self, planned: Plan) -> None:
+        self.plan = planned
+        super().__init__("the workspace cannot be applied over the live versions: " + "; ".join(planned.refusals))
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +65,6 @@ def deploy(compiled: CompiledWorkspace, store: Versions) -> Deployment:
 def running(compiled: CompiledWorkspace, store: Versions, deployment: Deployment) -> CompiledWorkspace:
     """The workspace this process runs: the files' journeys when applied, else the versions in force; and
     every stored version that live instances are on, for them to finish on."""
-    from journey_engine.compiler import with_versions
-
     stored = {key: restore(text) for key, text in store.stored_versions().items()}
     _, in_force = store.in_force()
     current = None if deployment.applied else {n: stored[(n, v)] for n, v in in_force.items() if (n, v) in stored}
@@ -65,7 +72,7 @@ def running(compiled: CompiledWorkspace, store: Versions, deployment: Deployment
     return with_versions(compiled, {key: j for key, j in stored.items() if key in live}, current=current)
 
 
-def migrate(runtime: Runtime, deployment: Deployment, now: datetime) -> int:
+def migrate(runtime: Runtime, store: Versions, deployment: Deployment, now: datetime) -> int:
     """Move the instances that the applied plan moves or exits; returns how many users were touched."""
     if not deployment.applied:
         return 0
@@ -73,7 +80,17 @@ def migrate(runtime: Runtime, deployment: Deployment, now: datetime) -> int:
                        if any(f.action in ("move", "exit") for f in j.fates)})
     if not journeys:
         return 0
-    users = runtime.store.users_in(journeys)  # type: ignore[attr-defined]
+    users = store.users_in(journeys)
     for start in range(0, len(users), 500):
         runtime.migrate(users[start:start + 500], now)
     return len(users)
+
+
+def adopt(compiled: CompiledWorkspace, store: Versions) -> CompiledWorkspace:
+    """What a process that does not deploy itself runs (an engine worker, a second `serve`): the versions in
+    force in the store, which another process applied; the workspace's own journeys where they are those."""
+    number, in_force = store.in_force()
+    if number == 0:
+        return compiled
+    mine = {n: cj.version for n, cj in compiled.journeys.items()}
+    return running(compiled, store, Deployment(number, Plan([]), applied=mine == in_force))
