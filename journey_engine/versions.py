@@ -117,15 +117,18 @@ def changes(old: Journey | None, new: Journey | None) -> list[Change]:
         found.append(Change("holdout", f"holdout {old.holdout:.0%} → {new.holdout:.0%}"))
     if old.initial != new.initial:
         found.append(Change("initial", f"initial state {old.initial} → {new.initial}"))
+    renamed = {a: b for a, b in new.moves.items() if a in old.states and a not in new.states and b in new.states}
     for name in old.states:
-        if name not in new.states:
+        if name in renamed:
+            found.append(Change("state", f"state {name} is now {renamed[name]} (moves)"))
+        elif name not in new.states:
             found.append(Change("state", f"state {name} removed"))
     for name in new.states:
-        if name not in old.states:
+        if name not in old.states and name not in renamed.values():
             found.append(Change("state", f"state {name} added"))
     for name in old.states:
-        if name in new.states:
-            found.extend(_state_changes(name, old.states[name], new.states[name]))
+        if name in new.states or name in renamed:
+            found.extend(_state_changes(name, old.states[name], new.states[renamed.get(name, name)]))
     return found
 
 

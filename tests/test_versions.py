@@ -182,3 +182,14 @@ def test_instances_from_before_versions_take_the_version_in_force(tmp_path: Path
     assert jp.status == "added" and p.appliable
     assert jp.fates == [Fate("0ld", "gone", 1, "exit"), Fate("0ld", "wait", 2, "move", "wait")]
     assert "from before versions were stored" in jp.warnings[0]
+
+
+def test_a_state_renamed_through_moves_reads_as_a_rename_with_its_own_changes(tmp_path: Path) -> None:
+    """`moves: {wait: waiting}` shows the rename, and what changed inside the renamed state."""
+    old = journey(tmp_path)
+    waiting = {"send": "hello", "transitions": [{"on": "Clicked", "to": "done"}, {"after": "2d", "to": "remind"}]}
+    new = journey(tmp_path, initial="waiting", states={**{k: v for k, v in BASE["states"].items() if k != "wait"},
+                                                       "waiting": waiting}, on_change="move", moves={"wait": "waiting"})
+    assert [c.text for c in changes(old, new)] == [
+        "initial state wait → waiting", "state wait is now waiting (moves)",
+        "state wait: after 3d -> remind removed", "state wait: after 2d -> remind added"]

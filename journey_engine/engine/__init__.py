@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from .. import clock
 from ..events import Event
 from ..facts import AliasMerged, SegmentLeft
-from ..profile import Profile
+from ..profile import Deferred, Instance, Profile
 from .base import MAX_CHAIN
 from .feedback import BOUNCE_EVENTS, FEEDBACK, MAX_ENGAGEMENTS, SUBSCRIPTION_EVENTS, WORKSPACE_HOURS
 from .plan import Run
@@ -84,11 +84,12 @@ class Engine(Schedule):
         into.traits.update({k: v for k, v in other.traits.items() if k not in into.traits})
         self.cw.metrics.merge(into, other, now)
         taken = [key for key in other.instances if key not in into.instances]
-        for key in taken:
-            into.add_instance(key, other.instances[key])
         # pending sends come along with their runs, and those of runs already ended (a final state's)
         moved = [d for d in other.deferred or () if (d.journey, d.key) in taken or (d.journey, d.key) not in
                  other.instances or other.instances[(d.journey, d.key)].run != d.run]
+        _own_runs(into, [other.instances[key] for key in taken], moved)
+        for key in taken:
+            into.add_instance(key, other.instances[key])
         into.deferred = (into.deferred or []) + moved or None
         entries = other.entries or ()
         for i in range(0, len(entries), 3):
@@ -131,6 +132,29 @@ class Engine(Schedule):
                 run.entered.discard(cj.entry.segment)
         self._settle(run)
         return run.out
+
+
+def _own_runs(into: Profile, instances: list[Instance], deferred: list[Deferred]) -> None:
+    """Runs that come with an alias keep ids of their own: a run of the anonymous id that entered a journey
+    in the same millisecond as one of the known user's gets the next free id, with its pending sends, so
+    each still has its own sends and idempotency keys (SPEC §3 item 12)."""
+    used: dict[tuple[str, str], set[int]] = {}
+    for inst in into.instances.values():
+        used.setdefault((inst.journey, inst.key), set()).add(inst.run)
+    for d in into.deferred or ():
+        used.setdefault((d.journey, d.key), set()).add(d.run)
+    both: list[Instance | Deferred] = [*instances, *deferred]
+    runs = {(x.journey, x.key, x.run) for x in both}
+    for journey, key, run in sorted(runs):
+        mine = used.setdefault((journey, key), set())
+        if run not in mine:
+            mine.add(run)
+            continue
+        fresh = max(mine | {r for j, k, r in runs if (j, k) == (journey, key)}) + 1
+        mine.add(fresh)
+        for x in both:
+            if (x.journey, x.key, x.run) == (journey, key, run):
+                x.run = fresh
 
 
 def _blank(profile: Profile) -> bool:

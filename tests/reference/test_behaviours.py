@@ -203,3 +203,15 @@ def test_at_an_alias_the_known_users_last_value_wins_a_tie(tmp_path: Path) -> No
     h.track("anon", "Plan Changed", {"plan": "free"})  # same instant, arrived later
     h.alias("u1", "anon")
     assert h.metrics("u1")["last_plan"] == "pro"
+
+
+def test_two_ids_that_entered_in_one_millisecond_keep_their_own_sends_after_an_alias(tmp_path: Path) -> None:
+    """Runs merged by an alias keep their own sends: both held sends go out (SPEC §3 item 12)."""
+    window = {"m": {"channel": "sms", "body": "hi", "send_at": {"window": "09:00-18:00"}}}
+    h = harness(tmp_path, journey(states={"s0": {"send": "m", "transitions": [{"to": "done"}]},
+                                          "done": {"final": True}}), start="2026-01-05T06:00:00Z", messages=window)
+    h.track("u1", "Signed Up")
+    h.track("anon", "Signed Up")  # the same instant: the same run id
+    h.alias("u1", "anon")
+    h.wait("4h")
+    assert [(s.user, s.message) for s in h.channel.sent] == [("u1", "m"), ("u1", "m")]
