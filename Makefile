@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # changes; the package uses them only while they match its sources, and runs as Python otherwise
 NATIVE := $(VENV)/native/manifest.json
 
-.PHONY: install system demo test lint typecheck bench clean native kill-loop reference soak mutants
+.PHONY: install system demo test lint typecheck bench clean native kill-loop chaos reference soak mutants
 
 install: $(NATIVE)
 
@@ -48,6 +48,10 @@ test: system lint typecheck $(NATIVE)
 # the CI kill loop's long variant: 150 SIGKILLs of journey serve during 10,000 emails to a real SMTP server
 kill-loop: $(STAMP)
 	JOURNEY_KILL_LOOP=long $(BIN)/pytest -s tests/test_kill_loop.py
+
+# the bus under chaos at full size (50,000 events; CI runs 4,000): needs PostgreSQL and nats-server
+chaos: $(STAMP)
+	JOURNEY_BUS_CHAOS=long $(BIN)/pytest -s tests/test_bus_chaos.py
 
 bench: $(NATIVE)
 	$(BIN)/journey bench --store memory --users 100000 --events 1000000 --json

@@ -7,6 +7,7 @@ timers, windows and time-driven segments fire as they would in production.
 from __future__ import annotations
 
 import gc
+import heapq
 import random
 import resource
 import sys
@@ -159,9 +160,60 @@ def events_stream(users: int, events: int, seed: int, span: timedelta = SPAN) ->
             yield _event(rng, users, at, names, weights)
 
 
+SESSION_EVENTS = (3, 12)  # events in a session, uniformly
+SESSION_GAP = (timedelta(seconds=20), timedelta(minutes=5))  # between a session's events, uniformly
+
+
+def session_stream(users: int, events: int, seed: int, span: timedelta = SPAN) -> Iterator[Event]:
+    """The default mix, shaped as real users come: sessions of 3-12 events a few minutes apart, days
+    between a user's sessions. Users arrive over the first part of the span (identify, Signed Up, then
+    their first session); the mean gap between sessions spreads each user's share of `events` over `span`.
+    The names of the events are drawn from `MIX`, as in the uniform mix; events in time order."""
+    rng = random.Random(seed)
+    names = [n for n, _ in MIX]
+    weights = [w for _, w in MIX]
+    per_session = sum(SESSION_EVENTS) / 2
+    sessions = max(1.0, (events / max(users, 1) - 2) / per_session)  # each user's, over the span
+    gap = span.total_seconds() / sessions  # mean seconds between a user's sessions
+    start = START.timestamp()
+    # (when, user, events left in the current session, serial); serial 0: the user's first appearance
+    heap = [(start + rng.uniform(0, min(gap, span.total_seconds())), u, 0, 0) for u in range(users)]
+    heapq.heapify(heap)
+    made = 0
+    while heap and made < events:
+        at_s, u, left, serial = heapq.heappop(heap)
+        user, at = f"u{u}", datetime.fromtimestamp(at_s, UTC)
+        if serial == 0:
+            yield _identify(rng, user, at, True)
+            made += 1
+            if made < events:
+                yield Event(type="track", user_id=user, name="Signed Up", timestamp=at, message_id=f"s{u}")
+                made += 1
+            left = rng.randint(*SESSION_EVENTS)
+        else:
+            yield _for(_event(rng, users, at, names, weights), user)
+            made += 1
+            left -= 1
+        if left > 0:
+            step = rng.uniform(SESSION_GAP[0].total_seconds(), SESSION_GAP[1].total_seconds())
+        else:
+            step, left = rng.expovariate(1 / gap), rng.randint(*SESSION_EVENTS)
+        heapq.heappush(heap, (at_s + step, u, left, serial + 1))
+
+
+def _for(event: Event, user: str) -> Event:
+    """`event` as `user`'s (the uniform mix draws the user; a session is one user's)."""
+    return Event(type=event.type, user_id=user, name=event.name, properties=event.properties, traits=event.traits,
+                 timestamp=event.timestamp, message_id=event.message_id)
+
+
+MIXES: dict[str, Callable[[int, int, int, timedelta], Iterator[Event]]] = {
+    "session": session_stream, "uniform": lambda users, events, seed, span: events_stream(users, events, seed, span)}
+
+
 def run_bench(compiled: CompiledWorkspace, *, users: int, events: int, seed: int = 1, store: Store | None = None,
               batch: int = 1, span: timedelta = SPAN, workers: int = 1, folder: Path | None = None,
-              progress: Progress | None = None) -> dict[str, Any]:
+              progress: Progress | None = None, mix: str = "session") -> dict[str, Any]:
     """Process the stream through `store` in batches of `batch` events (one commit each).
 
     The events are spread over `span` of virtual time: over the default 30 days every user's journeys
@@ -175,6 +227,9 @@ def run_bench(compiled: CompiledWorkspace, *, users: int, events: int, seed: int
     the workspace from `folder`) share the database, each applying the events of its partition of the
     users and claiming only their wake-ups (`Store.due(part=...)`); each call carries `batch` events per
     process. The rate is then all events over the time from the first batch to the last commit.
+
+    `mix`: `session` (default: bursts of events minutes apart, days between a user's sessions) or
+    `uniform` (every event of a user drawn at random over the span).
     """
     target: Store = MemoryStore() if store is None else store
     if isinstance(target, SqlStore):
@@ -187,14 +242,14 @@ def run_bench(compiled: CompiledWorkspace, *, users: int, events: int, seed: int
         if folder is None:
             raise ValueError("engine processes load the workspace from its folder: pass `folder`")
         run = _run_hosted(folder, target, workers, users=users, events=events, seed=seed, batch=batch,
-                          span=span)
+                          span=span, mix=mix)
     else:
-        run = _drive(compiled, target, events_stream(users, events, seed, span), seed=seed, batch=batch,
+        run = _drive(compiled, target, MIXES[mix](users, events, seed, span), seed=seed, batch=batch,
                      progress=progress)
     latencies = sorted(run.latencies)
     report: dict[str, Any] = {
         "events": events, "users": users, "batch": batch, "days": round(span / timedelta(days=1), 3),
-        "workers": workers, "seconds": round(run.seconds, 3),
+        "workers": workers, "mix": mix, "seconds": round(run.seconds, 3),
         "events_per_s": round(events / run.busy) if run.busy else 0,
         "p50_ms": round(latencies[len(latencies) // 2] * 1000, 3) if latencies else 0,
         "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 3) if latencies else 0,
@@ -272,13 +327,13 @@ IN_FLIGHT = 4  # calls the engine processes may still be running while the next 
 
 
 def _run_hosted(folder: Path, store: SqlStore, workers: int, *, users: int, events: int, seed: int, batch: int,
-                span: timedelta) -> _Run:
+                span: timedelta, mix: str = "session") -> _Run:
     """The stream cut into batches before the clock starts (as the one-process run does not time making
     events), then fed through the engine processes of `journey serve --workers` (ProcessHost) on the
     event clock: each batch after firing what fell due before it, up to IN_FLIGHT calls at once. A batch's
     latency is from its sending to its commit by every process it touched."""
     size = batch * workers
-    stream = list(events_stream(users, events, seed, span))
+    stream = list(MIXES[mix](users, events, seed, span))
     batches = [stream[i:i + size] for i in range(0, len(stream), size)]
     del stream
     tally = _Tally()

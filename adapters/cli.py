@@ -14,12 +14,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from adapters import cli_reach, cli_versions
+from adapters import cli_bus, cli_reach, cli_versions
 from adapters.service.tuning import tune_gc
 from journey_engine.errors import JourneyError, ScenarioError, UnknownJourneyError, WorkspaceError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="An adaptive customer-journey engine: journeys as YAML state machines.")
+app.command()(cli_bus.worker)  # `journey worker` (SPEC §9), in adapters/cli_bus.py with the bus's other options
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)  # piped: wide
 
@@ -209,20 +210,18 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
           timers: Annotated[int, typer.Option(help="instead of events: a spike of this many timers due in the "
                                                    "same second, drained and committed")] = 0,
           pending: Annotated[int, typer.Option(help="with --timers: timers due a day later, in the store")] = 0,
-          as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False) -> None:
+          as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
+          mix: cli_bus.MixOpt = cli_bus.Mix.session, bus: cli_bus.Bus = None) -> None:
     """Throughput and latency on this machine (SPEC §8). Disk stores count only committed events."""
     import tempfile
 
     from adapters.bench import run_bench, run_timer_bench
     from journey_engine.memory import MemoryStore
 
-    if http is not None:
-        from adapters.loadtest import run_http_bench
-
-        keys = os.environ.get("JOURNEY_WRITE_KEYS", "").split(",")
-        report = run_http_bench(http, keys[0] or None, requests=requests, users=users, rate=rate, seed=seed)
-        sys.stdout.write(json.dumps(report) + "\n")
-        return
+    if http is not None or bus is not None:  # a running serve (adapters/loadtest.py), the bus (adapters/bench_bus.py)
+        return cli_bus.bench_elsewhere(http, bus, _workspace(workspace), _database(database), users=users,
+                                       events=events, seed=seed, days=days, mix=mix.value, rate=rate,
+                                       requests=requests, workers=workers, progress=None if as_json else err)
 
     if not days > 0:
         err.print("[red]--days must be more than 0[/red]")
@@ -256,7 +255,7 @@ def bench(users: Annotated[int, typer.Option(help="distinct users")] = 100_000,
         else:
             report = run_bench(compiled, users=users, events=events, seed=seed, store=target,
                                batch=batch or (1 if store == "memory" else 500), span=timedelta(days=days),
-                               workers=workers, folder=folder, progress=None if as_json else err)
+                               workers=workers, folder=folder, progress=None if as_json else err, mix=mix.value)
     finally:
         if target is not None:
             if store == "postgres":
@@ -365,7 +364,7 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
                           "process runs on one)")] = 1,
           allow_simulated: Annotated[bool, typer.Option(
               "--allow-simulated", help="serve a database written by `journey demo` or `bench`, sending "
-                                        "through the console channel only")] = False) -> None:
+                                        "through the console channel only")] = False, bus: cli_bus.Bus = None) -> None:
     """The HTTP API, the engine worker and its timers on the configured store (embedded SQLite by default)."""
     import logging
 
@@ -417,7 +416,8 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
     err.print(f"journey-engine on http://{host}:{port}  workspace {folder}  database {_database(database)}{engines}")
     def run(serving: Any, on_server: Any) -> None:
         store.defaults = dict(serving.metrics.defaults)  # a reloaded workspace may add metrics
-        served = create_app(serving, store, settings, channels=channels, workers=workers, folder=folder)
+        served = create_app(serving, store, settings, channels=channels, workers=workers, folder=folder,
+                            host=cli_bus.publisher_for(bus, store, settings), scheduler=bus is None)
         server = uvicorn.Server(uvicorn.Config(served, host=host, port=port, log_level="warning"))
         on_server(server)
         server.run()

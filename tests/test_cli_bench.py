@@ -104,7 +104,8 @@ def test_several_worker_processes_share_one_sqlite_database(tmp_path: Path, coll
 
     url = f"sqlite:///{tmp_path / 'w.db'}"
     result = runner.invoke(app, ["bench", "--store", "sqlite", "--database", url, "--workspace", str(EXAMPLES),
-                                 "--users", "300", "--events", "4000", "--days", "1", "--workers", "2", "--json"])
+                                 "--users", "300", "--events", "4000", "--days", "1", "--workers", "2",
+                                 "--mix", "uniform", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
     assert report["workers"] == 2 and report["events_per_s"] > 0 and report["sends"] > 0

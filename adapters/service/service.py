@@ -45,15 +45,18 @@ class Service:
     def __init__(self, compiled: CompiledWorkspace, store: ServiceStore, settings: Settings | None = None, *,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  channels: Mapping[str, Channel] | None = None, scheduler: bool = True,
-                 workers: int = 1, folder: Path | None = None) -> None:
+                 workers: int = 1, folder: Path | None = None, host: EngineHost | None = None,
+                 metrics: Metrics | None = None) -> None:
+        """`host`: another engine host than the one `workers` chooses (the bus: `serve --bus` publishes, `journey
+        worker` applies), with the `metrics` it reports to."""
         self.compiled, self.store, self.clock = compiled, store, clock
         self.settings = settings or Settings()
         self.channels = dict(channels or {})
         self.scheduler = scheduler
-        self.metrics = Metrics()
+        self.metrics = metrics if metrics is not None else Metrics()
         self.engine = Engine(compiled, send_expiry=self.settings.send_expiry)
-        self.host = engine_host(self.engine, store, self.settings, self.metrics, workers=workers, folder=folder,
-                                clock=clock)
+        self.host = host if host is not None else engine_host(self.engine, store, self.settings, self.metrics,
+                                                              workers=workers, folder=folder, clock=clock)
         self.dispatcher = Dispatcher(store, self.engine, self.channels, clock=clock, feedback=self.host.submit,
                                      lease=self.settings.outbox_lease)
         self.jobs = build_scheduler(timers=self.host.timers, dispatch=self.dispatch,

@@ -33,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.service.host import EngineHost, Overloaded, PartlyCommitted, WorkerLost
+from adapters.service.metrics import Metrics
 from adapters.service.service import Service
 from adapters.service.settings import Settings
 from adapters.service.views import storable, user_view
@@ -69,11 +70,13 @@ class Refused(Exception):
 def create_app(compiled: CompiledWorkspace, store: ServiceStore, settings: Settings | None = None, *,
                clock: Callable[[], datetime] = lambda: datetime.now(UTC), start_worker: bool = True,
                channels: Mapping[str, Channel] | None = None, scheduler: bool = True,
-               workers: int = 1, folder: Path | None = None) -> FastAPI:
+               workers: int = 1, folder: Path | None = None, host: EngineHost | None = None,
+               metrics: Metrics | None = None) -> FastAPI:
     """The app in front of a `Service` (adapters/service/service.py: the engine host, the dispatcher, the
-    scheduled jobs); `start_worker` False leaves the host stopped (tests drive it)."""
+    scheduled jobs); `start_worker` False leaves the host stopped (tests drive it). `host`: another engine
+    host (the bus: `serve --bus`, `journey worker`), with the `metrics` it reports to."""
     service = Service(compiled, store, settings, clock=clock, channels=channels, scheduler=scheduler,
-                      workers=workers, folder=folder)
+                      workers=workers, folder=folder, host=host, metrics=metrics)
     app = FastAPI(title="journey-engine", version="0.1.0", lifespan=lambda _: service.running(start_worker),
                   description="Segment-compatible event API, user API and operations endpoints.")
     app.state.service = service
@@ -328,10 +331,12 @@ async def prometheus(service: Served) -> Response:
 
 @router.get("/healthz")
 async def healthz(service: Served) -> JSONResponse:
-    down = await _store_down(service.store)
-    if down is not None:  # {code, message} as every error, plus what is down for monitors
-        return JSONResponse({"ok": False, "code": "unavailable", "message": f"store: {down}",
-                             "down": {"store": down}, "queue": service.host.waiting}, status_code=503)
+    down = {"store": await _store_down(service.store), "bus": await _bus_down(service.host)}
+    if any(down.values()):  # {code, message} as every error, plus what is down for monitors
+        message = "; ".join(f"{what}: {why}" for what, why in down.items() if why)
+        return JSONResponse({"ok": False, "code": "unavailable", "message": message,
+                             "down": {k: v for k, v in down.items() if v}, "queue": service.host.waiting},
+                            status_code=503)
     return JSONResponse({"ok": True, "queue": service.host.waiting})
 
 
@@ -393,6 +398,12 @@ async def _store_down(store: Reads) -> str | None:
         return await asyncio.wait_for(asyncio.to_thread(store.unwritable), HEALTH_SECONDS)
     except TimeoutError:
         return f"no answer to a write within {HEALTH_SECONDS:g} s"
+
+
+async def _bus_down(host: EngineHost) -> str | None:
+    """Why the bus cannot take events (`serve --bus`: the host has a `down`), or None."""
+    down = getattr(host, "down", None)
+    return None if down is None else await asyncio.to_thread(down)  # type: ignore[no-any-return]
 
 
 class RawUserPaths:

@@ -1,0 +1,224 @@
+"""The event log on NATS JetStream: one stream, P partitions as subjects, one durable pull consumer each.
+
+A user's events go to subject `<prefix>.<partition>`, partition = `journey_engine.ports.partition(user, P)`
+(the CRC-32 the multi-process host owns users by), so one partition holds every event of its users in the
+order the stream stored them. P is fixed when the stream is created (`JOURNEY_BUS_PARTITIONS`, default 16)
+and written into the stream's description: later processes read it from there, whatever they were given,
+because a user must never move to another partition. Each message carries its event's messageId as
+`Nats-Msg-Id`, so a publish retried within the stream's duplicate window is stored once.
+
+The NATS client is asyncio; the service runs threads. `Loop` runs the client on a thread of its own and
+the rest of the service calls it through concurrent futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import orjson
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError, ServiceUnavailableError
+
+from journey_engine.events import Event, parse_datetime, with_datetimes
+from journey_engine.ports import partition
+
+T = TypeVar("T")
+
+DEFAULT_PARTITIONS = 16
+DUPLICATE_WINDOW = 120.0  # seconds: JetStream's own default; the store's messageId dedupe is the exact one
+ACK_WAIT = 30.0  # seconds before an unacknowledged message is delivered again to the same consumer
+MAX_ACK_PENDING = 20_000  # messages a partition's owner may hold unacknowledged: bounds its memory
+_DESCRIPTION = "journey-engine event log; partitions="
+
+
+@dataclass(frozen=True, slots=True)
+class BusConfig:
+    """Where the log is: NATS servers (comma-separated URLs), the stream's name and subject prefix, its
+    partitions and replicas (used only when this process creates the stream)."""
+
+    url: str
+    stream: str = "JOURNEY"
+    prefix: str = "journey.events"
+    partitions: int = DEFAULT_PARTITIONS
+    replicas: int = 1
+
+    @classmethod
+    def from_env(cls, url: str, **overrides: Any) -> BusConfig:
+        """`url` with JOURNEY_BUS_STREAM, JOURNEY_BUS_PREFIX, JOURNEY_BUS_PARTITIONS, JOURNEY_BUS_REPLICAS."""
+        env = os.environ
+        values: dict[str, Any] = {"url": url, "stream": env.get("JOURNEY_BUS_STREAM") or "JOURNEY",
+                                  "prefix": env.get("JOURNEY_BUS_PREFIX") or "journey.events",
+                                  "partitions": int(env.get("JOURNEY_BUS_PARTITIONS") or DEFAULT_PARTITIONS),
+                                  "replicas": int(env.get("JOURNEY_BUS_REPLICAS") or 1)}
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def servers(self) -> list[str]:
+        return [s.strip() for s in self.url.split(",") if s.strip()]
+
+    def subject(self, part: int) -> str:
+        return f"{self.prefix}.{part}"
+
+    def durable(self, part: int) -> str:
+        """The prefix of the durable consumers that read partition `part` (see `take_consumer`)."""
+        return f"{self.stream}_p{part}"
+
+
+class Loop:
+    """An asyncio loop on a thread of its own: where the NATS client lives."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def close(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=5)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
+async def connect(config: BusConfig, name: str) -> tuple[Client, JetStreamContext]:
+    """A client that reconnects for ever (a NATS node may restart; the cluster's others take over)."""
+    client = await nats.connect(servers=config.servers, name=name, connect_timeout=2, reconnect_time_wait=0.25,
+                                max_reconnect_attempts=-1, allow_reconnect=True)
+    return client, client.jetstream(timeout=5)
+
+
+async def ensure_stream(js: JetStreamContext, config: BusConfig, wait: float = 60.0) -> BusConfig:
+    """Create the stream when missing; return the config with the partitions the stream was created with.
+    Waits up to `wait` seconds for JetStream to answer (a cluster just started elects its leader first)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            info = await _stream(js, config)
+            break
+        except (nats.errors.TimeoutError, ServiceUnavailableError, nats.errors.NoRespondersError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+    described = info.config.description or ""
+    if not described.startswith(_DESCRIPTION):
+        raise RuntimeError(f"stream {config.stream} was not created by journey-engine (no partition count in its "
+                           "description); name another with JOURNEY_BUS_STREAM")
+    parts = int(described[len(_DESCRIPTION):])
+    return BusConfig(config.url, config.stream, config.prefix, parts, info.config.num_replicas or 1)
+
+
+async def _stream(js: JetStreamContext, config: BusConfig) -> Any:
+    try:
+        return await js.stream_info(config.stream)
+    except NotFoundError:
+        return await js.add_stream(StreamConfig(
+            name=config.stream, subjects=[f"{config.prefix}.*"], description=f"{_DESCRIPTION}{config.partitions}",
+            num_replicas=config.replicas, duplicate_window=DUPLICATE_WINDOW, storage=StorageType.FILE))
+
+
+async def take_consumer(js: JetStreamContext, config: BusConfig, part: int, token: int) -> str:
+    """The durable consumer a new owner (lease `token`) reads the partition with, named after the lease and
+    starting where the previous owners' acknowledgements stopped; theirs are deleted once it exists.
+
+    A consumer of its own, not the previous owner's: what the previous owner held unacknowledged would come
+    back only after `ACK_WAIT`, and behind newer messages (a user's events out of order). What it had
+    committed without acknowledging comes again, and the store's messageId dedupe drops it. An attempt cut
+    short (a NATS node away) leaves the older consumers in place, so the next attempt starts from them."""
+    mine = f"{config.durable(part)}_t{token}"
+    subject = config.subject(part)
+    others = [c for c in await js.consumers_info(config.stream) if c.config.filter_subject == subject]
+    if not any(c.name == mine for c in others):
+        start = max((c.ack_floor.stream_seq + 1 if c.ack_floor and c.ack_floor.stream_seq else 1 for c in others),
+                    default=1)
+        await js.add_consumer(config.stream, ConsumerConfig(
+            durable_name=mine, filter_subject=subject, ack_policy=AckPolicy.ALL,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
+            opt_start_seq=start if start > 1 else None, ack_wait=ACK_WAIT, max_ack_pending=MAX_ACK_PENDING,
+            max_deliver=-1))
+    for old in others:
+        if old.name != mine:
+            with contextlib.suppress(NotFoundError):
+                await js.delete_consumer(config.stream, old.name)
+    return mine
+
+
+async def lag(js: JetStreamContext, config: BusConfig, consumer: str) -> int:
+    """Messages of the partition not yet acknowledged by its consumer."""
+    info = await js.consumer_info(config.stream, consumer)
+    return int((info.num_pending or 0) + (info.num_ack_pending or 0))
+
+
+# --- the wire format --------------------------------------------------------------------------------
+
+_FIELDS = tuple(f.name for f in fields(Event))
+
+
+def with_id(event: Event) -> Event:
+    """The event with a messageId: one made up for an event that came without (so a redelivery of it is
+    recognised like any other)."""
+    if event.message_id is not None:
+        return event
+    values = {name: getattr(event, name) for name in _FIELDS}
+    values["message_id"] = f"bus-{uuid.uuid4().hex}"
+    return Event(**values)
+
+
+def encode_event(event: Event) -> bytes:
+    """JSON, never pickle: anyone who can publish on the subject must not be able to run code in a worker."""
+    return orjson.dumps({"type": event.type, "user": event.user_id, "at": event.timestamp, "name": event.name,
+                         "properties": event.properties, "traits": event.traits, "id": event.message_id,
+                         "previous": event.previous_id, "backfill": event.backfill})
+
+
+def encode_erase(user: str) -> bytes:
+    return orjson.dumps({"erase": user})
+
+
+def decode(data: bytes) -> Event | str:
+    """An event, or the id of a user to erase."""
+    body = orjson.loads(data)
+    if "erase" in body:
+        return str(body["erase"])
+    at = parse_datetime(body["at"])
+    if at is None:
+        raise ValueError(f"bus message with an unreadable timestamp {body['at']!r}")
+    return Event(type=body["type"], user_id=body["user"], timestamp=at, name=body["name"],
+                 properties=with_datetimes(body["properties"]), traits=with_datetimes(body["traits"]),
+                 message_id=body["id"], previous_id=body["previous"], backfill=body["backfill"])
+
+
+def route(events: list[Event], parts: int) -> list[int]:
+    """Each event's partition. An alias goes to its new id's partition, where the two profiles are merged,
+    and so do the later events of the request that name the merged id (as `ProcessHost._split`); an event
+    of an id merged by an earlier request goes to its old id's partition, whose owner applies it to the
+    user it was merged into."""
+    merged: dict[str, str] = {}
+    for event in events:
+        if event.type == "alias" and event.previous_id and event.previous_id != event.user_id:
+            merged[event.previous_id] = event.user_id
+    out = []
+    for event in events:
+        user = event.user_id
+        for _ in range(len(merged)):  # follow a -> b -> c within the request, never round a loop
+            if user not in merged:
+                break
+            user = merged[user]
+        out.append(partition(user, parts))
+    return out

@@ -1,0 +1,310 @@
+"""`journey worker`: an engine host fed by the bus (SPEC §9), one of any number sharing one PostgreSQL.
+
+`BusWorker` leases partitions of the stream (adapters/bus/leases.py: a fair share of them, taken over
+from a worker that stopped renewing within `LEASE_TTL` + a renewal), reads each one in order through its
+durable pull consumer, and applies what it read through the same `InProcessHost` as `journey serve`: group
+commit, isolation of an event the engine raises on, timer rounds and erasures between batches, the same
+metrics. Every commit is fenced by the leases; a message is acknowledged only after its batch committed,
+and the store's messageId dedupe makes a redelivery harmless. Timers are claimed only in the held
+partitions; the outbox is dispatched by every worker under the outbox's own leases (a send is claimed by
+one dispatcher at a time), and delivery feedback goes back through the bus to its user's partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import socket
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import nats.errors
+from prometheus_client import Gauge
+
+from adapters.bus.leases import RENEW_EVERY, FencedStore, LeaseLost, Leases
+from adapters.bus.publisher import BusPublisher
+from adapters.bus.stream import BusConfig, Loop, decode, lag, take_consumer
+from adapters.service.host import InProcessHost
+from adapters.service.metrics import Metrics
+from adapters.service.settings import Settings
+from journey_engine.compiler import CompiledWorkspace
+from journey_engine.engine import Engine
+from journey_engine.events import Event
+from journey_engine.ports import ConflictError, StoreUnavailable
+from journey_engine.runtime import Runtime
+
+log = logging.getLogger("journey.worker")
+T = TypeVar("T")
+
+FETCH = 1000  # messages asked of a partition's consumer at a time
+RETRY_EVERY = 0.5  # seconds between attempts at a batch the store refused (down, contended)
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    part: int
+    token: int
+    msg: Any  # nats.aio.msg.Msg
+
+
+class BusWorker:
+    """The engine on the partitions this worker leases (see the module). An `EngineHost`: `submit` and
+    `erase` go through the bus (the dispatcher's feedback), the rest to the engine thread."""
+
+    def __init__(self, compiled: CompiledWorkspace, store: FencedStore, config: BusConfig,
+                 settings: Settings | None = None, metrics: Metrics | None = None, *, name: str | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.settings = settings if settings is not None else Settings()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.store, self.config, self.clock = store, config, clock
+        self.name = name or f"{socket.gethostname()}-{id(self):x}"
+        self.engine = Engine(compiled, send_expiry=self.settings.send_expiry)
+        self.runtime = Runtime(self.engine, store, claim=500, live=True)
+        self.host = InProcessHost(self.runtime, store, self.settings, self.metrics, clock)
+        self.loop = Loop("journey-bus")
+        self.publisher = BusPublisher(config, store, self.settings, name=self.name, loop=self.loop)
+        self.leases: Leases | None = None
+        self.inbox: queue.Queue[_Item] = queue.Queue()
+        self.waiting = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._fetchers: dict[int, asyncio.Task[None]] = {}
+        self._consumers: dict[int, str] = {}  # partition -> the durable consumer this worker reads it with
+        r = self.metrics.registry
+        self.lag = Gauge("journey_bus_lag", "Messages of a partition not yet acknowledged by its owner",
+                         ["partition", "owner"], registry=r)
+        self.owned = Gauge("journey_bus_partitions_owned", "Partitions this worker holds", registry=r)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._threads:
+            return
+        self._stop.clear()
+        self.publisher.start()
+        self.config = self.publisher.config  # the partitions the stream was created with
+        self.leases = Leases(self.store, self.config.stream, self.config.partitions, self.name)
+        self.store.leases = self.leases
+        self.host.start()
+        self._threads = [threading.Thread(target=self._apply_loop, name="journey-bus-apply", daemon=True),
+                         threading.Thread(target=self._lease_loop, name="journey-bus-leases", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """Stop reading, finish the batch in hand, give the partitions back at once."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
+        self._threads = []
+        for part in list(self._fetchers):
+            self._stop_fetching(part)
+        self.host.stop()
+        if self.leases is not None:
+            try:
+                self.leases.leave()
+            except Exception:  # the leases run out by themselves
+                log.warning("could not release the leases; they run out in a few seconds", exc_info=True)
+        self.publisher.stop()
+        self.loop.close()
+
+    # --- EngineHost ------------------------------------------------------------------------------
+
+    def submit(self, events: list[Event]) -> Future[list[int]]:
+        return self.publisher.submit(events)
+
+    def erase(self, user: str) -> Future[bool]:
+        return self.publisher.erase(user)
+
+    def timers(self) -> None:
+        self.host.timers()
+
+    def enroll(self) -> Future[Any]:
+        return self.host.enroll()
+
+    def process(self, events: list[Event], now: datetime | None = None) -> Future[Any]:
+        return self.host.process(events, now)
+
+    def advance(self, until: datetime) -> Future[Any]:
+        return self.host.advance(until)
+
+    def call(self, job: Callable[[Runtime], T]) -> Future[list[T]]:
+        return self.host.call(job)
+
+    def down(self) -> str | None:
+        return self.publisher.down()
+
+    # --- leases ----------------------------------------------------------------------------------
+
+    def _lease_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._balance()
+            except Exception:  # the database or NATS is away: renew at the next turn (the leases last longer)
+                log.warning("bus worker %s: lease round failed", self.name, exc_info=True)
+            self._stop.wait(RENEW_EVERY)
+
+    def _balance(self) -> None:
+        """Renew; stop reading what was lost; take a fair share; give back what is over it."""
+        leases = self.leases
+        assert leases is not None
+        for part in leases.renew():
+            log.warning("bus worker %s: partition %d was taken over", self.name, part)
+            self._stop_fetching(part)
+        for part in set(self._fetchers) - set(leases.tokens()):  # lost at a commit's fence
+            self._stop_fetching(part)
+        share = leases.share()
+        held = leases.tokens()
+        for part in sorted(held)[share:]:
+            self._stop_fetching(part)
+            leases.release(part)
+        for part, token in leases.acquire(share - len(held)).items():
+            log.info("bus worker %s: took partition %d (token %d)", self.name, part, token)
+        for part, token in sorted(leases.tokens().items()):  # taken now, or a start that failed before
+            task = self._fetchers.get(part)
+            if task is None or task.done():
+                try:
+                    self.loop.run(self._start_fetching(part, token)).result(timeout=30)
+                except Exception as exc:  # a NATS node away: the next round tries again
+                    log.warning("bus worker %s: cannot read partition %d yet: %r", self.name, part, exc)
+        self._observe_lag()
+
+    async def _start_fetching(self, part: int, token: int) -> None:
+        js = self.publisher.js
+        consumer = await take_consumer(js, self.config, part, token)
+        sub = await js.pull_subscribe_bind(durable=consumer, stream=self.config.stream)
+        self._consumers[part] = consumer
+        self._fetchers[part] = asyncio.get_running_loop().create_task(self._fetch(part, token, sub))
+
+    async def _fetch(self, part: int, token: int, sub: Any) -> None:
+        leases = self.leases
+        assert leases is not None
+        try:
+            while leases.tokens().get(part) == token:
+                try:
+                    msgs = await sub.fetch(batch=FETCH, timeout=1.0)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                except Exception as exc:  # a node away, a consumer moving leader: try again
+                    log.warning("bus worker %s: fetching partition %d: %r", self.name, part, exc)
+                    await asyncio.sleep(RETRY_EVERY)
+                    continue
+                for msg in msgs:
+                    self.inbox.put(_Item(part, token, msg))
+        finally:
+            with contextlib.suppress(Exception):  # the connection went first
+                await sub.unsubscribe()
+
+    def _stop_fetching(self, part: int) -> None:
+        task = self._fetchers.pop(part, None)
+        if task is not None:
+            self.loop.loop.call_soon_threadsafe(task.cancel)
+        with contextlib.suppress(KeyError):  # never observed
+            self.lag.remove(str(part), self.name)
+
+    def _observe_lag(self) -> None:
+        held = sorted(self._fetchers)
+        self.owned.set(len(held))
+        for part in held:
+            try:
+                behind = self.loop.run(lag(self.publisher.js, self.config, self._consumers[part])).result(timeout=5)
+            except Exception:
+                continue
+            self.lag.labels(str(part), self.name).set(behind)
+
+    # --- applying --------------------------------------------------------------------------------
+
+    def _apply_loop(self) -> None:
+        limit = self.settings.max_batch_events
+        while not self._stop.is_set():
+            try:
+                first = self.inbox.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            items = [first]
+            while len(items) < limit:
+                try:
+                    items.append(self.inbox.get_nowait())
+                except queue.Empty:
+                    break
+            self.waiting = self.inbox.qsize()
+            try:
+                self._apply(items)
+            except Exception:  # never let the thread every partition waits on end
+                log.exception("bus worker %s: a batch of %d messages failed; they come again", self.name,
+                              len(items))
+
+    def _apply(self, items: list[_Item]) -> None:
+        """The items in order: runs of events as one commit each, an erasure between them."""
+        run: list[tuple[_Item, Event]] = []
+        for item in self._held(items):
+            try:
+                body = decode(item.msg.data)
+            except Exception:
+                log.exception("bus worker %s: partition %d: an unreadable message is skipped", self.name, item.part)
+                self._ack([item])
+                continue
+            if isinstance(body, Event):
+                run.append((item, body))
+                continue
+            self._commit(run)
+            run = []
+            self._erase(item, body)
+        self._commit(run)
+
+    def _held(self, items: list[_Item]) -> list[_Item]:
+        """The items of partitions still held under the lease they were read with."""
+        assert self.leases is not None
+        held = self.leases.tokens()
+        return [i for i in items if held.get(i.part) == i.token]
+
+    def _commit(self, run: list[tuple[_Item, Event]]) -> None:
+        """Commit a run of events through the engine thread, retrying what the store refused, then ack."""
+        while run and not self._stop.is_set():
+            try:
+                self.host.submit([event for _, event in run]).result()
+            except LeaseLost:
+                kept = set(map(id, self._held([item for item, _ in run])))
+                run = [(item, event) for item, event in run if id(item) in kept]
+                continue
+            except (StoreUnavailable, ConflictError) as exc:
+                log.warning("bus worker %s: a batch of %d events was not committed (%s); trying again", self.name,
+                            len(run), exc)
+                self._stop.wait(RETRY_EVERY)
+                kept = set(map(id, self._held([item for item, _ in run])))
+                run = [(item, event) for item, event in run if id(item) in kept]
+                continue
+            # committed; the events the engine raised on were isolated and logged by the host: done with too
+            self._ack([item for item, _ in run])
+            return
+
+    def _erase(self, item: _Item, user: str) -> None:
+        while not self._stop.is_set() and self._held([item]):
+            try:
+                self.host.erase(user).result()
+            except StoreUnavailable as exc:
+                log.warning("bus worker %s: erasure not committed (%s); trying again", self.name, exc)
+                self._stop.wait(RETRY_EVERY)
+                continue
+            self._ack([item])
+            return
+
+    def _ack(self, items: list[_Item]) -> None:
+        """Acknowledge the items: the consumers acknowledge all (an ack covers the partition's messages up to
+        it, each applied in order before it), so the last item of each partition is acked."""
+        last = {item.part: item for item in items}
+
+        async def ack() -> None:
+            for item in last.values():
+                try:
+                    await item.msg.ack()
+                except Exception:  # unacknowledged: it comes again and is recognised by messageId
+                    log.debug("bus worker: an ack was lost", exc_info=True)
+
+        self.loop.run(ack())
