@@ -157,3 +157,36 @@ def test_a_deploy_step_in_a_scenario_rehearses_a_migration(tmp_path: Path) -> No
     result = run_scenario(load_scenario(path))
     assert result.passed, [f.describe(str(path)) for f in result.failures]
     assert [r["kind"] for r in result.trace if r["kind"] == "journey_migrated"] == ["journey_migrated"]
+
+
+def test_journey_plan_exits_0_1_2_and_speaks_json(tmp_path: Path) -> None:
+    """`journey plan`: 0 when the plan can be applied, 1 when refused, 2 when the workspace does not load."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from adapters.cli import app
+    from adapters.storage.sql import SqlStore
+
+    url = f"sqlite:///{tmp_path / 'plan.db'}"
+    v1 = workspace(tmp_path, "v1")
+    store = SqlStore(url, defaults=dict(v1.metrics.defaults))
+    h = Harness(v1, start=START, store=store)
+    h.track("u1", "Signed Up")
+    h.deploy(v1)  # deployment 1: what u1 runs on
+    store.close()
+    remind = {"send": "bye", "transitions": [{"after": "1d", "to": "done"}]}
+    workspace(tmp_path, "ok", states={**TRIAL["states"], "remind": remind})
+    workspace(tmp_path, "refused", messages={k: v for k, v in MESSAGES.items() if k != "nudge"},
+              states={**TRIAL["states"], "remind": remind})
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "trial.yaml").write_text("version: 1\njourney: trial\n", encoding="utf-8")
+    runner = CliRunner()
+    ok = runner.invoke(app, ["plan", str(tmp_path / "ok"), "--database", url, "--json"])
+    assert ok.exit_code == 0, ok.output
+    body = json.loads(ok.stdout)
+    assert (body["deployment"], body["appliable"]) == (1, True)
+    assert [(f["state"], f["users"], f["action"]) for f in body["journeys"][0]["fates"]] == [("wait", 1, "pinned")]
+    refused = runner.invoke(app, ["plan", str(tmp_path / "refused"), "--database", url])
+    assert refused.exit_code == 1 and "refused" in refused.stdout
+    assert runner.invoke(app, ["plan", str(tmp_path / "broken"), "--database", url]).exit_code == 2
