@@ -185,6 +185,18 @@ class InProcessHost:
                 except Exception as exc:
                     future.set_exception(exc)
 
+    def _process(self, events: list[Event]) -> tuple[list[int], Outcome]:
+        """Apply and commit the events that name no erased id. An id erased while its event was on the way
+        makes the commit conflict: the erasure is then seen, and the batch applied again without it."""
+        for attempt in range(3):
+            kept = not_erased(events, self.store.erased)
+            try:
+                return kept, self.runtime.process([events[i] for i in kept], self.clock())
+            except ConflictError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
     def _commit(self, requests: list[tuple[list[Event], Future[Any]]]) -> bool:
         """Apply and commit these requests' events as one batch; settle their futures if it worked.
 
@@ -192,8 +204,7 @@ class InProcessHost:
         events = [e for payload, _ in requests for e in payload]
         began = time.perf_counter()
         try:
-            kept = not_erased(events, self.store.erased)
-            outcome = self.runtime.process([events[i] for i in kept], self.clock())
+            kept, outcome = self._process(events)
             failed: list[int] = []
         except (StoreUnavailable, ConflictError) as exc:  # not committed: nobody is told it was accepted
             log.warning("batch of %d events not committed: %s", len(events), exc)
@@ -203,6 +214,7 @@ class InProcessHost:
                 return False  # the caller retries each request alone, so one cannot fail the others
             log.exception("the engine raised on a request of %d events; isolating the event(s)", len(events))
             try:
+                kept = not_erased(events, self.store.erased)
                 failed = [kept[i] for i, _ in self._halve([events[i] for i in kept], self._apply)]
             except Exception as again:
                 return self._failed(requests, again if isinstance(again, StoreUnavailable | ConflictError) else exc)
