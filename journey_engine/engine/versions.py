@@ -37,10 +37,13 @@ class Versions(Journeys):
                 if event is not None and key_prop is not None and key_prop in event.properties:
                     routed = str(event.properties[key_prop])
                 for inst in instances:
+                    own = self._running(run, inst)
+                    if own is None:
+                        continue
                     if routed is None or inst.key == routed:
-                        own = self._running(run, inst)
-                        if own is not None:
-                            self._check(run, own, inst, event)
+                        self._check(run, own, inst, event)
+                    elif run.changed:
+                        self._unrouted(run, own, inst)
             if plan.may_enter(run, event):
                 self._enter(run, plan.cj, event)  # the rest of the entry checks
         for inst, own in self._retired_instances(run, groups):
@@ -48,6 +51,19 @@ class Versions(Journeys):
             if event is None or key_prop is None or key_prop not in event.properties \
                     or inst.key == str(event.properties[key_prop]):
                 self._check(run, own, inst, event)
+            elif run.changed:
+                self._unrouted(run, own, inst)
+
+    def _unrouted(self, run: Run, plan: Plan, inst: Instance) -> None:
+        """An event carrying another key does not reach this instance (SPEC §3 item 5), but the change it made
+        to the user does: its segment and rule exits, goal and transitions are checked without the event."""
+        scope = run.scope
+        saved = scope.pop("event", None), scope.pop("properties", None)
+        try:
+            self._check(run, plan, inst, None)
+        finally:
+            if saved[0] is not None:
+                scope["event"], scope["properties"] = saved
 
     def _retired_instances(self, run: Run, groups: dict[str, list[Instance]]) -> Iterator[tuple[Instance, Plan]]:
         """The live instances of journeys gone from the files, with the version each finishes on."""

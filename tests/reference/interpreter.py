@@ -388,8 +388,10 @@ class Reference:
             if event is not None and prop is not None and prop in event.properties:
                 routed = str(event.properties[prop])  # item 5: only the instance with that key value
             for inst in mine:
-                if (journey.name, inst.key) in user.instances and (routed is None or inst.key == routed):
-                    self._check(user, journey, inst, now, event)
+                if (journey.name, inst.key) in user.instances:
+                    # item 5: the event reaches only its key's instance; the others see the user's change (a
+                    # segment or rule exit, goal or transition), as on a wake-up (README reading 15)
+                    self._check(user, journey, inst, now, event if routed is None or inst.key == routed else None)
             self._enter(user, journey, now, event, entered)
 
     def _trigger(self, user: User, trig: Any, scope: dict[str, Any], now: datetime, event: Event | None) -> bool:

@@ -215,3 +215,12 @@ def test_two_ids_that_entered_in_one_millisecond_keep_their_own_sends_after_an_a
     h.alias("u1", "anon")
     h.wait("4h")
     assert [(s.user, s.message) for s in h.channel.sent] == [("u1", "m"), ("u1", "m")]
+
+
+def test_an_event_for_another_key_still_reaches_the_other_instances_goal(tmp_path: Path) -> None:
+    """A segment goal is reached on the event that made the user enter it, whatever key it carried (reading 15)."""
+    h = harness(tmp_path, journey(entry={"on": "Cart Updated", "key": "cartId"}, goal={"segment": "clicky"}),
+                metrics={"clicks": {"count": "Clicked"}}, segments={"clicky": "metrics.clicks >= 1"})
+    h.track("u1", "Cart Updated", {"cartId": "B"})
+    h.track("u1", "Clicked", {"cartId": "A"})
+    assert [(r["key"], r["reason"]) for r in kinds(h, "journey_exited")] == [("B", "goal")]
