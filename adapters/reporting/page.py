@@ -36,12 +36,14 @@ _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
 header{background:#1d2330;color:#fff;padding:14px 24px}header h1{margin:0;font-size:20px}
 header p{margin:2px 0 0;color:#c9cede}main{padding:16px 24px;max-width:1320px}
+@media (max-width:600px){main{padding:10px 8px}section{padding:10px 10px}}
 section{background:#fff;border:1px solid #dde;border-radius:10px;padding:12px 18px;margin:0 0 18px}
 h2{margin:4px 0;font-size:18px}h3{margin:16px 0 4px;font-size:15px}.muted{color:#667}
 table{border-collapse:collapse;margin:6px 0;font-variant-numeric:tabular-nums}
 td,th{border-bottom:1px solid #e3e5ea;padding:3px 9px;text-align:right;white-space:nowrap}th{background:#f0f2f6}
 td:first-child,th:first-child,.text{text-align:left}.scroll{overflow-x:auto}
-.segments{display:grid;grid-template-columns:repeat(auto-fill,minmax(600px,1fr));gap:8px 24px}
+.segments{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(600px,100%),1fr));gap:8px 24px}
+.segments>*{min-width:0}svg{max-width:100%;height:auto}
 .key{display:inline-block;width:12px;height:12px;border-radius:2px;vertical-align:-1px;margin:0 4px 0 12px}
 svg text{font:12px system-ui,sans-serif;fill:#1d2330}svg .axis{stroke:#99a;stroke-width:1}
 svg .entered{fill:#c9d6fb}svg .converted{fill:#2f9e55}svg .line{fill:none;stroke:#4a68d8;stroke-width:2}
