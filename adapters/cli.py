@@ -415,7 +415,8 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
     engines = f"  {workers} engine processes" if workers > 1 else ""
     err.print(f"journey-engine on http://{host}:{port}  workspace {folder}  database {_database(database)}{engines}")
     def run(serving: Any, on_server: Any) -> None:
-        store.defaults = dict(serving.metrics.defaults)  # a reloaded workspace may add metrics
+        if isinstance(getattr(store, "defaults", None), dict):  # SQL decodes with them; memory keeps its own
+            store.defaults = dict(serving.metrics.defaults)  # a reloaded workspace may add metrics
         served = create_app(serving, store, settings, channels=channels, workers=workers, folder=folder,
                             host=cli_bus.publisher_for(bus, store, settings), scheduler=bus is None)
         server = uvicorn.Server(uvicorn.Config(served, host=host, port=port, log_level="warning"))

@@ -405,6 +405,11 @@ class Reference:
 
     def _check(self, user: User, journey: Journey, inst: Inst, now: datetime, event: Event | None) -> None:
         scope = self._scope(user, now, event, inst)
+        if event is None:  # reading 7: a due timer fires before exits, the goal and the other transitions
+            for index, t in enumerate(journey.states[inst.state].transitions):
+                if t.kind in ("after", "at") and self._fires(user, t, index, inst, scope, now, None):
+                    self._move(user, journey, inst, t.to, t.kind, now, later=True)
+                    return
         for criterion in journey.exit:
             if self._trigger(user, criterion, scope, now, event):
                 self._exit(user, journey, inst, now, "exit")

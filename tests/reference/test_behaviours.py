@@ -224,3 +224,15 @@ def test_an_event_for_another_key_still_reaches_the_other_instances_goal(tmp_pat
     h.track("u1", "Cart Updated", {"cartId": "B"})
     h.track("u1", "Clicked", {"cartId": "A"})
     assert [(r["key"], r["reason"]) for r in kinds(h, "journey_exited")] == [("B", "goal")]
+
+
+def test_a_timer_due_with_a_segment_goal_at_one_instant_fires_first(tmp_path: Path) -> None:
+    """A due timer fires before exits and the goal (README reading 7): the 1-day timer ends the run first."""
+    h = harness(tmp_path, journey(goal={"segment": "stuck"}, states={
+        "s0": {"transitions": [{"after": "1d", "to": "done"}]}, "done": {"final": True}}),
+        segments={"stuck": {"rule": "traits.status == 'onboarding'", "for": "1d"}})
+    h.identify("u1", status="onboarding")
+    h.track("u1", "Signed Up")
+    h.wait("1d1m")
+    assert [r["reason"] for r in kinds(h, "journey_exited")] == ["final"]
+    assert kinds(h, "goal_reached") == []
