@@ -87,6 +87,7 @@ def worker(bus: Annotated[str, typer.Option(envvar="JOURNEY_BUS_URL", help="NATS
     from adapters.service.tuning import tune_gc
     from adapters.storage.sql import SqlStore
     from journey_engine.compiler import load_workspace
+    from journey_engine.deployment import adopt
     from journey_engine.errors import WorkspaceError
     from journey_engine.ports import StoreUnavailable, StoreVersionError
 
@@ -100,7 +101,9 @@ def worker(bus: Annotated[str, typer.Option(envvar="JOURNEY_BUS_URL", help="NATS
     try:
         compiled = load_workspace(folder)
         channels = build_channels(ChannelSettings.from_env())
-        SqlStore(database, defaults=dict(compiled.metrics.defaults)).close()  # the schema made or upgraded
+        store = SqlStore(database, defaults=dict(compiled.metrics.defaults))  # the schema made or upgraded
+        compiled = adopt(compiled, store)  # the journey versions in force, as `journey serve` applied them
+        store.close()
     except WorkspaceError as exc:
         for problem in exc.problems:
             err.print(str(problem), soft_wrap=True)
