@@ -4,8 +4,8 @@ start of `journey serve` and its reloads, and the scenario step `deploy:` (the H
 `plan_for` reads the versions in force, the stored definitions and the live instances, and plans the
 workspace over them. `deploy` applies a plan that can be applied: the new versions are stored and put
 in force in one transaction numbered after the deployment the plan read (another process that applied
-a workspace meanwhile makes it fail, `DeploymentRace`), then the instances that move to a new version
-are moved (`Runtime.migrate`). `running` is the workspace a process runs: the workspace's journeys, or,
+a workspace meanwhile makes it fail, `DeploymentRace`). `migrate` then moves the instances that the plan
+moves or exits, a chunk of users per commit (`Runtime.migrate`). `running` is the workspace a process runs: the workspace's journeys, or,
 when its plan was refused, the versions in force, and beside them every stored version that live
 instances are on.
 """
