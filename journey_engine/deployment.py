@@ -5,9 +5,9 @@ start of `journey serve` and its reloads, and the scenario step `deploy:` (the H
 workspace over them. `deploy` applies a plan that can be applied: the new versions are stored and put
 in force in one transaction numbered after the deployment the plan read (another process that applied
 a workspace meanwhile makes it fail, `DeploymentRace`). `migrate` then moves the instances that the plan
-moves or exits, a chunk of users per commit (`Runtime.migrate`). `running` is the workspace a process runs: the workspace's journeys, or,
-when its plan was refused, the versions in force, and beside them every stored version that live
-instances are on.
+moves or exits, a chunk of users per commit (`Runtime.migrate`). `running` is the workspace a process
+runs: the workspace's journeys, or, when its plan was refused, the versions in force, and beside them
+every stored version that live instances are on.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 
 class Versions(Journeys):
+    """The walk over the user's journeys for one input, each instance on the version it runs on."""
+
     def _journeys(self, run: Run, event: Event | None) -> None:
         groups = by_journey(run.profile) if run.profile.instances else NO_GROUPS
         for plan in self._plans:
