@@ -25,8 +25,8 @@ _DETAIL = {"segment": "rule", "if": "rule", "always": "rule", "after": "after", 
 class Journeys(Messages):
     """Where each of the user's journeys stands, and how it moves."""
 
-    def _check(self, run: Run, plan: Plan, inst: Instance, event: Event | None) -> None:
-        """Exit criteria, then the goal, then the current state's transitions."""
+    def _check(self, run: Run, plan: Plan, inst: Instance, event: Event | None, *, moves: bool = True) -> None:
+        """Exit criteria, then the goal, then (unless a timer just moved it) the current state's transitions."""
         cj = plan.cj
         if plan.reads_journey:
             self._journey_scope(run, inst)
@@ -39,6 +39,8 @@ class Journeys(Messages):
             if cj.journey.goal is not None and cj.journey.goal.exit:
                 self._exit(run, cj, inst, "goal")
                 return
+        if not moves:
+            return
         transition = self._first(run, plan.states[inst.state].checks, event, arrival=False)
         if transition is not None:
             self._move(run, cj, inst, transition)

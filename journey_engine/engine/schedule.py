@@ -32,14 +32,21 @@ class Schedule(Versions):
             if instances:
                 for inst in instances:
                     own = self._running(run, inst)
-                    if own is not None and not self._fire_timer(run, own, inst):
-                        self._check(run, own, inst, None)
+                    if own is not None:
+                        self._timer_then_check(run, own, inst)
             if plan.entry_on is None and (plan.entry_segment is None or plan.entry_segment in run.entered):
                 self._enter(run, plan.cj, None)  # a segment entry, or a rule entry if something changed
         for inst, own in self._retired_instances(run, groups):
-            if not self._fire_timer(run, own, inst):
-                self._check(run, own, inst, None)
+            self._timer_then_check(run, own, inst)
         run.entered.clear()
+
+    def _timer_then_check(self, run: Run, plan: Plan, inst: Instance) -> None:
+        """A due timer fires first (README reading 7); then exits and the goal still hold the instance to the
+        user's change, in the state the timer moved it to. Without a due timer: the whole check."""
+        if not self._fire_timer(run, plan, inst):
+            self._check(run, plan, inst, None)
+        elif run.profile.instances.get((inst.journey, inst.key)) is inst:
+            self._check(run, plan, inst, None, moves=False)
 
     def _reads_clock(self, profile: Profile) -> bool:
         """Whether a rule that reads `$now` matters to this user now: of their current states, their

@@ -405,17 +405,24 @@ class Reference:
 
     def _check(self, user: User, journey: Journey, inst: Inst, now: datetime, event: Event | None) -> None:
         scope = self._scope(user, now, event, inst)
+        moved = False
         if event is None:  # reading 7: a due timer fires before exits, the goal and the other transitions
             for index, t in enumerate(journey.states[inst.state].transitions):
                 if t.kind in ("after", "at") and self._fires(user, t, index, inst, scope, now, None):
                     self._move(user, journey, inst, t.to, t.kind, now, later=True)
-                    return
+                    if user.instances.get((journey.name, inst.key)) is not inst:
+                        return  # it ended where the timer took it
+                    moved = True  # exits and the goal still hold it to the user's change, in its new state
+                    scope = self._scope(user, now, event, inst)
+                    break
         for criterion in journey.exit:
             if self._trigger(user, criterion, scope, now, event):
                 self._exit(user, journey, inst, now, "exit")
                 return
         if journey.goal is not None and self._trigger(user, journey.goal, scope, now, event):
             self._goal(user, journey, inst, now)
+            return
+        if moved:
             return
         state = journey.states[inst.state]
         for index, t in enumerate(state.transitions):

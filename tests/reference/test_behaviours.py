@@ -236,3 +236,14 @@ def test_a_timer_due_with_a_segment_goal_at_one_instant_fires_first(tmp_path: Pa
     h.wait("1d1m")
     assert [r["reason"] for r in kinds(h, "journey_exited")] == ["final"]
     assert kinds(h, "goal_reached") == []
+
+
+def test_a_segment_exit_due_with_a_timer_still_ends_the_run_after_the_timer_fires(tmp_path: Path) -> None:
+    """The due timer fires first (reading 7), then the exit the user now meets ends the run at once."""
+    h = harness(tmp_path, journey(exit=[{"segment": "stuck"}], states={
+        "s0": {"transitions": [{"after": "1d", "to": "s0"}, {"on": "Done", "to": "done"}]},
+        "done": {"final": True}}), segments={"stuck": {"rule": "traits.status == 'onboarding'", "for": "1d"}})
+    h.identify("u1", status="onboarding")
+    h.track("u1", "Signed Up")
+    h.wait("3d")
+    assert [(r["at"], r["reason"]) for r in kinds(h, "journey_exited")] == [("2026-01-06T09:00:00Z", "exit")]
