@@ -55,6 +55,7 @@ class Versions(Journeys):
                 self._check(run, own, inst, event)
             elif run.changed:
                 self._unrouted(run, own, inst)
+        run.entered.clear()  # each segment entered is one edge: it enters its journeys once, not again this step
 
     def _unrouted(self, run: Run, plan: Plan, inst: Instance) -> None:
         """An event carrying another key does not reach this instance (SPEC §3 item 5), but the change it made

@@ -247,3 +247,13 @@ def test_a_segment_exit_due_with_a_timer_still_ends_the_run_after_the_timer_fire
     h.track("u1", "Signed Up")
     h.wait("3d")
     assert [(r["at"], r["reason"]) for r in kinds(h, "journey_exited")] == [("2026-01-06T09:00:00Z", "exit")]
+
+
+def test_a_segment_entered_once_enters_its_journey_once_even_when_the_run_ends_at_once(tmp_path: Path) -> None:
+    """`reentry: always` does not re-enter on the same segment edge after a run that ended at that instant."""
+    h = harness(tmp_path, journey(entry={"segment": "pro", "reentry": "always"}, states={
+        "s0": {"transitions": [{"at": {"attribute": "traits.trial_ends_at"}, "to": "done"}]},
+        "done": {"final": True}}), segments={"pro": "traits.plan == 'pro'"})
+    h.identify("u1", plan="pro", trial_ends_at="2026-01-01T00:00:00Z")
+    h.wait("1h")
+    assert len(kinds(h, "journey_entered")) == 1
