@@ -254,12 +254,13 @@ class Messages(Feedback):
         return d.due, -msg.priority if msg is not None else 0
 
     def _cancel(self, run: Run, inst: Instance, reason: str, visit: int | None) -> None:
-        """Drop the deferred sends of this run (of one state visit, when given) made before this call."""
+        """Drop the deferred sends of this run: all of them when it leaves the journey (`visit` None); of one
+        state visit when it leaves that state, only those made before this call (SPEC §3 item 10)."""
         profile = run.profile
         kept = []
         for d in profile.deferred or ():
             if (d.journey == inst.journey and d.key == inst.key and d.run == inst.run
-                    and (visit is None or d.visit == visit) and not (run.made and d in run.made)):
+                    and (visit is None or (d.visit == visit and not (run.made and d in run.made)))):
                 msg = self.messages.get(d.message)
                 run.out.facts.append(MessageSuppressed(at=run.now, user=profile.user_id, journey=d.journey,
                                                        key=d.key or None, state=d.state, message=d.message,

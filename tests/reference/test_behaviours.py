@@ -257,3 +257,20 @@ def test_a_segment_entered_once_enters_its_journey_once_even_when_the_run_ends_a
     h.identify("u1", plan="pro", trial_ends_at="2026-01-01T00:00:00Z")
     h.wait("1h")
     assert len(kinds(h, "journey_entered")) == 1
+
+
+def test_an_exit_in_the_step_that_held_a_send_cancels_it(tmp_path: Path) -> None:
+    """A timer moves the run into a state whose send is held, and a segment exit due at that instant ends the
+    run: the held send is cancelled (`left_journey`), as an exit cancels whenever the send was made (item 10)."""
+    window = {"m": {"channel": "sms", "body": "hi", "send_at": {"window": "09:00-18:00"}}}
+    h = harness(tmp_path, journey(exit=[{"segment": "stuck"}], states={
+        "s0": {"transitions": [{"after": "1h", "to": "s1"}]},
+        "s1": {"send": "m", "transitions": [{"after": "30d", "to": "done"}]}, "done": {"final": True}}),
+        start="2026-01-05T06:00:00Z", messages=window,
+        segments={"stuck": {"rule": "traits.status == 'onboarding'", "for": "1h"}})
+    h.identify("u1", status="onboarding")
+    h.track("u1", "Signed Up")
+    h.wait("4h")
+    cancelled = [(r["at"], r["reason"]) for r in kinds(h, "message_suppressed")]
+    assert cancelled == [("2026-01-05T07:00:00Z", "left_journey")]
+    assert h.channel.sent == []
