@@ -21,9 +21,9 @@ from .ports import (
     Batch,
     DeploymentRace,
     Part,
+    inbox_items,
     parse_time,
     partition,
-    send_from_payload,
     state_deltas,
 )
 from .profile import Profile
@@ -126,15 +126,7 @@ class MemoryService:
                    if r["status"] == "pending" and r["channel"] != "in_app" and r["next_attempt_at"] <= at)
 
     def inbox(self, user: str, render: Callable[[SendMessage], RenderedMessage]) -> list[dict[str, Any]]:
-        found = []
-        for row in self.outbox_of(user, "in_app"):
-            if row["status"] == "read":
-                continue
-            rendered = render(send_from_payload(row["payload"]))
-            found.append({"id": row["key"], "message": row["message"], "journey": row["journey"],
-                          "at": datetime.fromtimestamp(row["at"], UTC).isoformat().replace("+00:00", "Z"),
-                          "title": rendered.title, "body": rendered.body, "url": rendered.url})
-        return found
+        return inbox_items(self.outbox_of(user, "in_app"), render)
 
     def mark_read(self, user: str, key: str) -> bool:
         row = (self.sends or {}).get(key)

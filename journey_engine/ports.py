@@ -326,6 +326,15 @@ class ServiceStore(Store, Outbox, Inbox, Erasure, Reads, Versions, Protocol):
     """Every port at once: what `journey serve` runs on (SqlStore, MemoryStore)."""
 
 
+def inbox_items(rows: list[dict[str, Any]], render: Callable[[SendMessage], RenderedMessage]) -> list[dict[str, Any]]:
+    """The Inbox's answer from a user's in-app outbox rows, whichever store holds them: unread, rendered."""
+    return [{"id": row["key"], "message": row["message"], "journey": row["journey"],
+             "at": datetime.fromtimestamp(row["at"], UTC).isoformat().replace("+00:00", "Z"),
+             "title": rendered.title, "body": rendered.body, "url": rendered.url}
+            for row in rows if row["status"] != "read"
+            for rendered in (render(send_from_payload(row["payload"])),)]
+
+
 def state_deltas(records: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
     """How the trace of a batch moves users between journey states (the state counts' increments)."""
     deltas: dict[tuple[str, str], int] = {}

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from journey_engine.engine import RenderedMessage, SendMessage
-from journey_engine.ports import LEASE_SECONDS, send_from_payload
+from journey_engine.ports import LEASE_SECONDS, inbox_items
 
 from .connection import SqlConnection
 from .rows import _trace_row
@@ -93,15 +93,7 @@ class SqlInbox(SqlOutbox):
     """In-app messages: the outbox rows of the `in_app` channel, until read."""
 
     def inbox(self, user: str, render: Callable[[SendMessage], RenderedMessage]) -> list[dict[str, Any]]:
-        found = []
-        for row in self.outbox_of(user, "in_app"):
-            if row["status"] == "read":
-                continue
-            rendered = render(send_from_payload(row["payload"]))
-            found.append({"id": row["key"], "message": row["message"], "journey": row["journey"],
-                          "at": datetime.fromtimestamp(row["at"], UTC).isoformat().replace("+00:00", "Z"),
-                          "title": rendered.title, "body": rendered.body, "url": rendered.url})
-        return found
+        return inbox_items(self.outbox_of(user, "in_app"), render)
 
     def mark_read(self, user: str, key: str) -> bool:
         with self._tx() as conn:
