@@ -500,28 +500,6 @@ def erase(user_id: Annotated[str, typer.Argument(help="the user id")], database:
 
 
 @app.command()
-def report(journey: Annotated[str | None, typer.Argument(help="one journey (default: all)")] = None,
-           html: Annotated[Path | None, typer.Option(help="also write one self-contained HTML file")] = None,
-           database: DatabaseOpt = None, workspace: WorkspaceOpt = None) -> None:
-    """Funnel per state, message performance, holdout lift, bandit estimates and segment cohorts."""
-    from adapters.reporting import build_report, render_html, render_terminal
-
-    compiled = _load(_workspace(workspace))
-    store = _open_store(database, compiled.metrics.defaults)
-    try:
-        built = build_report(store, compiled, journey)
-    except UnknownJourneyError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
-    finally:
-        store.close()
-    render_terminal(built, out)
-    if html is not None:
-        html.write_text(render_html(built), encoding="utf-8")
-        err.print(f"wrote {html}")
-
-
-@app.command()
 def demo(users: Annotated[int, typer.Option(help="synthetic users")] = 10_000,
          days: Annotated[int, typer.Option(help="simulated days")] = 30,
          seed: Annotated[int, typer.Option(help="the population's seed")] = 7,

@@ -1,5 +1,5 @@
-"""`journey preview` and `journey audience`: commands of the `journey` CLI kept beside it (cli.py stays
-under the module size limit). `register` adds them to the Typer app with the CLI's own helpers, passed in,
+"""`journey report`, `journey preview` and `journey audience`: commands of the `journey` CLI kept beside it
+(cli.py stays under the module size limit). `register` adds them to the Typer app with the CLI's own helpers, passed in,
 so this module never imports cli.py (no import circle)."""
 
 # annotations are evaluated at definition: the commands use the options passed to `register`
@@ -19,6 +19,30 @@ from rich.console import Console
 def register(app: typer.Typer, *, load: Callable[[Path], Any], workspace: Callable[[Path | None], Path],
              open_store: Callable[..., Any], database: Callable[[str | None], str], out: Console,
              err: Console, database_opt: Any, workspace_opt: Any) -> None:
+    @app.command()
+    def report(journey: Annotated[str | None, typer.Argument(help="one journey (default: all)")] = None,
+               html: Annotated[Path | None, typer.Option(help="also write one self-contained HTML file")] = None,
+               version: Annotated[str | None, typer.Option(
+                   help="only the runs on this version of JOURNEY (a version, or its first characters)")] = None,
+               db: database_opt = None, ws: workspace_opt = None) -> None:
+        """Funnel per state, message performance, holdout lift, bandit estimates, versions and segment cohorts."""
+        from adapters.reporting import build_report, render_html, render_terminal
+        from journey_engine.errors import UnknownJourneyError
+
+        compiled = load(workspace(ws))
+        store = open_store(db, compiled.metrics.defaults)
+        try:
+            built = build_report(store, compiled, journey, version=version)
+        except UnknownJourneyError as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+        finally:
+            store.close()
+        render_terminal(built, out)
+        if html is not None:
+            html.write_text(render_html(built), encoding="utf-8")
+            err.print(f"wrote {html}")
+
     @app.command()
     def preview(message: Annotated[str, typer.Argument(help="the message id")],
                 user: Annotated[str, typer.Option("--user", "-u", help="a user id in the store")],

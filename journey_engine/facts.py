@@ -4,7 +4,7 @@ which is what is logged, stored and printed.
 
 Fact                       at, user
 ├── SegmentEntered, SegmentLeft                 segment
-├── JourneyEntered                              journey, key, state, holdout
+├── JourneyEntered                              journey, key, state, version, holdout
 ├── Transitioned                                journey, key, source, target, trigger
 ├── MessageFact                                 journey, key, state, message, channel, locale
 │   ├── MessageSent                             why
@@ -46,6 +46,7 @@ class JourneyEntered(Fact):
     journey: str
     key: str | None
     state: str
+    version: str = ""  # the journey version the run is pinned to (SPEC §3, "Changing a live workspace")
     holdout: bool = False
 
 

@@ -346,7 +346,7 @@ def state_deltas(records: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
         kind = r["kind"]
         if kind == "journey_entered":
             add(r["journey"], r["state"], 1)
-        elif kind == "transition":
+        elif kind in ("transition", "journey_migrated"):  # a move to another version may map the state
             add(r["journey"], r["from"], -1)
             add(r["journey"], r["to"], 1)
         elif kind == "journey_exited":

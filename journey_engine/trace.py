@@ -84,7 +84,9 @@ def _segment(f: Any) -> Record:
 
 
 def _journey_entered(f: JourneyEntered) -> Record:
-    extra = {"holdout": True} if f.holdout else {}
+    extra: dict[str, Any] = {"version": f.version} if f.version else {}
+    if f.holdout:
+        extra["holdout"] = True
     return journey_entered(f.at, f.user, f.journey, f.key, f.state, **extra)
 
 

@@ -190,3 +190,114 @@ def test_journey_plan_exits_0_1_2_and_speaks_json(tmp_path: Path) -> None:
     refused = runner.invoke(app, ["plan", str(tmp_path / "refused"), "--database", url])
     assert refused.exit_code == 1 and "refused" in refused.stdout
     assert runner.invoke(app, ["plan", str(tmp_path / "broken"), "--database", url]).exit_code == 2
+
+
+# --- reports per version (issue 18 item 6) --------------------------------------------------------
+
+
+def test_a_report_reads_each_version_apart_and_all_together(tmp_path: Path, store_factory: StoreFactory) -> None:
+    """Pinned: u1 and u2 finish on v1, u3 runs on v2 (a 2-day reminder). Each version's funnel, messages
+    and conversions are its own runs'; the journey's totals are all of them; a version is named by its
+    first characters, and an unknown or ambiguous one is refused with the versions there are."""
+    from adapters.reporting import build_report
+    from adapters.reporting.model import UnknownVersionError
+
+    goal = {"on": "Purchased", "within": "7d"}
+    v1 = workspace(tmp_path, "v1", goal=goal)
+    h = Harness(v1, start=START, store=store_factory(defaults=dict(v1.metrics.defaults)))
+    h.track("u1", "Signed Up")
+    h.track("u2", "Signed Up")
+    h.wait("1h")
+    h.track("u1", "Purchased")
+    shorter = {**TRIAL["states"], "wait": {"send": "hello", "transitions": [{"on": "Clicked", "to": "done"},
+                                                                            {"after": "2d", "to": "remind"}]}}
+    v2 = workspace(tmp_path, "v2", goal=goal, states=shorter)
+    h.deploy(v2)
+    for user in ("u3", "u4", "u5"):
+        h.track(user, "Signed Up")
+    h.track("u3", "Purchased")
+    h.track("u4", "Clicked")
+    h.wait("5d")  # u2 reminded after 3 days (v1), u5 after 2 (v2); both done a day later, u4 on its click
+    old, new = v1.journeys["trial"].version, v2.journeys["trial"].version
+
+    def funnel(version: str | None) -> tuple[Any, dict[str, tuple[int, int, int]], dict[str, int]]:
+        (report,) = build_report(h.store, v2, "trial", version=version).journeys  # type: ignore[arg-type]
+        return (report, {row.state: (row.entered, row.exited["goal"], row.exited["final"]) for row in report.funnel},
+                {row.message: row.sent for row in report.messages})
+
+    whole, states_all, sent_all = funnel(None)
+    assert (whole.entered, whole.converted, whole.version) == (5, 2, None)
+    assert [(v.version, v.entered, v.converted, v.moved_in, v.moved_out) for v in whole.versions] == [
+        (old, 2, 1, 0, 0), (new, 3, 1, 0, 0)]
+    assert states_all == {"wait": (5, 2, 0), "remind": (2, 0, 0), "done": (3, 0, 3)}
+    assert sent_all == {"hello": 5, "nudge": 2}
+    first, states_v1, sent_v1 = funnel(old[:4])
+    assert (first.entered, first.converted, first.version) == (2, 1, old)
+    assert states_v1 == {"wait": (2, 1, 0), "remind": (1, 0, 0), "done": (1, 0, 1)}
+    assert sent_v1 == {"hello": 2, "nudge": 1}
+    second, states_v2, sent_v2 = funnel(new)
+    assert (second.entered, second.converted, second.version) == (3, 1, new)
+    assert states_v2 == {"wait": (3, 1, 0), "remind": (1, 0, 0), "done": (2, 0, 2)}
+    assert sent_v2 == {"hello": 3, "nudge": 1}
+    assert [(v.version, v.entered) for v in second.versions] == [(old, 2), (new, 3)]  # the table lists all
+    with pytest.raises(UnknownVersionError, match=f"no run of `trial` was on a version 'zz'; its versions: {old}"):
+        build_report(h.store, v2, "trial", version="zz")  # type: ignore[arg-type]
+    with pytest.raises(UnknownVersionError, match="name the journey"):
+        build_report(h.store, v2, version=old)  # type: ignore[arg-type]
+
+
+def test_moved_runs_leave_the_old_versions_report_and_join_the_new_ones(tmp_path: Path, harness: Harness) -> None:
+    """on_change: move with `moves: {wait: waiting}`: u1 and u2 count in v1 until the move and in v2 from
+    `waiting`; the live state counts follow the move."""
+    from adapters.reporting import build_report
+
+    renamed = {"waiting": TRIAL["states"]["wait"], "remind": TRIAL["states"]["remind"], "done": {"final": True}}
+    v1 = harness.engine.cw
+    v2 = workspace(tmp_path, "v2", initial="waiting", states=renamed, on_change="move", moves={"wait": "waiting"})
+    harness.deploy(v2)
+    harness.wait("2d")  # u1 (entered 3 days ago) reminded in the new version
+    old, new = v1.journeys["trial"].version, v2.journeys["trial"].version
+    (whole,) = build_report(harness.store, v2, "trial").journeys  # type: ignore[arg-type]
+    assert [(v.version, v.entered, v.moved_in, v.moved_out) for v in whole.versions] == [(old, 2, 0, 2),
+                                                                                          (new, 0, 2, 0)]
+    assert {row.state: (row.entered, row.moved_on, row.now_in) for row in whole.funnel} == {
+        "waiting": (2, 1, 1), "remind": (1, 0, 1), "done": (0, 0, 0), "wait": (2, 2, 0)}
+    (first,) = build_report(harness.store, v2, "trial", version=old).journeys  # type: ignore[arg-type]
+    assert {row.state: (row.entered, row.now_in) for row in first.funnel if row.entered} == {"wait": (2, 0)}
+    assert {row.message: row.sent for row in first.messages if row.sent} == {"hello": 2}
+    (second,) = build_report(harness.store, v2, "trial", version=new).journeys  # type: ignore[arg-type]
+    assert second.entered == 0  # no run started on it; two were moved onto it
+    assert {row.state: (row.entered, row.now_in) for row in second.funnel if row.entered} == {
+        "waiting": (2, 1), "remind": (1, 1)}
+    assert {row.message: row.sent for row in second.messages if row.sent} == {"nudge": 1}
+
+
+def test_journey_report_version_in_the_terminal(tmp_path: Path) -> None:
+    """`journey report trial --version V` prints that version's figures and the versions table; an unknown
+    version exits 1 naming the versions there are."""
+    from typer.testing import CliRunner
+
+    from adapters.cli import app
+    from adapters.storage.sql import SqlStore
+
+    url = f"sqlite:///{tmp_path / 'report.db'}"
+    v1 = workspace(tmp_path, "v1")
+    store = SqlStore(url, defaults=dict(v1.metrics.defaults))
+    h = Harness(v1, start=START, store=store)
+    h.track("u1", "Signed Up")
+    v2 = workspace(tmp_path, "v2", states={**TRIAL["states"], "remind": {
+        "send": "bye", "transitions": [{"after": "1d", "to": "done"}]}})
+    h.deploy(v2)
+    h.track("u2", "Signed Up")
+    store.close()
+    new = v2.journeys["trial"].version
+    runner = CliRunner()
+    shown = runner.invoke(app, ["report", "trial", "--version", new[:6], "--workspace", str(tmp_path / "v2"),
+                                "--database", url], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert f"trial · version {new}" in shown.stdout and "versions" in shown.stdout
+    lines = {line.split()[0]: line.split()[1:] for line in shown.stdout.splitlines() if line.strip()}
+    assert lines["wait"][:2] == ["1", "1"]  # entered 1, now in 1: u2 only
+    unknown = runner.invoke(app, ["report", "trial", "--version", "zz", "--workspace", str(tmp_path / "v2"),
+                                  "--database", url])
+    assert unknown.exit_code == 1 and "its versions:" in unknown.output

@@ -9,9 +9,11 @@ from adapters.reporting.model import (
     LIFT_METHOD,
     ArmEstimate,
     BanditReport,
+    JourneyReport,
     Lift,
     MessageStats,
     StateFunnel,
+    VersionRow,
 )
 from adapters.reporting.retention import Retention, SegmentConversion
 
@@ -71,17 +73,39 @@ def iso_seconds(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-FUNNEL_COLUMNS = ("state", "entered", "now in", "moved on", "exit: final", "exit: exit", "exit: goal", "converted",
-                  "conversion")
+FUNNEL_COLUMNS = ("state", "entered", "now in", "moved on", *(f"exit: {reason}" for reason in EXIT_REASONS),
+                  "converted", "conversion")
+VERSION_COLUMNS = ("version", "first entry", "entered", "moved in", "moved out", "exit: version", "converted",
+                   "conversion")
 MESSAGE_COLUMNS = ("message", "channel", "sent", "deferred", "suppressed", "passed over", "delivered", "failed",
                    "opened", "clicked", "bounced", "unsubscribed", "conversions", "per send")
 BANDIT_COLUMNS = ("state", "strategy", "arm", "sends", "conversions", "mean", "95% credible interval")
 
 
-def funnel_cells(row: StateFunnel) -> list[str]:
-    return [row.state, str(row.entered), str(row.now_in), str(row.moved_on),
-            *(str(row.exited.get(reason, 0)) for reason in EXIT_REASONS), str(row.converted),
-            pct(row.conversion_rate)]
+def version_cells(row: VersionRow) -> list[str]:
+    first = row.first_entry.strftime("%Y-%m-%d") if row.first_entry is not None else "–"
+    return [row.version, first, str(row.entered), str(row.moved_in), str(row.moved_out), str(row.exited_version),
+            str(row.converted), pct(row.conversion_rate)]
+
+
+def versions_title(journey: JourneyReport) -> str:
+    if journey.version is not None:
+        return (f"Version {journey.version} only: its runs from their entry, or the move that brought them onto "
+                "it, to their exit or the move to a newer version (`journey report --version`).")
+    return ("Every version runs were on (`journey report JOURNEY --version V` for one of them); the tables "
+            "above count them all.")
+
+
+def funnel_table(funnel: list[StateFunnel]) -> tuple[tuple[str, ...], list[list[str]]]:
+    """The funnel's columns and rows; "exit: version" only when a run ended that way (an 80-column
+    terminal has room for nine numbers, not ten)."""
+    rows = [[row.state, str(row.entered), str(row.now_in), str(row.moved_on),
+             *(str(row.exited.get(reason, 0)) for reason in EXIT_REASONS), str(row.converted),
+             pct(row.conversion_rate)] for row in funnel]
+    if any(row.exited.get("version") for row in funnel):
+        return FUNNEL_COLUMNS, rows
+    drop = FUNNEL_COLUMNS.index("exit: version")
+    return FUNNEL_COLUMNS[:drop] + FUNNEL_COLUMNS[drop + 1:], [cells[:drop] + cells[drop + 1:] for cells in rows]
 
 
 def message_cells(row: MessageStats) -> list[str]:

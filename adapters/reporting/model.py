@@ -1,6 +1,10 @@
 """The report as plain data: per journey a funnel over states, message performance, holdout lift and
 bandit arms; per segment its size over time and retention by week of entry. Built from one streamed
 pass over the store's trace and segment history, read through `Reads.snapshot`.
+
+A journey's figures are for all its versions together, or for one version (`version=`): then a run
+counts while it is on that version, from its entry or from the move that brought it there (`on_change:
+move`) to its exit or the move that took it to a newer one (SPEC §3, "Changing a live workspace").
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from adapters.reporting.retention import (
     retention_grids,
 )
 from journey_engine.compiler import CompiledJourney, CompiledWorkspace
-from journey_engine.errors import UnknownJourneyError
+from journey_engine.errors import JourneyError, UnknownJourneyError
 from journey_engine.graph import format_duration
 from journey_engine.model import Choose
 from journey_engine.policies import in_control_group
@@ -27,12 +31,14 @@ from journey_engine.ports import Reads, parse_time
 from journey_engine.selection import EVERYONE_ELSE, bandit_state, estimates, split_bandit_state
 from journey_engine.stats import newcombe_interval, rate
 
-EXIT_REASONS = ("final", "exit", "goal")
+EXIT_REASONS = ("final", "exit", "goal", "version")
 ENGAGEMENTS = ("delivered", "opened", "clicked", "bounced", "unsubscribed")
 LIFT_METHOD = "Newcombe hybrid score interval (Wilson score per group), 95%"
 COHORT_WEEKS = 12
 _KINDS = ("journey_entered", "transition", "journey_exited", "goal_reached", "message_sent", "message_deferred",
-          "message_suppressed", "message_delivered", "message_failed", "message_engaged", "alias_merged")
+          "message_suppressed", "message_delivered", "message_failed", "message_engaged", "alias_merged",
+          "journey_migrated")
+UNRECORDED = "unrecorded"  # runs whose entry record has no version: written before versions were kept
 
 
 # --- the report -----------------------------------------------------------------------------------
@@ -122,6 +128,44 @@ class Lift:
         return self.difference / self.held_out_rate
 
 
+@dataclass(slots=True)
+class VersionRow:
+    """One version of a journey: the runs that were on it. A run moved to a newer version counts in both,
+    as moved out of the one and moved into the other."""
+
+    version: str
+    first_entry: datetime | None = None  # the first run that started on it (None: runs only moved in)
+    entered: int = 0  # runs that started on it
+    moved_in: int = 0  # runs moved onto it from an older version
+    moved_out: int = 0  # runs moved from it to a newer version
+    exited_version: int = 0  # runs that ended because a newer version has no place for them
+    converted: int = 0  # runs that reached the goal while on it
+
+    @property
+    def runs(self) -> int:
+        return self.entered + self.moved_in
+
+    @property
+    def conversion_rate(self) -> float | None:
+        return rate(self.converted, self.runs)
+
+
+class UnknownVersionError(UnknownJourneyError):
+    """`--version` names no version a run of the journey was on, or more than one, or no journey."""
+
+    def __init__(self, journey: str | None, version: str, seen: list[str]) -> None:
+        matching = [v for v in seen if v.startswith(version)]
+        known = ", ".join(seen) or "none yet"
+        if journey is None:
+            what = f"a version belongs to one journey: name the journey to report version {version!r} of"
+        elif matching:
+            what = f"{version!r} starts several versions of `{journey}` ({', '.join(matching)}): give more of it"
+        else:
+            what = f"no run of `{journey}` was on a version {version!r}; its versions: {known}"
+        JourneyError.__init__(self, what)
+        self.name, self.version = journey or "", version
+
+
 @dataclass(frozen=True, slots=True)
 class ArmEstimate:
     """A bandit arm: a message id, or for a bandit split the target state (`kind` says which)."""
@@ -155,6 +199,8 @@ class JourneyReport:
     entered: int  # runs started
     converted: int  # runs that reached the goal
     by_segment: list[SegmentConversion] = field(default_factory=list)  # goal conversion by segment at entry
+    versions: list[VersionRow] = field(default_factory=list)  # every version runs were on, oldest first
+    version: str | None = None  # the one version these figures are for; None: all of them
 
     @property
     def conversion_rate(self) -> float | None:
@@ -185,35 +231,44 @@ class Report:
 
 
 def build_report(store: Reads, compiled: CompiledWorkspace, journey: str | None = None,
-                 now: datetime | None = None, *, weeks: int = COHORT_WEEKS) -> Report:
+                 now: datetime | None = None, *, weeks: int = COHORT_WEEKS, version: str | None = None) -> Report:
     """The report of one journey (or all) and of every segment, from what `store` holds.
 
     `now` cuts the data off: later records are left out and "now in" is computed from the trace.
     Without it the report is as of the latest record, and "now in" comes from the store's live
-    state counts (right even when old trace rows have been pruned).
+    state counts (right even when old trace rows have been pruned). `version` (a version or the start
+    of one, with `journey`) reports only that version's runs; "now in" then comes from the trace.
     """
     if journey is not None and journey not in compiled.journeys:
         raise UnknownJourneyError(journey, compiled.journeys)
+    if version is not None and journey is None:
+        raise UnknownVersionError(None, version, [])
     chosen = [compiled.journeys[journey]] if journey else list(compiled.journeys.values())
     tallies = {cj.name: _JourneyTally(cj, compiled) for cj in chosen}
-    walk = _TraceWalk(tallies, now)
+    walk = _TraceWalk(tallies, now, version)
     with store.snapshot() as reads:  # every read below sees the same data while the engine writes
         for record in reads.trace_records(_KINDS, journey):
             walk.feed(record)
         walk.finish()
+        if journey is not None and version is not None:
+            seen = [row.version for row in tallies[journey].versions.values()]
+            if len([v for v in seen if v.startswith(version)]) != 1:
+                raise UnknownVersionError(journey, version, seen)
         cutoff = now or reads.latest() or datetime.now(UTC)  # no data at all: an empty report of today
         stays = Stays()  # every stay, kept for retention and conversion by segment
         segments = segment_reports(stays.tee(reads.segment_history()), compiled.workspace.segments, cutoff, weeks)
-        if now is None:
+        if now is None and version is None:
             counts = reads.state_counts()
             for tally in tallies.values():
                 tally.live(counts.get(tally.cj.name, {}))
         bandits = reads.bandit()
     share = compiled.workspace.policies.control_group
     journeys = [t.report(bandits) for t in tallies.values()]
-    for journey, tally in zip(journeys, tallies.values(), strict=True):
+    for journey_report, tally in zip(journeys, tallies.values(), strict=True):
         if tally.within is not None:
-            journey.by_segment = conversion_by_segment(tally.entries, stays, compiled.workspace.segments)
+            journey_report.by_segment = conversion_by_segment(tally.entries, stays, compiled.workspace.segments)
+        if version is not None:
+            journey_report.version = next(v for v in tally.versions if v.startswith(version))
     retention = retention_grids(stays, activity_segments(compiled.workspace), cutoff, weeks)
     return Report(now=cutoff, journeys=journeys, segments=segments,
                   programme=programme_lift(walk.entrants, walk.converters, share) if share > 0 else None,
@@ -235,9 +290,10 @@ _time = parse_time
 class _Run:
     """One run through a journey while the walk is inside it."""
 
-    __slots__ = ("converted", "entry", "holdout", "moved", "sends", "state", "visited")
+    __slots__ = ("converted", "entry", "holdout", "moved", "sends", "state", "version", "visited")
 
-    def __init__(self, state: str, holdout: bool) -> None:
+    def __init__(self, state: str, holdout: bool, version: str) -> None:
+        self.version = version
         self.entry: list[Any] = []  # [user, entered at, converted], shared with the tally's entries
         self.state = state
         self.holdout = holdout
@@ -264,6 +320,13 @@ class _JourneyTally:
         self.entrants = {False: 0, True: 0}  # holdout -> runs
         self.entries: list[list[Any]] = []  # [user, entered at, converted] per run: conversion by segment
         self.converted = {False: 0, True: 0}
+        self.versions: dict[str, VersionRow] = {}
+
+    def version(self, name: str) -> VersionRow:
+        row = self.versions.get(name)
+        if row is None:
+            row = self.versions[name] = VersionRow(name)
+        return row
 
     def state(self, name: str) -> StateFunnel:
         """A state's row; a state since removed from the file still gets one, after the others."""
@@ -299,16 +362,20 @@ class _JourneyTally:
         return JourneyReport(name=journey.name, description=journey.description, goal=described,
                              funnel=list(self.funnel.values()), messages=list(self.messages.values()), lift=lift,
                              bandits=_bandits(self.cj, bandits), entered=sum(self.entrants.values()),
-                             converted=sum(self.converted.values()))
+                             converted=sum(self.converted.values()), versions=list(self.versions.values()))
 
 
 class _TraceWalk:
     """Feeds trace records, in commit order, to the counters; keeps only the runs still open."""
 
-    def __init__(self, tallies: dict[str, _JourneyTally], cutoff: datetime | None) -> None:
+    def __init__(self, tallies: dict[str, _JourneyTally], cutoff: datetime | None, version: str | None = None) -> None:
         self.tallies = tallies
         self.cutoff = cutoff
+        self.only = version  # count only runs on a version that starts with this
         self.runs: dict[str, dict[tuple[str, str], _Run]] = {}  # user -> (journey, key) -> run
+        # (user, journey, key) -> the version of the latest run: a delivery receipt may come after the run ended
+        self.version_of: dict[tuple[str, str, str], str] = {}
+        self.goaled: set[tuple[str, str, str]] = set()  # runs outside the chosen version that reached the goal
         self.engaged: set[str] = set()  # "event:send_key": a second open of one email is not a second open
         self.entrants: set[str] = set()  # users who entered a journey with a goal (the programme's lift)
         self.converters: set[str] = set()  # of them, who reached a goal
@@ -322,12 +389,64 @@ class _TraceWalk:
     def feed(self, r: dict[str, Any]) -> None:
         if self.cutoff is not None and _time(r["at"]) > self.cutoff:
             return
-        if r["kind"] == "alias_merged":
+        kind = r["kind"]
+        if kind == "alias_merged":
             self._merged(r)
             return
         tally = self.tallies.get(r.get("journey") or "")
-        if tally is not None:
-            self.handlers[r["kind"]](tally, r)
+        if tally is None:
+            return
+        if kind == "journey_migrated":
+            self._migrated(tally, r)
+            return
+        ikey = (r["user"], r["journey"], r.get("key") or "")
+        if kind == "journey_entered":
+            version = self.version_of[ikey] = r.get("version") or UNRECORDED
+            row = tally.version(version)
+            row.entered += 1
+            row.first_entry = row.first_entry or _time(r["at"])
+            self.goaled.discard(ikey)
+            if self.only is not None and not version.startswith(self.only):
+                return
+        elif self.only is not None and not self.version_of.get(ikey, UNRECORDED).startswith(self.only):
+            if kind == "goal_reached" or (kind == "journey_exited" and r.get("reason") == "version"):
+                self._count_version(tally, r)
+            return
+        self.handlers[kind](tally, r)
+
+    def _count_version(self, tally: _JourneyTally, r: dict[str, Any]) -> None:
+        """The versions table for a run the filter leaves out (a goal counts once per run and version)."""
+        version = tally.version(self.version_of.get((r["user"], r["journey"], r.get("key") or ""), UNRECORDED))
+        if r["kind"] == "journey_exited":
+            version.exited_version += 1
+        elif (ikey := (r["user"], r["journey"], r.get("key") or "")) not in self.goaled:
+            self.goaled.add(ikey)
+            version.converted += 1
+
+    def _migrated(self, tally: _JourneyTally, r: dict[str, Any]) -> None:
+        """A run moved to a newer version (`on_change: move`), maybe to a mapped state. With a version
+        chosen, the run leaves the view when it moves off it and joins it when it moves on to it."""
+        ikey = (r["user"], r["journey"], r.get("key") or "")
+        src, dst = r.get("from_version") or UNRECORDED, r["to_version"]
+        self.version_of[ikey] = dst
+        tally.version(src).moved_out += 1
+        tally.version(dst).moved_in += 1
+        run = self._run(r)
+        if self.only is not None:
+            if src.startswith(self.only):
+                self._drop(r)
+                return
+            if not dst.startswith(self.only):
+                return
+            if run is None:  # joins this version's view in the state it was moved to
+                run = _Run(r["to"], False, dst)
+                self.runs.setdefault(r["user"], {})[(r["journey"], r.get("key") or "")] = run
+                tally.state(run.state).entered += 1
+                return
+        if run is not None:
+            run.version = dst
+            if r["from"] != r["to"]:
+                self._transition(tally, r)
 
     def finish(self) -> None:
         for runs in self.runs.values():
@@ -338,7 +457,7 @@ class _TraceWalk:
         return self.runs.get(r["user"], {}).get((r["journey"], r.get("key") or ""))
 
     def _entered(self, tally: _JourneyTally, r: dict[str, Any]) -> None:
-        run = _Run(r["state"], bool(r.get("holdout")))
+        run = _Run(r["state"], bool(r.get("holdout")), r.get("version") or UNRECORDED)
         self.runs.setdefault(r["user"], {})[(r["journey"], r.get("key") or "")] = run
         tally.state(run.state).entered += 1
         tally.entrants[run.holdout] += 1
@@ -360,13 +479,19 @@ class _TraceWalk:
             tally.state(dst).entered += 1
         run.state = dst
 
-    def _exited(self, tally: _JourneyTally, r: dict[str, Any]) -> None:
+    def _drop(self, r: dict[str, Any]) -> _Run | None:
         user = self.runs.get(r["user"], {})
         run = user.pop((r["journey"], r.get("key") or ""), None)
         if not user:
             self.runs.pop(r["user"], None)
+        return run
+
+    def _exited(self, tally: _JourneyTally, r: dict[str, Any]) -> None:
+        run = self._drop(r)
         if run is None:
             return
+        if r["reason"] == "version":
+            tally.version(run.version).exited_version += 1
         exited = tally.state(r.get("state") or run.state).exited
         exited[r["reason"]] = exited.get(r["reason"], 0) + 1
 
@@ -380,6 +505,7 @@ class _TraceWalk:
         if not run.converted:  # a goal that does not exit may be reached again: the funnel counts it once
             run.converted = True
             tally.converted[run.holdout] += 1
+            tally.version(run.version).converted += 1
             for state in run.visited:
                 tally.state(state).converted += 1
         for message, channel in self._credited(tally, run, _time(r["at"]), r.get("attributed") or []):
@@ -448,7 +574,9 @@ class _TraceWalk:
             return
         into = self.runs.setdefault(r["user"], {})
         for ikey, run in moved.items():
-            into.setdefault(ikey, run)
+            if ikey not in into:
+                into[ikey] = run
+                self.version_of[(r["user"], *ikey)] = run.version
 
 
 def _bandits(cj: CompiledJourney, stats: dict[tuple[str, str], dict[str, tuple[int, int]]]) -> list[BanditReport]:

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 from adapters.reporting.cells import (
     BANDIT_COLUMNS,
-    FUNNEL_COLUMNS,
     MESSAGE_COLUMNS,
     PROGRAMME_GROUPS,
     SEGMENT_CONVERSION_COLUMNS,
+    VERSION_COLUMNS,
     arm_cells,
-    funnel_cells,
+    funnel_table,
     hidden_note,
     iso_seconds,
     lift_rows,
@@ -24,6 +24,8 @@ from adapters.reporting.cells import (
     programme_title,
     retention_title,
     segment_conversion_cells,
+    version_cells,
+    versions_title,
 )
 from adapters.reporting.cohorts import Cohort
 from adapters.reporting.model import JourneyReport, Lift, Report, SegmentReport, StateFunnel
@@ -154,11 +156,12 @@ def _html_journey(journey: JourneyReport) -> str:
     if journey.goal:
         summary += (f", {journey.converted} reached the goal ({pct(journey.conversion_rate)}); "
                     f"goal: {journey.goal}")
-    parts = [f'<section class="journey" id="journey-{escape(journey.name)}"><h2>{escape(journey.name)}</h2>']
+    title = escape(journey.name) + (f" · version {escape(journey.version)}" if journey.version else "")
+    parts = [f'<section class="journey" id="journey-{escape(journey.name)}"><h2>{title}</h2>']
     if journey.description:
         parts.append(f'<p class="muted">{escape(journey.description)}</p>')
     parts += [f"<p>{escape(summary)}</p>", "<h3>Funnel</h3>", _FUNNEL_KEY, _funnel_svg(journey.funnel),
-              _html_table(FUNNEL_COLUMNS, [funnel_cells(r) for r in journey.funnel]),
+              _html_table(*funnel_table(journey.funnel)),
               "<h3>Messages</h3>", _PASSED_OVER,
               _html_table(MESSAGE_COLUMNS, [message_cells(r) for r in journey.messages])]
     if journey.lift is not None:
@@ -168,6 +171,9 @@ def _html_journey(journey: JourneyReport) -> str:
     if journey.bandits:
         parts += ["<h3>Bandits</h3>",
                   _html_table(BANDIT_COLUMNS, [arm_cells(b, arm) for b in journey.bandits for arm in b.arms])]
+    if len(journey.versions) > 1 or journey.version is not None:
+        parts += ["<h3>Versions</h3>", f'<p class="muted">{escape(versions_title(journey))}</p>',
+                  _html_table(VERSION_COLUMNS, [version_cells(row) for row in journey.versions])]
     if journey.by_segment:
         parts += ["<h3>Goal conversion by segment</h3>",
                   '<p class="muted">Runs whose user was in the segment when they entered (a user in several '

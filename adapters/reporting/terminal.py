@@ -11,12 +11,12 @@ from rich.text import Text
 
 from adapters.reporting.cells import (
     BANDIT_COLUMNS,
-    FUNNEL_COLUMNS,
     MESSAGE_COLUMNS,
     PROGRAMME_GROUPS,
     SEGMENT_CONVERSION_COLUMNS,
+    VERSION_COLUMNS,
     arm_cells,
-    funnel_cells,
+    funnel_table,
     hidden_note,
     iso_seconds,
     lift_rows,
@@ -26,6 +26,8 @@ from adapters.reporting.cells import (
     programme_title,
     retention_title,
     segment_conversion_cells,
+    version_cells,
+    versions_title,
 )
 from adapters.reporting.cohorts import Cohort
 from adapters.reporting.model import JourneyReport, Report, SegmentReport
@@ -69,12 +71,12 @@ def render_terminal(report: Report, console: Console) -> None:
 
 
 def _terminal_journey(journey: JourneyReport, console: Console) -> None:
-    console.rule(f"[bold]{journey.name}[/bold]")
+    console.rule(f"[bold]{journey.name}[/bold]" + (f" · version {journey.version}" if journey.version else ""))
     summary = f"{journey.entered} entered"
     if journey.goal:
         summary += f", {journey.converted} reached the goal ({pct(journey.conversion_rate)}) · goal: {journey.goal}"
     console.print(Text(summary))
-    console.print(_table("funnel", FUNNEL_COLUMNS, [funnel_cells(r) for r in journey.funnel]))
+    console.print(_table("funnel", *funnel_table(journey.funnel)))
     # two tables of half the columns each: thirteen columns are unreadable in an 80-column terminal
     cells = [message_cells(r) for r in journey.messages]
     split = MESSAGE_COLUMNS.index("opened")
@@ -91,6 +93,9 @@ def _terminal_journey(journey: JourneyReport, console: Console) -> None:
     if journey.by_segment:
         console.print(_table("goal conversion by segment at entry", SEGMENT_CONVERSION_COLUMNS,
                              [segment_conversion_cells(row) for row in journey.by_segment]))
+    if len(journey.versions) > 1 or journey.version is not None:
+        console.print(Text(versions_title(journey), style="italic"))
+        console.print(_table("versions", VERSION_COLUMNS, [version_cells(row) for row in journey.versions]))
 
 
 def _table(title: str, columns: Iterable[str], rows: Iterable[list[str]]) -> Table:

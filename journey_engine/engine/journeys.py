@@ -107,7 +107,7 @@ class Journeys(Messages):
         run.profile.add_instance(ikey, inst)
         run.profile.note_entry(ikey, inst.entry_epoch())
         run.out.facts.append(JourneyEntered(at=run.now, user=run.profile.user_id, journey=cj.name, key=key or None,
-                                            state=inst.state, holdout=inst.holdout))
+                                            state=inst.state, version=cj.version, holdout=inst.holdout))
         if not self._leaves_at_once(run, cj, inst):
             self._arrive(run, cj, inst)
 

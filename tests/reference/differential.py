@@ -28,7 +28,7 @@ from .interpreter import SPEC_KINDS, Reference
 
 _FIELDS = {
     "segment_entered": ("segment",), "segment_left": ("segment",),
-    "journey_entered": ("journey", "key", "state"),
+    "journey_entered": ("journey", "key", "state", "version"),
     "transition": ("journey", "key", "from", "to", "trigger"),
     "message_sent": ("journey", "key", "state", "message", "channel"),
     "message_deferred": ("journey", "key", "state", "message", "channel", "until", "reason"),

@@ -122,6 +122,7 @@ class Reference:
         self.ws = ws
         self.policies = ws.policies
         self.journeys = [ws.journeys[n] for n in sorted(ws.journeys)]
+        self.versions = {j.name: j.version for j in self.journeys}  # SPEC §3: a hash of the definition
         self.rules = Rules()
         self.users: dict[str, User] = {}
         self.aliases: dict[str, str] = {}
@@ -483,7 +484,7 @@ class Reference:
                     holdout=self.held_out(journey.name, user.id), run=self.runs, state_entered_at=now)
         user.instances[ikey] = inst
         self.trace.append({"kind": "journey_entered", "at": iso(now), "user": user.id, "journey": journey.name,
-                           "key": key, "state": inst.state})
+                           "key": key, "state": inst.state, "version": self.versions[journey.name]})
         if self._leaves_at_once(user, journey, inst, now):
             return
         self._arrive(user, journey, inst, now)
