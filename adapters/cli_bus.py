@@ -130,11 +130,13 @@ def _run_worker(compiled: Any, folder: Path, database: str, bus: str, settings: 
     from adapters.service.metrics import Metrics
     from adapters.service.worker import BusWorker
     from adapters.sources.http_api import create_app
+    from journey_engine.compiler import load_workspace
 
     store = FencedStore(database, defaults=dict(compiled.metrics.defaults))
     try:
         metrics = Metrics()
-        worker = BusWorker(compiled, store, BusConfig.from_env(bus), settings, metrics, name=name)
+        worker = BusWorker(compiled, store, BusConfig.from_env(bus), settings, metrics, name=name,
+                           files=lambda: load_workspace(folder))
         app = create_app(compiled, store, settings, channels=channels, host=worker, metrics=metrics)
         err.print(f"journey worker {worker.name} on http://{host}:{port}  workspace {folder}  bus {bus}")
         uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()

@@ -331,6 +331,50 @@ def test_published_events_give_the_profiles_of_a_single_process_ingest(bus_datab
             store.close()
 
 
+def test_a_worker_follows_a_deployment_another_process_made(tmp_path: Path, bus_database: str,
+                                                          nats_server: NatsCluster) -> None:
+    """Issue 18: a worker running v1 picks up v2 within seconds of another process deploying it, even with
+    v1 still in its own files: new entrants take v2, a live user stays pinned to v1."""
+    from journey_engine.deployment import adopt, deploy
+
+    from .test_deploy import TRIAL, workspace
+
+    v1 = workspace(tmp_path, "v1")
+    renamed = {"waiting": TRIAL["states"]["wait"], "remind": TRIAL["states"]["remind"], "done": {"final": True}}
+    v2 = workspace(tmp_path, "v2", initial="waiting", states=renamed)
+    deployer = SqlStore(bus_database, defaults=dict(v1.metrics.defaults))
+    assert deploy(v1, deployer).number == 1
+    store = FencedStore(bus_database, defaults=dict(v1.metrics.defaults))
+    config = BusConfig(nats_server.url, stream=stream_name(), prefix="t", partitions=2)
+    worker = BusWorker(adopt(v1, store), store, config, Settings(), name="w", files=lambda: v1)
+    publisher = BusPublisher(config, deployer)
+    now = datetime.now(UTC)
+
+    def signed_up(user: str) -> None:
+        event = Event(type="track", user_id=user, name="Signed Up", timestamp=now, message_id=f"{user}-1")
+        assert publisher.submit([event]).result(timeout=30) == []
+        assert wait_for(lambda: deployer.seen([f"{user}-1"]) == {f"{user}-1"}, 30)
+
+    def instance(user: str) -> tuple[str, str]:
+        (inst,) = deployer.load([user])[user].instances.values()
+        return inst.state, inst.version
+
+    try:
+        publisher.start()
+        worker.start()
+        signed_up("u1")
+        assert deploy(v2, deployer).number == 2  # another process (a `serve --reload`) deploys v2
+        assert wait_for(lambda: worker.deployment == 2, 10)
+        signed_up("u2")
+        assert instance("u2") == ("waiting", v2.journeys["trial"].version)
+        assert instance("u1") == ("wait", v1.journeys["trial"].version)
+    finally:
+        worker.stop()
+        publisher.stop()
+        store.close()
+        deployer.close()
+
+
 # --- the benchmark --------------------------------------------------------------------------------
 
 def test_the_session_mix_comes_in_bursts_minutes_apart_with_days_between() -> None:

@@ -8,6 +8,10 @@ metrics. Every commit is fenced by the leases; a message is acknowledged only af
 and the store's messageId dedupe makes a redelivery harmless. Timers are claimed only in the held
 partitions; the outbox is dispatched by every worker under the outbox's own leases (a send is claimed by
 one dispatcher at a time), and delivery feedback goes back through the bus to its user's partition.
+
+A worker deploys nothing: it runs the journey versions in force in the store and follows a deployment
+another process makes (`journey serve` at its start or on `--reload`) within `FOLLOW_SECONDS`, switching engines
+between two batches, so every process on the database gives new entrants the same versions.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -34,7 +39,9 @@ from adapters.service.host import InProcessHost
 from adapters.service.metrics import Metrics
 from adapters.service.settings import Settings
 from journey_engine.compiler import CompiledWorkspace
+from journey_engine.deployment import adopt
 from journey_engine.engine import Engine
+from journey_engine.errors import WorkspaceError
 from journey_engine.events import Event
 from journey_engine.ports import ConflictError, StoreUnavailable
 from journey_engine.runtime import Runtime
@@ -44,6 +51,7 @@ T = TypeVar("T")
 
 FETCH = 1000  # messages asked of a partition's consumer at a time
 RETRY_EVERY = 0.5  # seconds between attempts at a batch the store refused (down, contended)
+FOLLOW_SECONDS = 2.0  # how often a worker looks for a deployment another process made
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +67,13 @@ class BusWorker:
 
     def __init__(self, compiled: CompiledWorkspace, store: FencedStore, config: BusConfig,
                  settings: Settings | None = None, metrics: Metrics | None = None, *, name: str | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 files: Callable[[], CompiledWorkspace] | None = None) -> None:
+        """`files` reads the workspace again when another process deploys (default: `compiled` as given);
+        the worker runs `adopt(files(), store)`, the versions in force."""
         self.settings = settings if settings is not None else Settings()
+        self.files = files if files is not None else (lambda: compiled)
+        self.deployment = store.in_force()[0]  # the deployment `compiled` was adopted from
         self.metrics = metrics if metrics is not None else Metrics()
         self.store, self.config, self.clock = store, config, clock
         self.name = name or f"{socket.gethostname()}-{id(self):x}"
@@ -143,12 +156,45 @@ class BusWorker:
     # --- leases ----------------------------------------------------------------------------------
 
     def _lease_loop(self) -> None:
+        followed = 0.0
         while not self._stop.is_set():
             try:
                 self._balance()
             except Exception:  # the database or NATS is away: renew at the next turn (the leases last longer)
                 log.warning("bus worker %s: lease round failed", self.name, exc_info=True)
+            if time.monotonic() - followed >= FOLLOW_SECONDS:
+                followed = time.monotonic()
+                try:
+                    self.follow()
+                except Exception:
+                    log.warning("bus worker %s: could not read the deployment in force", self.name, exc_info=True)
             self._stop.wait(RENEW_EVERY)
+
+    def follow(self) -> bool:
+        """Run the versions in force when another process made a deployment since this one's: the engine is
+        switched between two batches, keeping what the bandits learnt. Returns whether it switched."""
+        number = self.store.in_force()[0]
+        if number == self.deployment:
+            return False
+        try:
+            files = self.files()
+        except WorkspaceError as exc:  # this machine's files are broken: the stored versions still run
+            log.warning("bus worker %s: the workspace does not load (%s); following the stored versions", self.name,
+                        exc)
+            files = self.engine.cw
+        compiled = adopt(files, self.store)
+        expiry = self.settings.send_expiry
+
+        def switch(runtime: Runtime) -> Engine:
+            engine = Engine(compiled, send_expiry=expiry)
+            engine.bandits = runtime.engine.bandits
+            runtime.engine = engine
+            return engine
+
+        (self.engine,) = self.host.call(switch).result()
+        self.deployment = number
+        log.warning("bus worker %s: following deployment %d", self.name, number)
+        return True
 
     def _balance(self) -> None:
         """Renew; stop reading what was lost; take a fair share; give back what is over it."""
