@@ -184,8 +184,8 @@ class SqlProfiles(SqlConnection):
         # stamped with the arrival (this commit's wall clock), not the event's time: a replayed backfill
         # of old events stays deduplicated for DEDUPE_FOR after it arrived
         senders = batch.senders
-        self._insert_new(conn, self._sql["insert_processed"],
-                         [(m, wall, senders.get(m)) for m, _ in batch.message_ids], "a messageId of the batch")
+        self._insert_new(conn, "insert_processed", [(m, wall, senders.get(m)) for m, _ in batch.message_ids],
+                         "a messageId of the batch")
         if batch.records:
             self._append(conn, "trace (user_id, at, kind, journey, body)", self._sql["insert_trace"],
                          [_trace_row(r) for r in batch.records])
@@ -207,13 +207,24 @@ class SqlProfiles(SqlConnection):
         for user, p in sorted(profiles.items()):  # one lock order (see _tx)
             seen = versions.get(user)
             if seen is None:
-                inserts.append((user, encode(p, defaults), p.wake_at, wall, shard(user), user, user))
+                inserts.append((user, encode(p, defaults), p.wake_at, wall, shard(user)))
             else:
-                updates.append((encode(p, defaults), p.wake_at, wall, seen + 1, user, seen))
-        if updates and conn.exec_driver_sql(self._sql["update_profile"], updates).rowcount != len(updates):
+                updates.append((encode(p, defaults), p.wake_at, wall, user, seen))
+        if updates and self._run(conn, "update_profile", updates) != len(updates):
             raise ConflictError("a profile of the batch changed since it was loaded")
-        if self._insert_new(conn, self._sql["insert_profile"], inserts, "a new profile of the batch") != len(inserts):
+        if self._insert_new(conn, "insert_profile", inserts, "a new profile of the batch") != len(inserts):
             raise ConflictError("a new profile's id was merged into another user or erased meanwhile")
+
+    def _run(self, conn: Connection, name: str, rows: list[tuple[Any, ...]]) -> int:
+        """One of the batch's per-row statements over `rows`; returns the rows it changed. On PostgreSQL one
+        statement over arrays (`_SQL_ARRAYS`), elsewhere executemany of the per-row statement."""
+        if self._arrays is not None:
+            return int(conn.exec_driver_sql(self._arrays[name], tuple(map(list, zip(*rows, strict=True)))).rowcount)
+        if name == "update_profile":  # the per-row statement sets the new version itself
+            rows = [(body, wake, at, seen + 1, user, seen) for body, wake, at, user, seen in rows]
+        elif name == "insert_profile":  # and checks the id against aliases and erasures with two more marks
+            rows = [(*row, row[0], row[0]) for row in rows]
+        return int(conn.exec_driver_sql(self._sql[name], rows).rowcount)
 
     def _delete_profiles(self, conn: Connection, users: Collection[str]) -> None:
         versions = self._versions
@@ -227,14 +238,13 @@ class SqlProfiles(SqlConnection):
         for chunk in _chunks(unknown):
             conn.execute(sa.delete(profiles_t).where(profiles_t.c.user_id.in_(chunk)))
 
-    @staticmethod
-    def _insert_new(conn: Connection, sql: str, rows: list[tuple[Any, ...]], what: str) -> int:
+    def _insert_new(self, conn: Connection, name: str, rows: list[tuple[Any, ...]], what: str) -> int:
         """Plain inserts: a row that exists already means another worker committed it first. Returns the
         rows inserted."""
         if not rows:
             return 0
         try:
-            return int(conn.exec_driver_sql(sql, rows).rowcount)
+            return self._run(conn, name, rows)
         except IntegrityError:
             raise ConflictError(f"{what} was committed by another worker") from None
 
