@@ -70,8 +70,6 @@ _SQL_ARRAYS = {
                       "AS v(user_id, body, wake_at, updated_at, shard) "
                       "WHERE NOT EXISTS (SELECT 1 FROM aliases a WHERE a.previous_id = v.user_id) "
                       "AND NOT EXISTS (SELECT 1 FROM erased e WHERE e.user_id = v.user_id)",
-    "insert_processed": "INSERT INTO processed (message_id, at, user_id) "
-                        "SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[])",
 }
 T = TypeVar("T")
 

@@ -218,7 +218,7 @@ class SqlProfiles(SqlConnection):
     def _run(self, conn: Connection, name: str, rows: list[tuple[Any, ...]]) -> int:
         """One of the batch's per-row statements over `rows`; returns the rows it changed. On PostgreSQL one
         statement over arrays (`_SQL_ARRAYS`), elsewhere executemany of the per-row statement."""
-        if self._arrays is not None:
+        if self._arrays is not None and name in self._arrays:
             return int(conn.exec_driver_sql(self._arrays[name], tuple(map(list, zip(*rows, strict=True)))).rowcount)
         if name == "update_profile":  # the per-row statement sets the new version itself
             rows = [(body, wake, at, seen + 1, user, seen) for body, wake, at, user, seen in rows]
@@ -244,8 +244,11 @@ class SqlProfiles(SqlConnection):
         if not rows:
             return 0
         try:
+            if name == "insert_processed" and self._arrays is not None:  # no condition: COPY, the fastest
+                self._append(conn, "processed (message_id, at, user_id)", "", rows)
+                return len(rows)
             return self._run(conn, name, rows)
-        except IntegrityError:
+        except (IntegrityError, psycopg.IntegrityError):  # COPY's cursor is the driver's own
             raise ConflictError(f"{what} was committed by another worker") from None
 
     def _bandit(self, conn: Connection, batch: Batch) -> None:
