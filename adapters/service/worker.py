@@ -29,12 +29,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import nats.errors
 from prometheus_client import Gauge
 
 from adapters.bus.leases import RENEW_EVERY, FencedStore, LeaseLost, Leases
 from adapters.bus.publisher import BusPublisher
-from adapters.bus.stream import BusConfig, Loop, decode, lag, take_consumer
+from adapters.bus.stream import BusConfig, Loop, decode, lag, pull, take_consumer
 from adapters.service.host import InProcessHost
 from adapters.service.metrics import Metrics
 from adapters.service.settings import Settings
@@ -222,30 +221,25 @@ class BusWorker:
         self._observe_lag()
 
     async def _start_fetching(self, part: int, token: int) -> None:
-        js = self.publisher.js
-        consumer = await take_consumer(js, self.config, part, token)
-        sub = await js.pull_subscribe_bind(durable=consumer, stream=self.config.stream)
+        consumer = await take_consumer(self.publisher.js, self.config, part, token)
         self._consumers[part] = consumer
-        self._fetchers[part] = asyncio.get_running_loop().create_task(self._fetch(part, token, sub))
+        self._fetchers[part] = asyncio.get_running_loop().create_task(self._fetch(part, token, consumer))
 
-    async def _fetch(self, part: int, token: int, sub: Any) -> None:
+    async def _fetch(self, part: int, token: int, consumer: str) -> None:
         leases = self.leases
         assert leases is not None
-        try:
-            while leases.tokens().get(part) == token:
-                try:
-                    msgs = await sub.fetch(batch=FETCH, timeout=1.0)
-                except (nats.errors.TimeoutError, TimeoutError):
-                    continue
-                except Exception as exc:  # a node away, a consumer moving leader: try again
-                    log.warning("bus worker %s: fetching partition %d: %r", self.name, part, exc)
-                    await asyncio.sleep(RETRY_EVERY)
-                    continue
-                for msg in msgs:
-                    self.inbox.put(_Item(part, token, msg))
-        finally:
-            with contextlib.suppress(Exception):  # the connection went first
-                await sub.unsubscribe()
+        put = self.inbox.put
+
+        def alive() -> bool:
+            return leases.tokens().get(part) == token
+
+        while alive():
+            try:
+                await pull(self.publisher.client, self.config, consumer, FETCH, lambda m: put(_Item(part, token, m)),
+                           alive)
+            except Exception as exc:  # a node away, a consumer moving leader: try again
+                log.warning("bus worker %s: fetching partition %d: %r", self.name, part, exc)
+                await asyncio.sleep(RETRY_EVERY)
 
     def _stop_fetching(self, part: int) -> None:
         task = self._fetchers.pop(part, None)
