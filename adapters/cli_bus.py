@@ -113,7 +113,8 @@ def worker(bus: Annotated[str, typer.Option(envvar="JOURNEY_BUS_URL", help="NATS
         raise typer.Exit(1) from None
     tune_gc()
     settings = Settings(tick=float(os.environ.get("JOURNEY_TICK_SECONDS", "1")),
-                        outbox_lease=float(os.environ.get("JOURNEY_OUTBOX_LEASE_SECONDS") or 60))
+                        outbox_lease=float(os.environ.get("JOURNEY_OUTBOX_LEASE_SECONDS") or 60),
+                        kept_profiles=int(os.environ.get("JOURNEY_KEPT_PROFILES") or 100_000))
     _run_worker(compiled, folder, database, bus, settings, channels, host=host, port=port, name=name)
 
 

@@ -39,9 +39,11 @@ class Owner:
     """A partition's owner: a runtime on a store of its own, whose next commit can be made to wait for
     another owner's whole batch (`race`)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, kept: bool) -> None:
         compiled = load_workspace(WORKSPACE)
         self.store = SqlStore(url, defaults=dict(compiled.metrics.defaults))
+        if kept:  # as a bus worker keeps the profiles it committed (SqlProfiles.keep_profiles)
+            self.store.keep_profiles(100)
         self.runtime = Runtime(Engine(compiled), self.store)
         self._commit = self.store.commit
         self._before: Callable[[], Any] | None = None
@@ -85,9 +87,11 @@ ALIAS_ORDERS: dict[str, Callable[[Owner, Owner], None]] = {
 }
 
 
-@pytest.fixture
-def owners(bus_database: str) -> Any:  # noqa: F811
-    made = [Owner(bus_database), Owner(bus_database)]
+@pytest.fixture(params=["loading", "keeping"])
+def owners(bus_database: str, request: pytest.FixtureRequest) -> Any:  # noqa: F811
+    """Two owners that load every profile they apply, or that keep the profiles they committed and find them
+    written, merged away or erased by the other since."""
+    made = [Owner(bus_database, kept=request.param == "keeping") for _ in range(2)]
     made[0].apply(BEFORE[:1])
     made[1].apply(BEFORE[1:])
     yield made
@@ -142,3 +146,21 @@ def test_an_erasure_reaches_every_id_of_the_user_in_every_order(order: str, owne
     assert a.store.load([ANON, KNOWN]) == {}
     assert a.store.erased([ANON, KNOWN]) == {ANON, KNOWN}
     assert a.store.aliases([ANON]) == {}
+
+
+def test_a_kept_profile_written_by_another_owner_since_is_read_afresh(bus_database: str) -> None:  # noqa: F811
+    """A worker keeps what it committed; after a failover another owner wrote the profile: the first one,
+    given the partition back, applies its next event to the other owner's version, not to its kept copy."""
+    a, b = Owner(bus_database, kept=True), Owner(bus_database, kept=True)
+    try:
+        a.apply(BEFORE[:1])  # a keeps anon-1 at version 1
+        b.apply([ORDER])  # the partition moved to b: anon-1 at version 2 with the order
+        a.apply([Event(type="track", user_id=ANON, name="Order Completed", properties={"revenue": 2},
+                       timestamp=NOW, message_id="again")])
+        assert a.conflicts == 0  # it read the new version instead of committing over it
+        (profile,) = a.store.load([ANON]).values()
+        assert (profile.metrics["orders"], profile.metrics["revenue"]) == (2, 42)
+        assert profile.traits == {"email": "a@example.com"}
+    finally:
+        a.store.close()
+        b.store.close()

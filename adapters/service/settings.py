@@ -16,3 +16,5 @@ class Settings:
     tick: float = 1.0  # seconds between timer rounds
     outbox_lease: float = 60.0  # JOURNEY_OUTBOX_LEASE_SECONDS: how long a claimed send is kept from other dispatchers
     send_expiry: timedelta | None = timedelta(hours=24)  # JOURNEY_SEND_EXPIRY: how late a send may go (None: never)
+    # JOURNEY_KEPT_PROFILES: profiles a bus worker keeps after committing them (the store's `keep_profiles`)
+    kept_profiles: int = 100_000

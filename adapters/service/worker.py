@@ -77,6 +77,7 @@ class BusWorker:
         self.store, self.config, self.clock = store, config, clock
         self.name = name or f"{socket.gethostname()}-{id(self):x}"
         self.engine = Engine(compiled, send_expiry=self.settings.send_expiry)
+        store.keep_profiles(self.settings.kept_profiles)  # it owns its partitions' users (see SqlProfiles)
         self.runtime = Runtime(self.engine, store, claim=500, live=True)
         self.host = InProcessHost(self.runtime, store, self.settings, self.metrics, clock)
         self.loop = Loop("journey-bus")

@@ -38,6 +38,9 @@ _CHUNK = 900  # bound parameters per IN (SQLite allows 32766; keep statements sm
 _SQL = {
     "load": "SELECT user_id, body, version FROM profiles WHERE user_id IN ({marks})",
     "load_pg": "SELECT user_id, body, version FROM profiles WHERE user_id = ANY(?)",
+    # with kept profiles (`SqlProfiles.keep_profiles`): the bodies of the rows not kept only
+    "load_kept": "SELECT user_id, CASE WHEN user_id = ANY(?) THEN NULL ELSE body END, version FROM profiles "
+                 "WHERE user_id = ANY(?)",
     "update_profile": "UPDATE profiles SET body = ?, wake_at = ?, lease_until = NULL, updated_at = ?, version = ? "
                       "WHERE user_id = ? AND version = ?",
     # a new profile only for an id that was neither merged into another user nor erased meanwhile (by another

@@ -38,6 +38,8 @@ class SqlErasure(SqlProfiles):
             for table in (trace_t, outbox_t, history_t, processed_t):
                 conn.execute(sa.delete(table).where(table.c.user_id.in_(users)))
             self._upsert(conn, erased_t, [{"user_id": u, "at": now.timestamp()} for u in users], ["user_id"], [])
+        if self.kept is not None:
+            self.kept.drop(users)
         return bool(bodies)
 
     def erased(self, users: Collection[str]) -> set[str]:

@@ -7,10 +7,19 @@ so several workers can share one database and a crashed worker's claims come bac
 Workers sharing a database use optimistic concurrency: `load` remembers each profile's version (per
 thread: the thread that loads is the thread that commits), and `commit` writes a profile only over
 the version it loaded, and a messageId only if no one committed it first; otherwise `ConflictError`.
+
+A process that owns its users (a bus worker on PostgreSQL) may keep the profiles it committed
+(`keep_profiles`): a later `load` reads only their versions, and hands out a kept profile only while the
+row is still at the version this process wrote (no body read, nothing decoded); a row written, merged
+away or erased by anyone else since is read afresh, or is gone. A write between that read and the
+commit conflicts as any other. A kept profile is taken out by `load` and put back only by the commit
+that wrote it, so one that a failed batch changed is never handed out again.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -48,8 +57,41 @@ from .tables import (
 )
 
 
+class KeptProfiles:
+    """The profiles this process committed last, each with the version it wrote, least recently committed
+    first; at most `limit` of them (see the module)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._kept: OrderedDict[str, tuple[int, Profile]] = OrderedDict()
+        self._lock = threading.Lock()  # the engine thread keeps and takes; a reading thread may take
+
+    def take(self, users: Collection[str]) -> dict[str, tuple[int, Profile]]:
+        with self._lock:
+            pop = self._kept.pop
+            return {u: kept for u in users if (kept := pop(u, None)) is not None}
+
+    def keep(self, profiles: dict[str, tuple[int, Profile]]) -> None:
+        with self._lock:
+            kept = self._kept
+            kept.update(profiles)
+            while len(kept) > self.limit:
+                kept.popitem(last=False)
+
+    def drop(self, users: Collection[str]) -> None:
+        with self._lock:
+            for user in users:
+                self._kept.pop(user, None)
+
+
 class SqlProfiles(SqlConnection):
     """Profiles and everything a batch commits with them."""
+
+    kept: KeptProfiles | None = None  # see the module: only for a process that owns its users
+
+    def keep_profiles(self, limit: int) -> None:
+        """Keep up to `limit` committed profiles in this process (see the module; PostgreSQL only)."""
+        self.kept = KeptProfiles(limit) if limit > 0 and self.dialect == "postgresql" else None
 
     @property
     def _versions(self) -> dict[str, int]:
@@ -63,6 +105,8 @@ class SqlProfiles(SqlConnection):
         map never grows past one load, also on threads that only read."""
         found: dict[str, Profile] = {}
         versions = self._local.versions = {}
+        if self.kept is not None and users:
+            return self._load_kept(users, found, versions)
         decode, defaults = codec.decode, self.defaults
         with self._reading() as conn:
             for chunk in _chunks(list(users)):
@@ -77,6 +121,29 @@ class SqlProfiles(SqlConnection):
         for user in users:
             if user not in found:
                 versions.pop(user, None)  # absent now: a commit must create it, not overwrite someone's
+        return found
+
+    def _load_kept(self, users: Collection[str], found: dict[str, Profile], versions: dict[str, int]
+                   ) -> dict[str, Profile]:
+        """`load` with kept profiles: one read of every row's version, and of the body only where no kept
+        profile is at that version."""
+        assert self.kept is not None
+        kept = self.kept.take(users)
+        decode, defaults = codec.decode, self.defaults
+        with self._reading() as conn:
+            for chunk in _chunks(list(users)):
+                mine = [u for u in chunk if u in kept]
+                for user, body, version in conn.exec_driver_sql(self._sql["load_kept"], (mine, chunk)).fetchall():
+                    if body is None:
+                        held, profile = kept[user]
+                        if held == version:
+                            found[user], versions[user] = profile, version
+                            continue
+                        row = conn.exec_driver_sql(self._sql["load_pg"], ([user],)).fetchone()  # written since
+                        if row is None:
+                            continue
+                        _, body, version = row
+                    found[user], versions[user] = decode(body, defaults), version
         return found
 
     def all_profiles(self) -> Iterator[Profile]:
@@ -170,6 +237,9 @@ class SqlProfiles(SqlConnection):
         try:
             with self._tx() as conn:
                 self._write(conn, batch, wall)
+            if self.kept is not None:  # the versions this commit wrote (an insert writes 1)
+                self.kept.keep({u: (versions.get(u, 0) + 1, p) for u, p in batch.profiles.items()
+                                if u not in batch.deleted})
         finally:
             versions.clear()  # committed or not, the next commit starts from a new load
 
