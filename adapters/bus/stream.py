@@ -169,7 +169,8 @@ async def pull(client: Client, config: BusConfig, consumer: str, batch: int, del
     The JetStream pull protocol itself, not nats-py's `fetch`, which spends a task, a timeout and a uuid on
     every message (more than the engine spends on the event): one subscription on an inbox of its own, one
     pull request for `batch` messages outstanding at a time, asked again once it is served, or answered
-    empty after `PULL_EXPIRES`, or unanswered (a node away) for a few seconds."""
+    empty, or `PULL_EXPIRES` after it was asked: the server does not always answer a request that expires
+    after part of its batch (seen here: a partition stalled until a longer wait ran out)."""
     served = asyncio.Event()
     left = 0
 
@@ -193,8 +194,8 @@ async def pull(client: Client, config: BusConfig, consumer: str, batch: int, del
             served.clear()
             left = batch
             await client.publish(f"$JS.API.CONSUMER.MSG.NEXT.{config.stream}.{consumer}", request, reply=inbox)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(served.wait(), PULL_EXPIRES + 4)
+            with contextlib.suppress(TimeoutError):  # expired on the server by now, answered or not
+                await asyncio.wait_for(served.wait(), PULL_EXPIRES)
     finally:
         with contextlib.suppress(Exception):  # the connection went first
             await sub.unsubscribe()
