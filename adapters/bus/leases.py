@@ -52,6 +52,19 @@ class LeaseLost(StoreUnavailable):
         self.parts = parts
 
 
+def _create_tables(engine: sa.engine.Engine) -> None:
+    """The lease tables, when missing. Workers started together on a new database race to create them:
+    the loser's CREATE fails on the name the winner just took, and then finds the tables there."""
+    for attempt in range(3):
+        try:
+            _meta.create_all(engine, checkfirst=True)
+            return
+        except (sa.exc.IntegrityError, sa.exc.ProgrammingError):
+            if attempt == 2:
+                raise
+            time.sleep(0.1)
+
+
 class Leases:
     """This worker's leases on one stream's partitions."""
 
@@ -63,7 +76,7 @@ class Leases:
         self.engine, self.stream, self.parts, self.worker, self.wall = store.engine, stream, parts, worker, wall
         self.held: dict[int, int] = {}  # partition -> token
         self.lock = threading.Lock()
-        _meta.create_all(self.engine, checkfirst=True)
+        _create_tables(self.engine)
         with self.engine.begin() as conn:
             conn.execute(sa.dialects.postgresql.insert(leases_t).on_conflict_do_nothing(),
                          [{"stream": stream, "part": p, "owner": None, "token": 0, "expires_at": 0.0}
