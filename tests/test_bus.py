@@ -228,6 +228,36 @@ def test_workers_started_together_on_a_new_database_all_start(bus_database: str)
             store.close()
 
 
+def test_a_worker_dispatches_only_the_sends_of_the_partitions_it_holds(bus_database: str) -> None:
+    """Sends belong to their user's partition, as timers do: each of two workers claims only its own, and a
+    partition handed over brings its pending sends with it."""
+    from journey_engine.engine import SendMessage
+
+    now = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+    users = [f"u{n}" for n in range(12)]
+    first, second = _store(bus_database), _store(bus_database)
+    try:
+        a, b = Leases(first, "S", 4, "a"), Leases(second, "S", 4, "b")
+        first.leases, second.leases = a, b
+        a.acquire(2)
+        b.acquire(2)
+        assert set(a.tokens()) | set(b.tokens()) == {0, 1, 2, 3}
+        sends = [SendMessage(user=u, journey="j", key=None, state="s", message="m", channel="email", at=now,
+                             idempotency_key=f"k-{u}", locale=None, context={}) for u in users]
+        first.commit(Batch(sends=sends))
+        later = now + timedelta(seconds=1)
+        mine = {u for u in users if partition(u, 4) in a.tokens()}
+        assert 0 < len(mine) < len(users)
+        assert {r["user_id"] for r in first.claim_outbox(later, 100)} == mine
+        assert {r["user_id"] for r in second.claim_outbox(later, 100)} == set(users) - mine
+        b.leave()  # b stops: a takes its partitions, and with them b's sends once their claims run out
+        a.acquire(2)
+        assert {r["user_id"] for r in first.claim_outbox(later + timedelta(minutes=5), 100)} == set(users)
+    finally:
+        first.close()
+        second.close()
+
+
 def test_a_worker_whose_partition_was_taken_over_cannot_commit(bus_database: str) -> None:
     """Once another worker took a partition over (the lease had expired), the first worker's commit
     raises LeaseLost and writes nothing; the new owner's commit goes through."""

@@ -21,7 +21,7 @@ from journey_engine.compiler import load_workspace
 from journey_engine.engine import Engine
 from journey_engine.events import Event
 from journey_engine.memory import MemoryStore
-from journey_engine.ports import Batch, StoreUnavailable, StoreVersionError, partition
+from journey_engine.ports import Batch, StoreUnavailable, StoreVersionError, partition, shard
 from journey_engine.profile import Profile
 from journey_engine.runtime import Runtime
 
@@ -90,7 +90,7 @@ def test_an_older_database_is_upgraded_in_place_and_keeps_its_data(kind: str, tm
         assert [u for _, u in store.due(T0 + timedelta(days=30), 5, (mine, 2))] == ["u1"]
         assert store.aliases(["anon-1"]) == {"anon-1": "u1"} and store.seen(["m1"]) == {"m1"}
         assert [r["segment"] for r in store.trace("u1")] == ["vip", "vip", "vip"]
-        assert [r["key"] for r in store.outbox()] == ["k1"]
+        assert [(r["key"], r["shard"]) for r in store.outbox()] == [("k1", shard("u1"))]  # computed by 0013
         assert store.bandit() == {("onboarding", "nudge"): {"a": (3, 1)}}
         assert store.state_counts() == {"onboarding": {"welcome": 1}}
         with store.engine.connect() as conn:

@@ -7,8 +7,8 @@ writes nothing when one changed (`LeaseLost`): a worker whose partition was take
 thought dead — cannot commit a batch of it. A taker's `UPDATE` waits for a commit holding that share
 lock, so a slow commit in progress is never overtaken half-way: it commits, then loses the partition.
 
-`FencedStore` is the SQL store with that check, and with timer claims limited to the held partitions
-(timers and sends of a partition belong to its owner). Workers also note themselves in `bus_workers`
+`FencedStore` is the SQL store with that check, and with timer and send claims limited to the held
+partitions (timers and sends of a partition belong to its owner). Workers also note themselves in `bus_workers`
 every renewal, so each knows how many share the partitions.
 """
 
@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from adapters.storage.sql import SqlStore
-from journey_engine.ports import Batch, Part, StoreUnavailable
+from journey_engine.ports import LEASE_SECONDS, Batch, Part, StoreUnavailable
 
 LEASE_TTL = 10.0  # seconds a lease lasts unrenewed: a dead worker's partitions are free after this
 RENEW_EVERY = 2.0  # seconds between renewals (and rebalancing looks)
@@ -207,6 +207,14 @@ class FencedStore(SqlStore):
             return []
         with self._reading() as conn:
             return list(conn.exec_driver_sql(sql, (list(keys),)).fetchall())
+
+    def claim_outbox(self, now: datetime, limit: int, lease: float = LEASE_SECONDS) -> list[dict[str, Any]]:
+        """Only the sends of the partitions this worker holds, as with timers (SPEC §9)."""
+        leases = self.leases
+        held = leases.tokens() if leases is not None else {}
+        if leases is None or not held:
+            return []
+        return self._claim_outbox(now, limit, lease, (held, leases.parts))
 
     def due(self, until: datetime, limit: int, part: Part | None = None) -> list[tuple[datetime, str]]:
         if self.leases is None:

@@ -5,9 +5,9 @@ from a worker that stopped renewing within `LEASE_TTL` + a renewal), reads each 
 durable pull consumer, and applies what it read through the same `InProcessHost` as `journey serve`: group
 commit, isolation of an event the engine raises on, timer rounds and erasures between batches, the same
 metrics. Every commit is fenced by the leases; a message is acknowledged only after its batch committed,
-and the store's messageId dedupe makes a redelivery harmless. Timers are claimed only in the held
-partitions; the outbox is dispatched by every worker under the outbox's own leases (a send is claimed by
-one dispatcher at a time), and delivery feedback goes back through the bus to its user's partition.
+and the store's messageId dedupe makes a redelivery harmless. Timers and sends are claimed only in the
+held partitions (a send is also claimed by one dispatcher at a time, under the outbox's own leases), and
+delivery feedback goes back through the bus to its user's partition.
 
 A worker deploys nothing: it runs the journey versions in force in the store and follows a deployment
 another process makes (`journey serve` at its start or on `--reload`) within `FOLLOW_SECONDS`, switching engines

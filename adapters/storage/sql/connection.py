@@ -51,7 +51,8 @@ _SQL = {
     "insert_trace": "INSERT INTO trace (user_id, at, kind, journey, body) VALUES (?, ?, ?, ?, ?)",
     "insert_processed": "INSERT INTO processed (message_id, at, user_id) VALUES (?, ?, ?)",
     "insert_outbox": "INSERT INTO outbox (key, user_id, at, channel, message, journey, payload, status, attempts, "
-                     "next_attempt_at, last_error, token) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, NULL, NULL) "
+                     "next_attempt_at, last_error, token, shard) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, NULL, NULL, ?) "
                      "ON CONFLICT (key) DO NOTHING",
     # only the holder of the send's latest claim (its token) settles it: a late answer changes nothing
     "settle_outbox": "UPDATE outbox SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?, token = NULL "

@@ -4,7 +4,7 @@ their latest claim's holder; in-app messages read from the same table."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any
 
@@ -24,11 +24,18 @@ class SqlOutbox(SqlConnection):
     def claim_outbox(self, now: datetime, limit: int, lease: float = LEASE_SECONDS) -> list[dict[str, Any]]:
         """The token is in each row, and remembered for `settle_outbox` on this thread; the lease is the
         row's `next_attempt_at`."""
+        return self._claim_outbox(now, limit, lease, None)
+
+    def _claim_outbox(self, now: datetime, limit: int, lease: float,
+                      parts: tuple[Collection[int], int] | None) -> list[dict[str, Any]]:
+        """`claim_outbox`, of the sends whose shard modulo `parts[1]` is one of `parts[0]` (None: all)."""
         o = outbox_t.c
         pending, not_in_app = sa.literal_column("'pending'"), sa.literal_column("'in_app'")  # match ix_outbox_claim
         pick = (sa.select(o.key).where(o.status == pending, o.channel != not_in_app,
                                        o.next_attempt_at <= now.timestamp())
                 .order_by(o.next_attempt_at, o.key).limit(limit))
+        if parts is not None:
+            pick = pick.where((o.shard % parts[1]).in_(sorted(parts[0])))
         if self.dialect == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
         token = secrets.token_hex(8)

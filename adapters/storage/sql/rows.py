@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from journey_engine.engine import SEND_FIELDS, SendMessage
+from journey_engine.ports import shard
 
 
 def _trace_row(record: dict[str, Any]) -> tuple[Any, ...]:
@@ -17,10 +18,11 @@ def _trace_row(record: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _outbox_row(send: SendMessage) -> tuple[Any, ...]:
-    """(key, user_id, at, channel, message, journey, payload, next_attempt_at) for `insert_outbox`."""
+    """(key, user_id, at, channel, message, journey, payload, next_attempt_at, shard) for `insert_outbox`."""
     payload = {name: getattr(send, name) for name in SEND_FIELDS}  # asdict() would deep-copy the context
     at = send.at.timestamp()
-    return send.idempotency_key, send.user, at, send.channel, send.message, send.journey, _dumps(payload), at
+    return (send.idempotency_key, send.user, at, send.channel, send.message, send.journey, _dumps(payload), at,
+            shard(send.user))
 
 
 _ORJSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS

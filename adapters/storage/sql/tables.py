@@ -65,6 +65,7 @@ class OutboxRow(SQLModel, table=True):
     next_attempt_at: float  # indexed for claims by ix_outbox_claim (pending, not in-app)
     last_error: str | None = None
     token: str | None = None  # set by each claim: only the holder of the latest claim can settle it
+    shard: int = 0  # journey_engine.ports.shard(user_id): a bus worker dispatches its partitions' sends
 
 
 class BanditRow(SQLModel, table=True):
