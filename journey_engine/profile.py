@@ -72,6 +72,11 @@ class Deferred:
         self.data = data
 
 
+def entry_run(epoch: float) -> int:
+    """The run id of an entry noted at `epoch` (`Instance.entry_epoch`): its millisecond."""
+    return int(epoch * 1000 + 0.01)
+
+
 def _millis(at: datetime) -> int:
     return int(at.timestamp() * 1000)
 

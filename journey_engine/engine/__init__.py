@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from .. import clock
 from ..events import Event
 from ..facts import AliasMerged, SegmentLeft
-from ..profile import Deferred, Instance, Profile
+from ..profile import Deferred, Instance, Profile, entry_run
 from .base import MAX_CHAIN
 from .feedback import BOUNCE_EVENTS, FEEDBACK, MAX_ENGAGEMENTS, SUBSCRIPTION_EVENTS, WORKSPACE_HOURS
 from .plan import Run
@@ -135,9 +135,12 @@ class Engine(Schedule):
 
 
 def _own_runs(into: Profile, instances: list[Instance], deferred: list[Deferred]) -> None:
-    """Runs that come with an alias keep ids of their own: a run of the anonymous id that entered a journey
-    in the same millisecond as one of the known user's gets the next free id, with its pending sends, so
-    each still has its own sends and idempotency keys (SPEC §3 item 12)."""
+    """Runs that come with an alias keep ids of their own (SPEC §3 item 12): each still has its own sends
+    and idempotency keys. A run of the anonymous id whose id the known user has used, or may have used for
+    a run that has ended (any id up to the known user's last entry into that journey: ids grow with time),
+    gets the next free id above them, with its pending sends. The sends of an ended run of the known user
+    carry its id and are in the outbox, so a held send of the anonymous id with that id would be taken for
+    one of them and never go out."""
     used: dict[tuple[str, str], set[int]] = {}
     for inst in into.instances.values():
         used.setdefault((inst.journey, inst.key), set()).add(inst.run)
@@ -147,10 +150,12 @@ def _own_runs(into: Profile, instances: list[Instance], deferred: list[Deferred]
     runs = {(x.journey, x.key, x.run) for x in both}
     for journey, key, run in sorted(runs):
         mine = used.setdefault((journey, key), set())
-        if run not in mine:
+        last = into.last_entry((journey, key))
+        floor = -1 if last is None else entry_run(last)
+        if run not in mine and run > floor:
             mine.add(run)
             continue
-        fresh = max(mine | {r for j, k, r in runs if (j, k) == (journey, key)}) + 1
+        fresh = max(mine | {floor} | {r for j, k, r in runs if (j, k) == (journey, key)}) + 1
         mine.add(fresh)
         for x in both:
             if (x.journey, x.key, x.run) == (journey, key, run):

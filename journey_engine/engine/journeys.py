@@ -13,7 +13,7 @@ from ..events import Event
 from ..facts import CycleStopped, GoalReached, JourneyEntered, JourneyExited, Transitioned
 from ..model import AttributeTime, clock_minutes
 from ..policies import resolve_zone
-from ..profile import Instance, InstanceKey
+from ..profile import Instance, InstanceKey, entry_run
 from ..selection import split_bandit, split_random
 from .base import MAX_CHAIN, attribute, text
 from .messages import Messages
@@ -100,8 +100,11 @@ class Journeys(Messages):
         data = dict(event.properties) if event is not None and entry.on is not None else {}
         run_id = int(clock.epoch(run.now) * 1000)
         last = run.profile.last_entry(ikey)
-        if last is not None and int(last * 1000 + 0.01) >= run_id:  # a second entry in the same millisecond
-            run_id = int(last * 1000 + 0.01) + 1  # is a run of its own (SPEC §3 item 12)
+        if last is not None and entry_run(last) >= run_id:  # a second entry in the same millisecond
+            run_id = entry_run(last) + 1  # is a run of its own (SPEC §3 item 12)
+        for d in run.profile.deferred or ():  # nor share an id with a held send an alias brought (_own_runs)
+            if d.journey == cj.name and d.key == key and d.run >= run_id:
+                run_id = d.run + 1
         inst = Instance(journey=cj.name, version=cj.version, key=key, state=cj.journey.initial,
                         entered_at=run.now, data=data, holdout=self._held_out(cj, run.profile.user_id), run=run_id)
         run.profile.add_instance(ikey, inst)

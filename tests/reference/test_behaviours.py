@@ -217,6 +217,24 @@ def test_two_ids_that_entered_in_one_millisecond_keep_their_own_sends_after_an_a
     assert [(s.user, s.message) for s in h.channel.sent] == [("u1", "m"), ("u1", "m")]
 
 
+def test_a_held_send_of_the_anonymous_id_goes_out_though_the_known_users_run_of_that_millisecond_sent_it(
+        tmp_path: Path) -> None:
+    """Found by the compiled soak: u1 is sent `m` at once, the anonymous id (in Seoul, outside the window) is
+    held, both runs end at once and in one millisecond; after the alias the held send is u1's, and still a
+    send of its own run (SPEC §3 item 12), not one the outbox takes for u1's own and drops."""
+    window = {"m": {"channel": "sms", "body": "hi", "send_at": {"window": "09:00-18:00"}}}
+    h = harness(tmp_path, journey(states={"s0": {"send": "m", "transitions": [{"to": "done"}]},
+                                          "done": {"final": True}}), start="2026-01-05T09:00:00Z", messages=window)
+    h.identify("anon", timezone="Asia/Seoul")  # 18:00 there: held until 09:00 KST, 00:00 UTC
+    h.track("u1", "Signed Up")
+    h.track("anon", "Signed Up")  # the same instant: the same run id, and both runs end at once
+    h.wait("1m")
+    h.alias("u1", "anon")
+    h.wait("1d")
+    assert [(s.user, s.at.isoformat()) for s in h.channel.sent] == [
+        ("u1", "2026-01-05T09:00:00+00:00"), ("u1", "2026-01-06T00:00:00+00:00")]
+
+
 def test_an_event_for_another_key_still_reaches_the_other_instances_goal(tmp_path: Path) -> None:
     """A segment goal is reached on the event that made the user enter it, whatever key it carried (reading 15)."""
     h = harness(tmp_path, journey(entry={"on": "Cart Updated", "key": "cartId"}, goal={"segment": "clicky"}),
