@@ -200,7 +200,7 @@ def test_a_report_reads_each_version_apart_and_all_together(tmp_path: Path, stor
     and conversions are its own runs'; the journey's totals are all of them; a version is named by its
     first characters, and an unknown or ambiguous one is refused with the versions there are."""
     from adapters.reporting import build_report
-    from adapters.reporting.model import UnknownVersionError
+    from adapters.reporting.versions import UnknownVersionError
 
     goal = {"on": "Purchased", "within": "7d"}
     v1 = workspace(tmp_path, "v1", goal=goal)

@@ -204,13 +204,13 @@ def test_the_funnel_counts_runs_through_each_state_in_file_order(report: Report)
     """Each state shows runs that entered it, are in it now, moved on, exited by reason and converted."""
     assert [r.state for r in report.journeys[0].funnel] == ["welcome", "nudge", "done"]
     assert funnel_rows(report) == {
-        "welcome": (10, 0, 8, {"final": 0, "exit": 1, "goal": 1}, 4, 0.4),
-        "nudge": (8, 1, 3, {"final": 0, "exit": 1, "goal": 3}, 3, 0.375),
-        "done": (3, 0, 0, {"final": 3, "exit": 0, "goal": 0}, 0, 0.0),
+        "welcome": (10, 0, 8, {"final": 0, "exit": 1, "goal": 1, "version": 0}, 4, 0.4),
+        "nudge": (8, 1, 3, {"final": 0, "exit": 1, "goal": 3, "version": 0}, 3, 0.375),
+        "done": (3, 0, 0, {"final": 3, "exit": 0, "goal": 0, "version": 0}, 0, 0.0),
     }
     journey = report.journeys[0]
     assert (journey.entered, journey.converted, journey.conversion_rate) == (10, 4, 0.4)
-    assert journey.exited == {"final": 3, "exit": 2, "goal": 4}
+    assert journey.exited == {"final": 3, "exit": 2, "goal": 4, "version": 0}
     assert journey.goal == "Order Completed within 2d"
 
 
@@ -307,7 +307,7 @@ def test_cohorts_give_the_share_of_each_entry_week_still_in_at_each_week_end(rep
 def test_now_cuts_off_later_records(store: SqlStore, compiled: CompiledWorkspace) -> None:
     """A report as of 30 hours in sees u2's goal and u0's exit but not what came later."""
     report = build_report(store, compiled, now=T0 + timedelta(hours=30))
-    assert funnel_rows(report)["nudge"] == (8, 7, 0, {"final": 0, "exit": 0, "goal": 1}, 1, 0.125)
+    assert funnel_rows(report)["nudge"] == (8, 7, 0, {"final": 0, "exit": 0, "goal": 1, "version": 0}, 1, 0.125)
     assert report.segments[0].sizes == [(date(2026, 1, 5), 2), (date(2026, 1, 6), 3)]
     assert report.segments[0].cohorts[0].still_in == [None]
 
@@ -419,7 +419,7 @@ def test_the_report_of_a_real_engine_run_agrees_with_its_trace(tmp_path: Path) -
         first = next(r for r in journey.funnel if r.state == initial)
         assert journey.entered == first.entered == kinds["journey_entered"]
         exits = Counter(r["reason"] for r in records if r["kind"] == "journey_exited")
-        assert journey.exited == {reason: exits[reason] for reason in ("final", "exit", "goal")}
+        assert journey.exited == {reason: exits[reason] for reason in ("final", "exit", "goal", "version")}
         live = Counter(i.state for p in profiles for i in p.instances.values() if i.journey == journey.name)
         assert {r.state: r.now_in for r in journey.funnel if r.now_in} == dict(live)
         assert [r.now_in for r in as_cut.funnel] == [r.now_in for r in journey.funnel]

@@ -5,6 +5,7 @@
   cells.py      the figures as text, shared by both renderings
   terminal.py   `render_terminal`: rich tables
   page.py       `render_html`: one self-contained HTML page with inline SVG (and the demo run, if given)
+  versions.py   the versions table and the refusal of an unknown `--version`
 """
 
 from adapters.reporting.model import Report, build_report

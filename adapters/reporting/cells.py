@@ -13,9 +13,9 @@ from adapters.reporting.model import (
     Lift,
     MessageStats,
     StateFunnel,
-    VersionRow,
 )
 from adapters.reporting.retention import Retention, SegmentConversion
+from adapters.reporting.versions import VersionRow
 
 
 def pct(value: float | None) -> str:

@@ -22,8 +22,9 @@ from adapters.reporting.retention import (
     conversion_by_segment,
     retention_grids,
 )
+from adapters.reporting.versions import UNRECORDED, UnknownVersionError, VersionRow
 from journey_engine.compiler import CompiledJourney, CompiledWorkspace
-from journey_engine.errors import JourneyError, UnknownJourneyError
+from journey_engine.errors import UnknownJourneyError
 from journey_engine.graph import format_duration
 from journey_engine.model import Choose
 from journey_engine.policies import in_control_group
@@ -38,7 +39,6 @@ COHORT_WEEKS = 12
 _KINDS = ("journey_entered", "transition", "journey_exited", "goal_reached", "message_sent", "message_deferred",
           "message_suppressed", "message_delivered", "message_failed", "message_engaged", "alias_merged",
           "journey_migrated")
-UNRECORDED = "unrecorded"  # runs whose entry record has no version: written before versions were kept
 
 
 # --- the report -----------------------------------------------------------------------------------
@@ -126,44 +126,6 @@ class Lift:
         if self.difference is None or not self.held_out_rate:
             return None
         return self.difference / self.held_out_rate
-
-
-@dataclass(slots=True)
-class VersionRow:
-    """One version of a journey: the runs that were on it. A run moved to a newer version counts in both,
-    as moved out of the one and moved into the other."""
-
-    version: str
-    first_entry: datetime | None = None  # the first run that started on it (None: runs only moved in)
-    entered: int = 0  # runs that started on it
-    moved_in: int = 0  # runs moved onto it from an older version
-    moved_out: int = 0  # runs moved from it to a newer version
-    exited_version: int = 0  # runs that ended because a newer version has no place for them
-    converted: int = 0  # runs that reached the goal while on it
-
-    @property
-    def runs(self) -> int:
-        return self.entered + self.moved_in
-
-    @property
-    def conversion_rate(self) -> float | None:
-        return rate(self.converted, self.runs)
-
-
-class UnknownVersionError(UnknownJourneyError):
-    """`--version` names no version a run of the journey was on, or more than one, or no journey."""
-
-    def __init__(self, journey: str | None, version: str, seen: list[str]) -> None:
-        matching = [v for v in seen if v.startswith(version)]
-        known = ", ".join(seen) or "none yet"
-        if journey is None:
-            what = f"a version belongs to one journey: name the journey to report version {version!r} of"
-        elif matching:
-            what = f"{version!r} starts several versions of `{journey}` ({', '.join(matching)}): give more of it"
-        else:
-            what = f"no run of `{journey}` was on a version {version!r}; its versions: {known}"
-        JourneyError.__init__(self, what)
-        self.name, self.version = journey or "", version
 
 
 @dataclass(frozen=True, slots=True)
