@@ -200,6 +200,18 @@ def _store(url: str) -> FencedStore:
     return FencedStore(url, defaults=dict(load_workspace(WORKSPACE).metrics.defaults))
 
 
+Workers = tuple[FencedStore, FencedStore]
+
+
+@pytest.fixture
+def two_stores(bus_database: str) -> Iterator[Workers]:
+    """The stores of two workers on one private database, closed after."""
+    first, second = _store(bus_database), _store(bus_database)
+    yield first, second
+    first.close()
+    second.close()
+
+
 def test_workers_started_together_on_a_new_database_all_start(bus_database: str) -> None:
     """The lease tables are made by the first worker; four starting at once on a new database race to make
     them, and none of them fails (one did in `journey bench --bus --workers 2`)."""
@@ -228,104 +240,88 @@ def test_workers_started_together_on_a_new_database_all_start(bus_database: str)
             store.close()
 
 
-def test_a_worker_dispatches_only_the_sends_of_the_partitions_it_holds(bus_database: str) -> None:
+def test_a_worker_dispatches_only_the_sends_of_the_partitions_it_holds(two_stores: Workers) -> None:
     """Sends belong to their user's partition, as timers do: each of two workers claims only its own, and a
     partition handed over brings its pending sends with it."""
     from journey_engine.engine import SendMessage
 
     now = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
     users = [f"u{n}" for n in range(12)]
-    first, second = _store(bus_database), _store(bus_database)
-    try:
-        a, b = Leases(first, "S", 4, "a"), Leases(second, "S", 4, "b")
-        first.leases, second.leases = a, b
-        a.acquire(2)
-        b.acquire(2)
-        assert set(a.tokens()) | set(b.tokens()) == {0, 1, 2, 3}
-        sends = [SendMessage(user=u, journey="j", key=None, state="s", message="m", channel="email", at=now,
-                             idempotency_key=f"k-{u}", locale=None, context={}) for u in users]
-        first.commit(Batch(sends=sends))
-        later = now + timedelta(seconds=1)
-        mine = {u for u in users if partition(u, 4) in a.tokens()}
-        assert 0 < len(mine) < len(users)
-        assert {r["user_id"] for r in first.claim_outbox(later, 100)} == mine
-        assert {r["user_id"] for r in second.claim_outbox(later, 100)} == set(users) - mine
-        b.leave()  # b stops: a takes its partitions, and with them b's sends once their claims run out
-        a.acquire(2)
-        assert {r["user_id"] for r in first.claim_outbox(later + timedelta(minutes=5), 100)} == set(users)
-    finally:
-        first.close()
-        second.close()
+    first, second = two_stores
+    a, b = Leases(first, "S", 4, "a"), Leases(second, "S", 4, "b")
+    first.leases, second.leases = a, b
+    a.acquire(2)
+    b.acquire(2)
+    assert set(a.tokens()) | set(b.tokens()) == {0, 1, 2, 3}
+    sends = [SendMessage(user=u, journey="j", key=None, state="s", message="m", channel="email", at=now,
+                         idempotency_key=f"k-{u}", locale=None, context={}) for u in users]
+    first.commit(Batch(sends=sends))
+    later = now + timedelta(seconds=1)
+    mine = {u for u in users if partition(u, 4) in a.tokens()}
+    assert 0 < len(mine) < len(users)
+    assert {r["user_id"] for r in first.claim_outbox(later, 100)} == mine
+    assert {r["user_id"] for r in second.claim_outbox(later, 100)} == set(users) - mine
+    b.leave()  # b stops: a takes its partitions, and with them b's sends once their claims run out
+    a.acquire(2)
+    assert {r["user_id"] for r in first.claim_outbox(later + timedelta(minutes=5), 100)} == set(users)
 
 
-def test_a_worker_whose_partition_was_taken_over_cannot_commit(bus_database: str) -> None:
+def test_a_worker_whose_partition_was_taken_over_cannot_commit(two_stores: Workers) -> None:
     """Once another worker took a partition over (the lease had expired), the first worker's commit
     raises LeaseLost and writes nothing; the new owner's commit goes through."""
     clock = [1000.0]
-    first, second = _store(bus_database), _store(bus_database)
-    try:
-        a = Leases(first, "S", 4, "a", wall=lambda: clock[0])
-        b = Leases(second, "S", 4, "b", wall=lambda: clock[0])
-        first.leases, second.leases = a, b
-        assert a.acquire(4) == {0: 1, 1: 1, 2: 1, 3: 1}
-        assert b.acquire(4) == {}  # held and not expired
-        clock[0] += 11  # a stopped renewing
-        assert b.acquire(1) == {0: 2}
-        profile = Engine(load_workspace(WORKSPACE)).new_profile("u1")
-        with pytest.raises(LeaseLost, match=r"\[0\]"):
-            first.commit(Batch(profiles={"u1": profile}))
-        assert first.load(["u1"]) == {}
-        assert a.tokens() == {1: 1, 2: 1, 3: 1}  # it knows what it lost
-        second.commit(Batch(profiles={"u1": profile}))
-        assert set(second.load(["u1"])) == {"u1"}
-    finally:
-        first.close()
-        second.close()
+    first, second = two_stores
+    a = Leases(first, "S", 4, "a", wall=lambda: clock[0])
+    b = Leases(second, "S", 4, "b", wall=lambda: clock[0])
+    first.leases, second.leases = a, b
+    assert a.acquire(4) == {0: 1, 1: 1, 2: 1, 3: 1}
+    assert b.acquire(4) == {}  # held and not expired
+    clock[0] += 11  # a stopped renewing
+    assert b.acquire(1) == {0: 2}
+    profile = Engine(load_workspace(WORKSPACE)).new_profile("u1")
+    with pytest.raises(LeaseLost, match=r"\[0\]"):
+        first.commit(Batch(profiles={"u1": profile}))
+    assert first.load(["u1"]) == {}
+    assert a.tokens() == {1: 1, 2: 1, 3: 1}  # it knows what it lost
+    second.commit(Batch(profiles={"u1": profile}))
+    assert set(second.load(["u1"])) == {"u1"}
 
 
-def test_a_commit_in_progress_is_not_overtaken(bus_database: str) -> None:
+def test_a_commit_in_progress_is_not_overtaken(two_stores: Workers) -> None:
     """While a worker's commit holds its partitions' fence, another worker cannot take them even though
     the lease has expired; right after the commit it can."""
     clock = [1000.0]
-    first, second = _store(bus_database), _store(bus_database)
-    try:
-        a = Leases(first, "S", 2, "a", wall=lambda: clock[0])
-        b = Leases(second, "S", 2, "b", wall=lambda: clock[0])
-        a.acquire(2)
-        clock[0] += 11
-        with first.engine.begin() as conn:
-            a.fence(conn)  # what a commit does first, in its own transaction
-            assert b.acquire(2) == {}
-        assert b.acquire(2) == {0: 2, 1: 2}
-    finally:
-        first.close()
-        second.close()
+    first, second = two_stores
+    a = Leases(first, "S", 2, "a", wall=lambda: clock[0])
+    b = Leases(second, "S", 2, "b", wall=lambda: clock[0])
+    a.acquire(2)
+    clock[0] += 11
+    with first.engine.begin() as conn:
+        a.fence(conn)  # what a commit does first, in its own transaction
+        assert b.acquire(2) == {}
+    assert b.acquire(2) == {0: 2, 1: 2}
 
 
-def test_renewal_keeps_a_lease_and_reports_one_taken_over(bus_database: str) -> None:
+def test_renewal_keeps_a_lease_and_reports_one_taken_over(two_stores: Workers) -> None:
     """A renewed lease outlives its first expiry; a lease another worker took is reported lost by the
     next renewal, and the fair share counts the workers seen alive."""
     clock = [1000.0]
-    first, second = _store(bus_database), _store(bus_database)
-    try:
-        a = Leases(first, "S", 4, "a", wall=lambda: clock[0])
-        b = Leases(second, "S", 4, "b", wall=lambda: clock[0])
-        a.acquire(4)
-        assert a.renew() == []
-        assert a.share() == 4
-        clock[0] += 8
-        assert a.renew() == []
-        clock[0] += 8  # 16 s after the acquire, 8 after the renewal: still held
-        assert b.acquire(4) == {}
-        b.renew()
-        assert a.share() == 2 and b.share() == 2
-        clock[0] += 11
-        assert b.acquire(2) == {0: 2, 1: 2}
-        assert a.renew() == [0, 1]
-        assert a.tokens() == {2: 1, 3: 1}
-    finally:
-        first.close()
-        second.close()
+    first, second = two_stores
+    a = Leases(first, "S", 4, "a", wall=lambda: clock[0])
+    b = Leases(second, "S", 4, "b", wall=lambda: clock[0])
+    a.acquire(4)
+    assert a.renew() == []
+    assert a.share() == 4
+    clock[0] += 8
+    assert a.renew() == []
+    clock[0] += 8  # 16 s after the acquire, 8 after the renewal: still held
+    assert b.acquire(4) == {}
+    b.renew()
+    assert a.share() == 2 and b.share() == 2
+    clock[0] += 11
+    assert b.acquire(2) == {0: 2, 1: 2}
+    assert a.renew() == [0, 1]
+    assert a.tokens() == {2: 1, 3: 1}
 
 
 # --- the whole path on a private NATS server ---------------------------------------------------------

@@ -41,8 +41,8 @@ _SQL = {
     # with kept profiles (`SqlProfiles.keep_profiles`): the bodies of the rows not kept only
     "load_kept": "SELECT user_id, CASE WHEN user_id = ANY(?) THEN NULL ELSE body END, version FROM profiles "
                  "WHERE user_id = ANY(?)",
-    "update_profile": "UPDATE profiles SET body = ?, wake_at = ?, lease_until = NULL, updated_at = ?, version = ? "
-                      "WHERE user_id = ? AND version = ?",
+    "update_profile": "UPDATE profiles SET body = ?, wake_at = ?, lease_until = NULL, updated_at = ?, "
+                      "version = version + 1 WHERE user_id = ? AND version = ?",
     # a new profile only for an id that was neither merged into another user nor erased meanwhile (by another
     # worker: an id whose events this worker routed before it learnt of the alias or the erasure)
     "insert_profile": "INSERT INTO profiles (user_id, body, wake_at, lease_until, updated_at, version, shard) "

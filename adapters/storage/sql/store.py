@@ -133,17 +133,15 @@ class SqlProfiles(SqlConnection):
         with self._reading() as conn:
             for chunk in _chunks(list(users)):
                 mine = [u for u in chunk if u in kept]
-                for user, body, version in conn.exec_driver_sql(self._sql["load_kept"], (mine, chunk)).fetchall():
-                    if body is None:
-                        held, profile = kept[user]
-                        if held == version:
-                            found[user], versions[user] = profile, version
-                            continue
-                        row = conn.exec_driver_sql(self._sql["load_pg"], ([user],)).fetchone()  # written since
-                        if row is None:
-                            continue
-                        _, body, version = row
-                    found[user], versions[user] = decode(body, defaults), version
+                rows = conn.exec_driver_sql(self._sql["load_kept"], (mine, chunk)).fetchall()
+                stale = [user for user, body, version in rows if body is None and kept[user][0] != version]
+                if stale:  # written by someone else since: read afresh
+                    rows += conn.exec_driver_sql(self._sql["load_pg"], (stale,)).fetchall()
+                for user, body, version in rows:
+                    if body is not None:
+                        found[user], versions[user] = decode(body, defaults), version
+                    elif kept[user][0] == version:
+                        found[user], versions[user] = kept[user][1], version
         return found
 
     def all_profiles(self) -> Iterator[Profile]:
@@ -290,9 +288,7 @@ class SqlProfiles(SqlConnection):
         statement over arrays (`_SQL_ARRAYS`), elsewhere executemany of the per-row statement."""
         if self._arrays is not None and name in self._arrays:
             return int(conn.exec_driver_sql(self._arrays[name], tuple(map(list, zip(*rows, strict=True)))).rowcount)
-        if name == "update_profile":  # the per-row statement sets the new version itself
-            rows = [(body, wake, at, seen + 1, user, seen) for body, wake, at, user, seen in rows]
-        elif name == "insert_profile":  # and checks the id against aliases and erasures with two more marks
+        if name == "insert_profile":  # the per-row statement checks the id against aliases and erasures again
             rows = [(*row, row[0], row[0]) for row in rows]
         return int(conn.exec_driver_sql(self._sql[name], rows).rowcount)
 
