@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from adapters.bus.leases import FencedStore, LeaseLost, Leases
 from adapters.bus.publisher import BusPublisher
-from adapters.bus.stream import BusConfig, decode, encode_erase, encode_event, route, with_id
+from adapters.bus.stream import BusConfig, decode, encode_erase, encode_event, ensure_stream, route, with_id
 from adapters.service.settings import Settings
 from adapters.service.worker import BusWorker
 from adapters.storage.sql import SqlStore
@@ -192,6 +192,39 @@ def test_events_go_to_their_users_partition_and_an_alias_to_the_new_ids() -> Non
               Event(type="track", user_id=anon, name="b", timestamp=at)]
     assert route(events, 16) == [partition(known, 16)] * 3
     assert route(events[:1], 16) == [partition(anon, 16)]
+
+
+def test_a_new_owner_reads_on_from_the_previous_owners_acknowledgements(nats_server: NatsCluster) -> None:
+    """`take_consumer`: the new owner's consumer starts after what the previous owner of that partition
+    acknowledged, the previous one is deleted, and the consumers of other partitions are left alone."""
+    import asyncio
+
+    from adapters.bus.stream import connect, pull, take_consumer
+
+    config = BusConfig(nats_server.url, partitions=16)
+
+    async def scenario() -> tuple[list[bytes], list[str]]:
+        client, js = await connect(config, "test")
+        await ensure_stream(js, config)
+        for part in (1, 10):
+            for n in range(3):
+                await js.publish(config.subject(part), f"{part}-{n}".encode())
+        first = await take_consumer(client, js, config, 1, token=1)
+        other = await take_consumer(client, js, config, 10, token=1)
+        got: list[Any] = []
+        await pull(client, config, first, 2, got.append, lambda: len(got) < 2)
+        await got[1].ack()  # the first owner acknowledged two of partition 1's three messages
+        second = await take_consumer(client, js, config, 1, token=2)
+        again: list[Any] = []
+        await pull(client, config, second, 1, again.append, lambda: not again)
+        names = sorted(c.name for c in await js.consumers_info(config.stream))
+        await client.close()
+        assert second != first and other in names
+        return [m.data for m in again], names
+
+    data, names = asyncio.run(scenario())
+    assert data == [b"1-2"]
+    assert names == sorted([config.durable(1) + "_t2", config.durable(10) + "_t1"])
 
 
 # --- leases and fencing ----------------------------------------------------------------------------

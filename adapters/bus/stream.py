@@ -133,7 +133,7 @@ async def _stream(js: JetStreamContext, config: BusConfig) -> Any:
             num_replicas=config.replicas, duplicate_window=DUPLICATE_WINDOW, storage=StorageType.FILE))
 
 
-async def take_consumer(js: JetStreamContext, config: BusConfig, part: int, token: int) -> str:
+async def take_consumer(client: Client, js: JetStreamContext, config: BusConfig, part: int, token: int) -> str:
     """The durable consumer a new owner (lease `token`) reads the partition with, named after the lease and
     starting where the previous owners' acknowledgements stopped; theirs are deleted once it exists.
 
@@ -142,13 +142,15 @@ async def take_consumer(js: JetStreamContext, config: BusConfig, part: int, toke
     committed without acknowledging comes again, and the store's messageId dedupe drops it. An attempt cut
     short (a NATS node away) leaves the older consumers in place, so the next attempt starts from them."""
     mine = f"{config.durable(part)}_t{token}"
-    subject = config.subject(part)
-    others = [c for c in await js.consumers_info(config.stream) if c.config.filter_subject == subject]
+    others = []
+    for name in await _consumer_names(client, config, part):
+        with contextlib.suppress(NotFoundError):  # deleted since by another taker
+            others.append(await js.consumer_info(config.stream, name))
     if not any(c.name == mine for c in others):
         start = max((c.ack_floor.stream_seq + 1 if c.ack_floor and c.ack_floor.stream_seq else 1 for c in others),
                     default=1)
         await js.add_consumer(config.stream, ConsumerConfig(
-            durable_name=mine, filter_subject=subject, ack_policy=AckPolicy.ALL,
+            durable_name=mine, filter_subject=config.subject(part), ack_policy=AckPolicy.ALL,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
             opt_start_seq=start if start > 1 else None, ack_wait=ACK_WAIT, max_ack_pending=MAX_ACK_PENDING,
             max_deliver=-1))
@@ -157,6 +159,24 @@ async def take_consumer(js: JetStreamContext, config: BusConfig, part: int, toke
             with contextlib.suppress(NotFoundError):
                 await js.delete_consumer(config.stream, old.name)
     return mine
+
+
+async def _consumer_names(client: Client, config: BusConfig, part: int) -> list[str]:
+    """The names of the durable consumers of partition `part`, by the JetStream API's list of names. Not
+    `consumers_info`: listing every consumer's info makes nats-server (seen with 2.9) serve every pull
+    consumer of the stream ten times slower for as long as they are read afterwards."""
+    prefix = f"{config.durable(part)}_t"
+    names: list[str] = []
+    while True:
+        reply = await client.request(f"$JS.API.CONSUMER.NAMES.{config.stream}",
+                                     orjson.dumps({"offset": len(names)}), timeout=5)
+        body = orjson.loads(reply.data)
+        if "error" in body:
+            raise RuntimeError(f"JetStream refused the consumer names of {config.stream}: {body['error']}")
+        page = body.get("consumers") or []
+        names.extend(page)
+        if not page or len(names) >= int(body.get("total", 0)):
+            return [name for name in names if name.startswith(prefix)]
 
 
 PULL_EXPIRES = 1.0  # seconds a pull request waits for messages before the server answers it empty

@@ -222,7 +222,7 @@ class BusWorker:
         self._observe_lag()
 
     async def _start_fetching(self, part: int, token: int) -> None:
-        consumer = await take_consumer(self.publisher.js, self.config, part, token)
+        consumer = await take_consumer(self.publisher.client, self.publisher.js, self.config, part, token)
         self._consumers[part] = consumer
         self._fetchers[part] = asyncio.get_running_loop().create_task(self._fetch(part, token, consumer))
 
