@@ -18,12 +18,23 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 
 from adapters.bus.leases import FencedStore, LeaseLost, Leases
 from adapters.bus.publisher import BusPublisher
-from adapters.bus.stream import BusConfig, decode, encode_erase, encode_event, ensure_stream, route, with_id
+from adapters.bus.stream import (
+    MESSAGE_BYTES,
+    BusConfig,
+    decode,
+    encode_erase,
+    encode_events,
+    ensure_stream,
+    grouped,
+    route,
+    with_id,
+)
 from adapters.service.settings import Settings
 from adapters.service.worker import BusWorker
 from adapters.storage.sql import SqlStore
@@ -163,13 +174,35 @@ def stream_name() -> str:
 
 def test_an_event_crosses_the_bus_unchanged() -> None:
     """An event encoded for the bus decodes to an equal event, its ISO dates in traits and properties
-    (nested too) still datetimes, its messageId and alias fields kept."""
+    (nested too) still datetimes, its messageId and alias fields kept; a message of one event has its
+    messageId as Nats-Msg-Id, and a bare event (the format before events were grouped) is still read."""
     at = datetime(2026, 1, 5, 9, 30, 15, 123456, tzinfo=UTC)
     event = Event(type="alias", user_id="u/1?#", previous_id="anon-7", timestamp=at, message_id="m-1",
                   traits={"email": "a@b.c", "trial_ends_at": at + timedelta(days=3), "tags": ["x", {"n": 2}]},
                   properties={"price": 12.5, "when": {"at": at}, "big": 2**40})
-    assert decode(encode_event(event)) == event
+    [(data, msg_id)] = encode_events([event])
+    assert decode(data) == [event] and msg_id == "m-1"
+    bare = orjson.dumps({"type": "alias", "user": "u/1?#", "at": at, "name": None, "properties": event.properties,
+                         "traits": event.traits, "id": "m-1", "previous": "anon-7", "backfill": False})
+    assert decode(bare) == [event]
     assert decode(encode_erase("u/1?#")) == "u/1?#"
+
+
+def test_a_requests_events_of_one_partition_travel_as_few_messages_in_order() -> None:
+    """One message for a partition's events of a request, split only past `MESSAGE_BYTES`, each with a
+    Nats-Msg-Id that a retry of the same request repeats and another set of events does not."""
+    at = datetime(2026, 1, 5, tzinfo=UTC)
+    events = [Event(type="track", user_id="u1", name="x", timestamp=at, message_id=f"m-{i}",
+                    properties={"blob": "z" * 1000}) for i in range(600)]
+    messages = encode_events(events)
+    assert len(messages) == 3 and all(len(data) <= MESSAGE_BYTES for data, _ in messages)
+    assert [e for data, _ in messages for e in decode(data)] == events
+    assert encode_events(events) == messages  # a retried request: the same ids
+    assert len({msg_id for _, msg_id in messages}) == 3
+    assert encode_events(events[:10])[0][1] != encode_events(events[1:11])[0][1]
+    groups = grouped([events[0], Event(type="track", user_id="u2", name="y", timestamp=at, message_id="n"),
+                      events[1]], 16)
+    assert groups[partition("u1", 16)][:2] == events[:2]
 
 
 def test_an_event_without_message_id_gets_one_before_it_is_published() -> None:

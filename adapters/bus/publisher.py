@@ -1,10 +1,11 @@
 """`journey serve --bus`: the HTTP front's engine host is the log. It applies nothing itself.
 
 `BusPublisher` implements `EngineHost` (adapters/service/host.py) for the sources: `submit` publishes each
-event to its user's partition, with its messageId as `Nats-Msg-Id`, and settles once JetStream has stored
-every one (replicated, when the stream has replicas), which is when the API answers 200. `erase` publishes
-the erasure to the partition of the user the id resolves to, behind that user's events, and settles once
-a worker has applied it. Timers, enrolment and the outbox are the workers'.
+event to its user's partition, a request's events of one partition as one message (adapters/bus/stream.py),
+and settles once JetStream has stored every one (replicated, when the stream has replicas), which is when
+the API answers 200. `erase` publishes the erasure to the partition of the user the id resolves to, behind
+that user's events, and settles once a worker has applied it. Timers, enrolment and the outbox are the
+workers'.
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
 from typing import Any, TypeVar
 
-from adapters.bus.stream import BusConfig, Loop, connect, encode_erase, encode_event, ensure_stream, route, with_id
+from adapters.bus.stream import (
+    BusConfig,
+    Loop,
+    connect,
+    encode_erase,
+    encode_events,
+    ensure_stream,
+    grouped,
+    with_id,
+)
 from adapters.service.host import Overloaded
 from adapters.service.settings import Settings
 from adapters.storage.sql import SqlStore
@@ -105,12 +115,11 @@ class BusPublisher:
         return result
 
     async def _publish(self, events: list[Event]) -> None:
-        """Publishes without waiting for each acknowledgement in turn (one connection keeps their order),
-        then waits for them all."""
-        parts = route(events, self.config.partitions)
-        acks = [await self.js.publish_async(self.config.subject(part), encode_event(event),
-                                            headers={"Nats-Msg-Id": event.message_id})
-                for event, part in zip(events, parts, strict=True)]
+        """One message per partition the events go to (`encode_events`), published without waiting for
+        each acknowledgement in turn (one connection keeps their order), then waits for them all."""
+        acks = [await self.js.publish_async(self.config.subject(part), data, headers={"Nats-Msg-Id": msg_id})
+                for part, group in grouped(events, self.config.partitions).items()
+                for data, msg_id in encode_events(group)]
         try:
             await asyncio.wait_for(asyncio.gather(*acks), PUBLISH_TIMEOUT)
         except TimeoutError:

@@ -4,8 +4,10 @@ A user's events go to subject `<prefix>.<partition>`, partition = `journey_engin
 (the CRC-32 the multi-process host owns users by), so one partition holds every event of its users in the
 order the stream stored them. P is fixed when the stream is created (`JOURNEY_BUS_PARTITIONS`, default 16)
 and written into the stream's description: later processes read it from there, whatever they were given,
-because a user must never move to another partition. Each message carries its event's messageId as
-`Nats-Msg-Id`, so a publish retried within the stream's duplicate window is stored once.
+because a user must never move to another partition. A message holds one partition's events of one request
+(`encode_events`: the log's cost is per message, on the server, the publisher and the worker alike), with a
+`Nats-Msg-Id` made of their messageIds, so a request retried within the stream's duplicate window is stored
+once; the store's messageId dedupe is the exact one.
 
 The NATS client is asyncio; the service runs threads. `Loop` runs the client on a thread of its own and
 the rest of the service calls it through concurrent futures.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import threading
 import time
@@ -180,11 +183,14 @@ async def _consumer_names(client: Client, config: BusConfig, part: int) -> list[
 
 
 PULL_EXPIRES = 1.0  # seconds a pull request waits for messages before the server answers it empty
+ROOM_WAIT = 0.005  # seconds between looks at a full reader's backlog
 
 
 async def pull(client: Client, config: BusConfig, consumer: str, batch: int, deliver: Callable[[Any], None],
-               alive: Callable[[], bool]) -> None:
-    """Read a durable pull consumer while `alive()`, handing each message to `deliver` in stream order.
+               alive: Callable[[], bool], room: Callable[[], bool] = lambda: True) -> None:
+    """Read a durable pull consumer while `alive()`, handing each message to `deliver` in stream order,
+    asking for more only when `room()` (the reader's backlog is bounded, not only by the server's
+    `MAX_ACK_PENDING`).
 
     The JetStream pull protocol itself, not nats-py's `fetch`, which spends a task, a timeout and a uuid on
     every message (more than the engine spends on the event): one subscription on an inbox of its own, one
@@ -211,6 +217,9 @@ async def pull(client: Client, config: BusConfig, consumer: str, batch: int, del
     request = orjson.dumps({"batch": batch, "expires": int(PULL_EXPIRES * 1e9)})
     try:
         while alive():
+            if not room():
+                await asyncio.sleep(ROOM_WAIT)
+                continue
             served.clear()
             left = batch
             await client.publish(f"$JS.API.CONSUMER.MSG.NEXT.{config.stream}.{consumer}", request, reply=inbox)
@@ -242,28 +251,68 @@ def with_id(event: Event) -> Event:
     return Event(**values)
 
 
-def encode_event(event: Event) -> bytes:
-    """JSON, never pickle: anyone who can publish on the subject must not be able to run code in a worker."""
-    return orjson.dumps({"type": event.type, "user": event.user_id, "at": event.timestamp, "name": event.name,
-                         "properties": event.properties, "traits": event.traits, "id": event.message_id,
-                         "previous": event.previous_id, "backfill": event.backfill})
+MESSAGE_BYTES = 256 * 1024  # a message's body at most (one larger event alone): NATS refuses over 1 MiB by default
+
+
+def encode_events(events: list[Event]) -> list[tuple[bytes, str]]:
+    """One partition's events of a request as few messages as fit `MESSAGE_BYTES`, in order, each with its
+    `Nats-Msg-Id`: the event's messageId for a message of one, a digest of the messageIds for more (a retried
+    request makes the same messages, so JetStream's duplicate window recognises them too). JSON, never
+    pickle: anyone who can publish on the subject must not be able to run code in a worker."""
+    out: list[tuple[bytes, str]] = []
+    bodies: list[bytes] = []
+    ids: list[str] = []
+    size = 0
+    for event in events:
+        body = orjson.dumps({"type": event.type, "user": event.user_id, "at": event.timestamp, "name": event.name,
+                             "properties": event.properties, "traits": event.traits, "id": event.message_id,
+                             "previous": event.previous_id, "backfill": event.backfill})
+        if bodies and size + len(body) > MESSAGE_BYTES:
+            out.append(_message(bodies, ids))
+            bodies, ids, size = [], [], 0
+        bodies.append(body)
+        ids.append(str(event.message_id))
+        size += len(body) + 1
+    if bodies:
+        out.append(_message(bodies, ids))
+    return out
+
+
+def _message(bodies: list[bytes], ids: list[str]) -> tuple[bytes, str]:
+    if len(ids) == 1:
+        return b'{"events":[' + bodies[0] + b"]}", ids[0]
+    digest = hashlib.blake2b("\n".join(ids).encode(), digest_size=16).hexdigest()
+    return b'{"events":[' + b",".join(bodies) + b"]}", f"batch-{len(ids)}-{digest}"
 
 
 def encode_erase(user: str) -> bytes:
     return orjson.dumps({"erase": user})
 
 
-def decode(data: bytes) -> Event | str:
-    """An event, or the id of a user to erase."""
+def decode(data: bytes) -> list[Event] | str:
+    """A message's events, or the id of a user to erase. A message of one bare event (as written before
+    events were grouped per partition) is read too."""
     body = orjson.loads(data)
     if "erase" in body:
         return str(body["erase"])
+    return [_event(one) for one in body["events"]] if "events" in body else [_event(body)]
+
+
+def _event(body: dict[str, Any]) -> Event:
     at = parse_datetime(body["at"])
     if at is None:
         raise ValueError(f"bus message with an unreadable timestamp {body['at']!r}")
     return Event(type=body["type"], user_id=body["user"], timestamp=at, name=body["name"],
                  properties=with_datetimes(body["properties"]), traits=with_datetimes(body["traits"]),
                  message_id=body["id"], previous_id=body["previous"], backfill=body["backfill"])
+
+
+def grouped(events: list[Event], parts: int) -> dict[int, list[Event]]:
+    """The events by partition (see `route`), each partition's in the order given."""
+    groups: dict[int, list[Event]] = {}
+    for event, part in zip(events, route(events, parts), strict=True):
+        groups.setdefault(part, []).append(event)
+    return groups
 
 
 def route(events: list[Event], parts: int) -> list[int]:

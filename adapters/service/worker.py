@@ -48,7 +48,8 @@ from journey_engine.runtime import Runtime
 log = logging.getLogger("journey.worker")
 T = TypeVar("T")
 
-FETCH = 1000  # messages asked of a partition's consumer at a time
+FETCH = 250  # messages asked of a partition's consumer at a time (a message holds a request's events)
+INBOX = 2_000  # messages read and not yet applied, past which no partition asks for more
 RETRY_EVERY = 0.5  # seconds between attempts at a batch the store refused (down, contended)
 FOLLOW_SECONDS = 2.0  # how often a worker looks for a deployment another process made
 
@@ -83,7 +84,7 @@ class BusWorker:
         self.loop = Loop("journey-bus")
         self.publisher = BusPublisher(config, store, self.settings, name=self.name, loop=self.loop)
         self.leases: Leases | None = None
-        self.inbox: queue.Queue[_Item] = queue.Queue()
+        self.inbox: queue.Queue[_Item] = queue.Queue()  # bounded by INBOX (see `_fetch`)
         self.waiting = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -234,10 +235,13 @@ class BusWorker:
         def alive() -> bool:
             return leases.tokens().get(part) == token
 
+        def room() -> bool:
+            return self.inbox.qsize() < INBOX
+
         while alive():
             try:
                 await pull(self.publisher.client, self.config, consumer, FETCH, lambda m: put(_Item(part, token, m)),
-                           alive)
+                           alive, room)
             except Exception as exc:  # a node away, a consumer moving leader: try again
                 log.warning("bus worker %s: fetching partition %d: %r", self.name, part, exc)
                 await asyncio.sleep(RETRY_EVERY)
@@ -268,31 +272,39 @@ class BusWorker:
                 first = self.inbox.get(timeout=0.05)
             except queue.Empty:
                 continue
-            items = [first]
-            while len(items) < limit:
+            batch = [self._read(first)]
+            size = len(batch[0][1])
+            while size < limit:
                 try:
-                    items.append(self.inbox.get_nowait())
+                    batch.append(self._read(self.inbox.get_nowait()))
                 except queue.Empty:
                     break
+                size += len(batch[-1][1])
             self.waiting = self.inbox.qsize()
             try:
-                self._apply(items)
+                self._apply(batch)
             except Exception:  # never let the thread every partition waits on end
                 log.exception("bus worker %s: a batch of %d messages failed; they come again", self.name,
-                              len(items))
+                              len(batch))
 
-    def _apply(self, items: list[_Item]) -> None:
-        """The items in order: runs of events as one commit each, an erasure between them."""
-        run: list[tuple[_Item, Event]] = []
-        for item in self._held(items):
-            try:
-                body = decode(item.msg.data)
-            except Exception:
-                log.exception("bus worker %s: partition %d: an unreadable message is skipped", self.name, item.part)
-                self._ack([item])
+    def _read(self, item: _Item) -> tuple[_Item, list[Event] | str]:
+        """The item's events or erasure; an unreadable message is logged and has no events (it is
+        acknowledged with the events around it, once they are committed)."""
+        try:
+            return item, decode(item.msg.data)
+        except Exception:
+            log.exception("bus worker %s: partition %d: an unreadable message is skipped", self.name, item.part)
+            return item, []
+
+    def _apply(self, batch: list[tuple[_Item, list[Event] | str]]) -> None:
+        """The messages in order: runs of events as one commit each, an erasure between them."""
+        held = set(map(id, self._held([item for item, _ in batch])))
+        run: list[tuple[_Item, Event | None]] = []
+        for item, body in batch:
+            if id(item) not in held:
                 continue
-            if isinstance(body, Event):
-                run.append((item, body))
+            if isinstance(body, list):
+                run.extend([(item, event) for event in body] or [(item, None)])
                 continue
             self._commit(run)
             run = []
@@ -305,19 +317,19 @@ class BusWorker:
         held = self.leases.tokens()
         return [i for i in items if held.get(i.part) == i.token]
 
-    def _commit(self, run: list[tuple[_Item, Event]]) -> None:
-        """Commit a run of events through the engine thread, retrying what the store refused, then ack."""
+    def _commit(self, run: list[tuple[_Item, Event | None]]) -> None:
+        """Commit a run of events through the engine thread, retrying what the store refused, then ack (an
+        unreadable message is in the run as None: acknowledged with it)."""
         while run and not self._stop.is_set():
+            events = [event for _, event in run if event is not None]
             try:
-                self.host.submit([event for _, event in run]).result()
-            except LeaseLost:
-                kept = set(map(id, self._held([item for item, _ in run])))
-                run = [(item, event) for item, event in run if id(item) in kept]
-                continue
-            except (StoreUnavailable, ConflictError) as exc:
-                log.warning("bus worker %s: a batch of %d events was not committed (%s); trying again", self.name,
-                            len(run), exc)
-                self._stop.wait(RETRY_EVERY)
+                if events:
+                    self.host.submit(events).result()
+            except (LeaseLost, StoreUnavailable, ConflictError) as exc:
+                if not isinstance(exc, LeaseLost):
+                    log.warning("bus worker %s: a batch of %d events was not committed (%s); trying again",
+                                self.name, len(run), exc)
+                    self._stop.wait(RETRY_EVERY)
                 kept = set(map(id, self._held([item for item, _ in run])))
                 run = [(item, event) for item, event in run if id(item) in kept]
                 continue
