@@ -59,6 +59,14 @@ class Runtime:
         return _retrying(lambda: self._process(events, now))
 
     def _process(self, events: list[Event], now: datetime | None) -> Outcome:
+        batch, out = self.prepare(events, now)
+        self._commit(batch, out)
+        return out
+
+    def prepare(self, events: list[Event], now: datetime | None = None) -> tuple[Batch, Outcome]:
+        """`process` up to the commit: the batch to commit and what happened. The caller commits it (a bus
+        worker behind the engine, adapters/bus/pipeline.py); if that fails, it must reset the bandits
+        (`forget`) and run the events again, and acknowledge nothing before a commit."""
         ids = [e.message_id for e in events if e.message_id is not None]
         already = self.store.seen(ids) if ids else set()
         named = {e.user_id for e in events} | {e.previous_id for e in events if e.previous_id}
@@ -70,11 +78,15 @@ class Runtime:
             for event in events:
                 self._apply(event, now, already, aliases, profiles, batch, out)
         except Exception:
-            self.engine.bandits = self.store.bandit()  # forget what the batch that failed taught
+            self.forget()  # what the batch that failed taught
             raise
         batch.profiles.update(profiles)
-        self._finish(batch, out)
-        return out
+        self._seal(batch, out)
+        return batch, out
+
+    def forget(self) -> None:
+        """Forget what uncommitted batches taught the bandits: back to the committed arms."""
+        self.engine.bandits = self.store.bandit()
 
     def _apply(self, event: Event, now: datetime | None, already: set[str], aliases: dict[str, str],
                profiles: dict[str, Profile], batch: Batch, out: Outcome) -> None:
@@ -216,14 +228,22 @@ class Runtime:
 
     def _finish(self, batch: Batch, out: Outcome) -> None:
         """Commit the batch with what `out` says happened, then hand `out` to the sink."""
+        self._seal(batch, out)
+        self._commit(batch, out)
+
+    @staticmethod
+    def _seal(batch: Batch, out: Outcome) -> None:
+        """The batch gets what `out` says happened: trace records, sends, bandit deltas."""
         batch.records.extend(out.records)
         batch.sends.extend(out.sends)
         if out.bandit:
             batch.bandit.update(out.bandit)
+
+    def _commit(self, batch: Batch, out: Outcome) -> None:
         try:
             self.store.commit(batch)
         except BaseException:
-            self.engine.bandits = self.store.bandit()  # forget what the lost batch taught
+            self.forget()  # what the lost batch taught
             raise
         if self.sink is not None:
             self.sink(out)

@@ -18,14 +18,18 @@ import math
 import threading
 import time
 from collections.abc import Callable, Collection
+from concurrent.futures import Future
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from adapters.bus.pipeline import InFlight
 from adapters.storage.sql import SqlStore
+from adapters.storage.sql.store import Encoded
 from journey_engine.ports import LEASE_SECONDS, Batch, Part, StoreUnavailable
+from journey_engine.profile import Profile
 
 LEASE_TTL = 10.0  # seconds a lease lasts unrenewed: a dead worker's partitions are free after this
 RENEW_EVERY = 2.0  # seconds between renewals (and rebalancing looks)
@@ -183,21 +187,65 @@ class FencedStore(SqlStore):
 
     leases: Leases | None = None  # set once the worker has its leases
 
-    def _write(self, conn: Connection, batch: Batch, wall: float) -> None:
+    def _write(self, conn: Connection, encoded: Encoded) -> None:
         if self.leases is not None:
             self.leases.fence(conn)
-        super()._write(conn, batch, wall)
+        super()._write(conn, encoded)
 
     # The lookups of every batch (its messageIds, aliases, erased ids: a few thousand keys each) as one
     # `= ANY(array)` each, in the driver's own SQL: the Core `IN` of the base class compiles and binds every
     # key, a fifth of a bus worker's engine thread in `journey bench --bus`.
 
     def seen(self, message_ids: Collection[str]) -> set[str]:
-        return {row[0] for row in self._any("SELECT message_id FROM processed WHERE message_id = ANY(%s)",
-                                            message_ids)}
+        mine = self._flight.seen(message_ids) if self._flight is not None else set()  # first: see pipeline.py
+        rest = [m for m in message_ids if m not in mine] if mine else message_ids
+        return mine | {row[0] for row in self._any("SELECT message_id FROM processed WHERE message_id = ANY(%s)",
+                                                   rest)}
 
     def aliases(self, users: Collection[str]) -> dict[str, str]:
-        return dict(self._any("SELECT previous_id, user_id FROM aliases WHERE previous_id = ANY(%s)", users))
+        mine = self._flight.aliases(users) if self._flight is not None else {}
+        found = dict(self._any("SELECT previous_id, user_id FROM aliases WHERE previous_id = ANY(%s)", users))
+        return {**found, **mine}
+
+    def load(self, users: Collection[str]) -> dict[str, Profile]:
+        mine = self._flight.profiles(users) if self._flight is not None else {}
+        if not mine:
+            return super().load(users)
+        found = super().load([u for u in users if u not in mine])
+        versions = self._versions
+        for user, (version, profile) in mine.items():
+            if profile is not None:
+                found[user], versions[user] = profile, version
+        return found
+
+    # --- commits behind the engine (adapters/bus/pipeline.py) ------------------------------------
+
+    _flight: InFlight | None = None
+
+    def commit_later(self, batch: Batch) -> Future[None]:
+        """`commit`, on the pipeline's thread, behind the batches before it: the future settles once the
+        batch is committed. Encoded now, so the caller may go on with the next batch at once."""
+        if self._flight is None:
+            self._flight = InFlight(self._commit_encoded, self._forget_kept)
+        return self._flight.submit(self._encoded(batch))  # an empty one too: it settles in its turn
+
+    def flush(self) -> bool:
+        """Wait for every `commit_later` so far; True when one failed and `recover` was not called since."""
+        return self._flight.flush() if self._flight is not None else False
+
+    def recover(self) -> None:
+        """Accept `commit_later` again after a failure was seen (see pipeline.py)."""
+        if self._flight is not None:
+            self._flight.recover()
+
+    def _forget_kept(self) -> None:
+        if self.kept is not None:
+            self.kept.clear()
+
+    def close(self) -> None:
+        if self._flight is not None:
+            self._flight.close()
+        super().close()
 
     def erased(self, users: Collection[str]) -> set[str]:
         return {row[0] for row in self._any("SELECT user_id FROM erased WHERE user_id = ANY(%s)", users)}

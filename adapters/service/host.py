@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
+from adapters.bus.pipeline import EarlierBatchFailed
 from adapters.service.metrics import Metrics
 from adapters.service.settings import Settings
 from adapters.sources.segment import not_erased
@@ -92,12 +93,28 @@ class EngineHost(Protocol):
         ...
 
 
+class Pipeline(Protocol):
+    """A store that commits behind the engine (adapters/bus/pipeline.py)."""
+
+    def commit_later(self, batch: Batch) -> Future[None]: ...
+
+    def flush(self) -> bool: ...
+
+    def recover(self) -> None: ...
+
+
 class InProcessHost:
-    """The one thread that runs the engine: batches of events, timer rounds, erasures, in order."""
+    """The one thread that runs the engine: batches of events, timer rounds, erasures, in order.
+
+    With a `pipeline` (a bus worker), a batch of events is committed behind the engine while it applies the
+    next; a request's future still settles only once its batch is committed. Everything else the thread
+    runs (timers, erasures, jobs) waits for what is in flight first. After a failed commit the batches
+    behind it fail too, until the caller has called `recover`, and submits them again in order."""
 
     def __init__(self, runtime: Runtime, store: ServiceStore, settings: Settings | None = None,
-                 metrics: Metrics | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self.runtime, self.store, self.clock = runtime, store, clock
+                 metrics: Metrics | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 pipeline: Pipeline | None = None) -> None:
+        self.runtime, self.store, self.clock, self.pipeline = runtime, store, clock, pipeline
         self.settings = settings if settings is not None else Settings()
         self.metrics = metrics if metrics is not None else Metrics()
         self.work: queue.Queue[tuple[list[Event] | Callable[[], Any], Future[Any]]] = queue.Queue()
@@ -173,17 +190,66 @@ class InProcessHost:
                 size += len(item[0]) if isinstance(item[0], list) else 0
             self._handle(items)
 
+    def recover(self) -> Future[None]:
+        """After a commit behind the engine failed: accept batches again, the bandits back to the committed
+        arms. The caller then submits the failed batches again, in order."""
+        def recover() -> None:
+            assert self.pipeline is not None
+            self.pipeline.recover()
+            self.runtime.forget()
+
+        return self.later(recover)
+
     def _handle(self, items: list[tuple[list[Event] | Callable[[], Any], Future[Any]]]) -> None:
         requests = [(payload, f) for payload, f in items if isinstance(payload, list)]
-        if requests and not self._commit(requests) and len(requests) > 1:
-            for request in requests:  # one bad request must not fail the others in its group
-                self._commit([request])
+        if requests:
+            if self.pipeline is not None:
+                self._commit_later(requests)
+            elif not self._commit(requests) and len(requests) > 1:
+                self._one_by_one(requests)
         for payload, future in items:
             if not isinstance(payload, list):
+                if self.pipeline is not None:
+                    self.pipeline.flush()
                 try:
                     future.set_result(payload())
                 except Exception as exc:
                     future.set_exception(exc)
+
+    def _one_by_one(self, requests: list[tuple[list[Event], Future[Any]]]) -> None:
+        for request in requests:  # one bad request must not fail the others in its group
+            self._commit([request])
+
+    def _commit_later(self, requests: list[tuple[list[Event], Future[Any]]]) -> None:
+        """`_commit` with the batch committed behind the engine: the futures settle once it is."""
+        assert self.pipeline is not None
+        events = [e for payload, _ in requests for e in payload]
+        began = time.perf_counter()
+        try:
+            kept = not_erased(events, self.store.erased)
+            batch, outcome = self.runtime.prepare([events[i] for i in kept], self.clock())
+        except (StoreUnavailable, ConflictError) as exc:
+            self._settle(requests, outcome=None, events=len(events), began=began, error=exc)
+            return
+        except Exception:  # the engine raised: isolate the event(s) as ever, once nothing is in flight
+            if self.pipeline.flush():
+                self._settle(requests, outcome=None, events=len(events), began=began, error=EarlierBatchFailed())
+            elif not self._commit(requests) and len(requests) > 1:
+                self._one_by_one(requests)
+            return
+        self.pipeline.commit_later(batch).add_done_callback(
+            lambda done: self._settle(requests, outcome, len(events), began, done.exception()))
+
+    def _settle(self, requests: list[tuple[list[Event], Future[Any]]], outcome: Outcome | None, events: int,
+                began: float, error: BaseException | None) -> None:
+        if error is None and outcome is not None:
+            self.metrics.observe(outcome, events, time.perf_counter() - began)
+        for _, future in requests:
+            if error is None:
+                future.set_result([])
+            else:
+                future.set_exception(error)
+        self._done(events)
 
     def _process(self, events: list[Event]) -> tuple[list[int], Outcome]:
         """Apply and commit the events that name no erased id. An id erased while its event was on the way

@@ -17,6 +17,7 @@ between two batches, so every process on the database gives new entrants the sam
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import queue
@@ -61,6 +62,9 @@ class _Item:
     msg: Any  # nats.aio.msg.Msg
 
 
+Run = list[tuple[_Item, Event | None]]  # a run of events between erasures; None: an unreadable message
+
+
 class BusWorker:
     """The engine on the partitions this worker leases (see the module). An `EngineHost`: `submit` and
     `erase` go through the bus (the dispatcher's feedback), the rest to the engine thread."""
@@ -80,13 +84,14 @@ class BusWorker:
         self.engine = Engine(compiled, send_expiry=self.settings.send_expiry)
         store.keep_profiles(self.settings.kept_profiles)  # it owns its partitions' users (see SqlProfiles)
         self.runtime = Runtime(self.engine, store, claim=500, live=True)
-        self.host = InProcessHost(self.runtime, store, self.settings, self.metrics, clock)
+        self.host = InProcessHost(self.runtime, store, self.settings, self.metrics, clock, pipeline=store)
         self.loop = Loop("journey-bus")
         self.publisher = BusPublisher(config, store, self.settings, name=self.name, loop=self.loop)
         self.leases: Leases | None = None
-        self.inbox: queue.Queue[_Item] = queue.Queue()  # bounded by INBOX (see `_fetch`)
-        self.waiting = 0
         self._stop = threading.Event()
+        self.applier = _Applier(self.host, self.loop, self._held_tokens, self.settings.max_batch_events, self._stop,
+                                self.name)
+        self.inbox = self.applier.inbox
         self._threads: list[threading.Thread] = []
         self._fetchers: dict[int, asyncio.Task[None]] = {}
         self._consumers: dict[int, str] = {}  # partition -> the durable consumer this worker reads it with
@@ -106,7 +111,7 @@ class BusWorker:
         self.leases = Leases(self.store, self.config.stream, self.config.partitions, self.name)
         self.store.leases = self.leases
         self.host.start()
-        self._threads = [threading.Thread(target=self._apply_loop, name="journey-bus-apply", daemon=True),
+        self._threads = [threading.Thread(target=self.applier.run, name="journey-bus-apply", daemon=True),
                          threading.Thread(target=self._lease_loop, name="journey-bus-leases", daemon=True)]
         for thread in self._threads:
             thread.start()
@@ -129,6 +134,10 @@ class BusWorker:
         self.loop.close()
 
     # --- EngineHost ------------------------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        return self.applier.waiting
 
     def submit(self, events: list[Event]) -> Future[list[int]]:
         return self.publisher.submit(events)
@@ -155,6 +164,9 @@ class BusWorker:
         return self.publisher.down()
 
     # --- leases ----------------------------------------------------------------------------------
+
+    def _held_tokens(self) -> dict[int, int]:
+        return self.leases.tokens() if self.leases is not None else {}
 
     def _lease_loop(self) -> None:
         followed = 0.0
@@ -263,14 +275,27 @@ class BusWorker:
                 continue
             self.lag.labels(str(part), self.name).set(behind)
 
-    # --- applying --------------------------------------------------------------------------------
 
-    def _apply_loop(self) -> None:
-        limit = self.settings.max_batch_events
+class _Applier:
+    """A `BusWorker`'s apply thread: the messages its fetchers read, decoded, in batches of up to
+    `max_batch_events` events, handed to the engine thread (which commits each behind the next, see
+    adapters/bus/pipeline.py), acknowledged once committed."""
+
+    def __init__(self, host: InProcessHost, loop: Loop, tokens: Callable[[], dict[int, int]], limit: int,
+                 stop: threading.Event, name: str) -> None:
+        self.host, self.loop, self.tokens, self.limit, self._stop, self.name = host, loop, tokens, limit, stop, name
+        self.inbox: queue.Queue[_Item] = queue.Queue()  # bounded by INBOX (see `BusWorker._fetch`)
+        self.waiting = 0
+        # runs handed to the engine thread and not yet acknowledged (see `_submit`)
+        self._pending: collections.deque[tuple[Run, Future[list[int]] | None]] = collections.deque()
+
+    def run(self) -> None:
+        limit = self.limit
         while not self._stop.is_set():
-            try:
-                first = self.inbox.get(timeout=0.05)
+            try:  # with a batch committing, take what came meanwhile; else wait for more
+                first = self.inbox.get_nowait() if self._pending else self.inbox.get(timeout=0.05)
             except queue.Empty:
+                self._settle_all()  # nothing to apply meanwhile: finish what is in flight
                 continue
             batch = [self._read(first)]
             size = len(batch[0][1])
@@ -286,6 +311,7 @@ class BusWorker:
             except Exception:  # never let the thread every partition waits on end
                 log.exception("bus worker %s: a batch of %d messages failed; they come again", self.name,
                               len(batch))
+        self._settle_all()
 
     def _read(self, item: _Item) -> tuple[_Item, list[Event] | str]:
         """The item's events or erasure; an unreadable message is logged and has no events (it is
@@ -299,27 +325,62 @@ class BusWorker:
     def _apply(self, batch: list[tuple[_Item, list[Event] | str]]) -> None:
         """The messages in order: runs of events as one commit each, an erasure between them."""
         held = set(map(id, self._held([item for item, _ in batch])))
-        run: list[tuple[_Item, Event | None]] = []
+        run: Run = []
         for item, body in batch:
             if id(item) not in held:
                 continue
             if isinstance(body, list):
                 run.extend([(item, event) for event in body] or [(item, None)])
                 continue
-            self._commit(run)
+            self._submit(run)
+            self._settle_all()
             run = []
             self._erase(item, body)
-        self._commit(run)
+        self._submit(run)
 
     def _held(self, items: list[_Item]) -> list[_Item]:
         """The items of partitions still held under the lease they were read with."""
-        assert self.leases is not None
-        held = self.leases.tokens()
+        held = self.tokens()
         return [i for i in items if held.get(i.part) == i.token]
 
-    def _commit(self, run: list[tuple[_Item, Event | None]]) -> None:
-        """Commit a run of events through the engine thread, retrying what the store refused, then ack (an
-        unreadable message is in the run as None: acknowledged with it)."""
+    def _submit(self, run: Run) -> None:
+        """Hand a run of events to the engine thread, which commits it behind the next one (pipeline.py);
+        with one run already committing, wait for that one and acknowledge it first."""
+        if not run:
+            return
+        events = [event for _, event in run if event is not None]
+        self._pending.append((run, self.host.submit(events) if events else None))
+        while len(self._pending) > 1:
+            self._settle_oldest()
+
+    def _settle_all(self) -> None:
+        while self._pending:
+            self._settle_oldest()
+
+    def _settle_oldest(self) -> None:
+        """Wait for the oldest run handed over and acknowledge it; if its commit failed, every run behind it
+        failed too: run them all again, in order, one at a time."""
+        run, future = self._pending.popleft()
+        try:
+            if future is not None:
+                future.result()
+        except (LeaseLost, StoreUnavailable, ConflictError):
+            again = [run]
+            while self._pending:
+                later, failed = self._pending.popleft()
+                if failed is not None:
+                    with contextlib.suppress(Exception):
+                        failed.result()
+                again.append(later)
+            self.host.recover().result()
+            for each in again:
+                self._commit(each)
+            return
+        self._ack([item for item, _ in run])
+
+    def _commit(self, run: Run) -> None:
+        """Commit a run of events through the engine thread and wait, retrying what the store refused, then
+        ack (an unreadable message is in the run as None: acknowledged with it)."""
         while run and not self._stop.is_set():
             events = [event for _, event in run if event is not None]
             try:
@@ -330,6 +391,7 @@ class BusWorker:
                     log.warning("bus worker %s: a batch of %d events was not committed (%s); trying again",
                                 self.name, len(run), exc)
                     self._stop.wait(RETRY_EVERY)
+                self.host.recover().result()
                 kept = set(map(id, self._held([item for item, _ in run])))
                 run = [(item, event) for item, event in run if id(item) in kept]
                 continue

@@ -83,6 +83,22 @@ class KeptProfiles:
             for user in users:
                 self._kept.pop(user, None)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
+
+
+class Encoded:
+    """A batch as its transaction writes it (`SqlProfiles._encoded`): the profile rows encoded, with the
+    versions they were loaded at, and the profiles to keep once it is committed."""
+
+    __slots__ = ("batch", "deleted", "inserts", "kept", "updates", "wall")
+
+    def __init__(self, batch: Batch, wall: float, updates: list[tuple[Any, ...]], inserts: list[tuple[Any, ...]],
+                 deleted: dict[str, int | None], kept: dict[str, tuple[int, Profile]]) -> None:
+        self.batch, self.wall, self.updates, self.inserts = batch, wall, updates, inserts
+        self.deleted, self.kept = deleted, kept
+
 
 class SqlProfiles(SqlConnection):
     """Profiles and everything a batch commits with them."""
@@ -228,22 +244,40 @@ class SqlProfiles(SqlConnection):
 
     def commit(self, batch: Batch) -> None:
         """Everything of the batch in one transaction, or nothing."""
-        if not batch:
-            return
-        wall = self.wall()
+        if batch:
+            self._commit_encoded(self._encoded(batch))
+
+    def _encoded(self, batch: Batch) -> Encoded:
+        """The batch with its profiles encoded against the versions this thread loaded them at: fixed now,
+        so the caller may go on changing the profile objects while the transaction runs (on this thread
+        or another). Committed or not, the next commit starts from a new load."""
         versions = self._versions
         try:
-            with self._tx() as conn:
-                self._write(conn, batch, wall)
-            if self.kept is not None:  # the versions this commit wrote (an insert writes 1)
-                self.kept.keep({u: (versions.get(u, 0) + 1, p) for u, p in batch.profiles.items()
-                                if u not in batch.deleted})
+            wall = self.wall()
+            encode, defaults = codec.encode, self.defaults
+            updates: list[tuple[Any, ...]] = []
+            inserts: list[tuple[Any, ...]] = []
+            for user, p in sorted(batch.profiles.items()):  # one lock order (see _tx)
+                seen = versions.get(user)
+                if seen is None:
+                    inserts.append((user, encode(p, defaults), p.wake_at, wall, shard(user)))
+                else:
+                    updates.append((encode(p, defaults), p.wake_at, wall, user, seen))
+            kept = {u: (versions.get(u, 0) + 1, p) for u, p in batch.profiles.items() if u not in batch.deleted}
+            return Encoded(batch, wall, updates, inserts, {u: versions.get(u) for u in batch.deleted}, kept)
         finally:
-            versions.clear()  # committed or not, the next commit starts from a new load
+            versions.clear()
 
-    def _write(self, conn: Connection, batch: Batch, wall: float) -> None:
-        self._write_profiles(conn, batch.profiles, wall)
-        self._delete_profiles(conn, batch.deleted)
+    def _commit_encoded(self, encoded: Encoded) -> None:
+        with self._tx() as conn:
+            self._write(conn, encoded)
+        if self.kept is not None:  # the versions this commit wrote (an insert writes 1)
+            self.kept.keep(encoded.kept)
+
+    def _write(self, conn: Connection, encoded: Encoded) -> None:
+        batch, wall = encoded.batch, encoded.wall
+        self._write_profiles(conn, encoded)
+        self._delete_profiles(conn, encoded.deleted)
         if batch.released:
             for chunk in _chunks(list(batch.released)):
                 conn.execute(sa.update(profiles_t).where(profiles_t.c.user_id.in_(chunk)).values(lease_until=None))
@@ -265,19 +299,10 @@ class SqlProfiles(SqlConnection):
         self._counts(conn, state_deltas(batch.records))
         self._upsert(conn, enrolled_t, [{"journey": j, "at": wall} for j in sorted(batch.enrolled)], ["journey"], [])
 
-    def _write_profiles(self, conn: Connection, profiles: dict[str, Profile], wall: float) -> None:
+    def _write_profiles(self, conn: Connection, encoded: Encoded) -> None:
         """Compare-and-set: a loaded profile is written only over the version it was loaded at; a new one
         only if no one created it meanwhile."""
-        versions = self._versions
-        encode, defaults = codec.encode, self.defaults
-        updates: list[tuple[Any, ...]] = []
-        inserts: list[tuple[Any, ...]] = []
-        for user, p in sorted(profiles.items()):  # one lock order (see _tx)
-            seen = versions.get(user)
-            if seen is None:
-                inserts.append((user, encode(p, defaults), p.wake_at, wall, shard(user)))
-            else:
-                updates.append((encode(p, defaults), p.wake_at, wall, user, seen))
+        updates, inserts = encoded.updates, encoded.inserts
         if updates and self._run(conn, "update_profile", updates) != len(updates):
             raise ConflictError("a profile of the batch changed since it was loaded")
         if self._insert_new(conn, "insert_profile", inserts, "a new profile of the batch") != len(inserts):
@@ -292,10 +317,10 @@ class SqlProfiles(SqlConnection):
             rows = [(*row, row[0], row[0]) for row in rows]
         return int(conn.exec_driver_sql(self._sql[name], rows).rowcount)
 
-    def _delete_profiles(self, conn: Connection, users: Collection[str]) -> None:
-        versions = self._versions
-        known = [{"u": u, "seen": versions[u]} for u in users if u in versions]
-        unknown = [u for u in users if u not in versions]
+    def _delete_profiles(self, conn: Connection, users: dict[str, int | None]) -> None:
+        """The merged-away profiles, each at the version it was loaded at (None: not loaded)."""
+        known = [{"u": u, "seen": seen} for u, seen in users.items() if seen is not None]
+        unknown = [u for u, seen in users.items() if seen is None]
         if known:
             c = profiles_t.c
             stmt = sa.delete(profiles_t).where(c.user_id == sa.bindparam("u"), c.version == sa.bindparam("seen"))
