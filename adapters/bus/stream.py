@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import nats
@@ -45,6 +46,7 @@ DUPLICATE_WINDOW = 120.0  # seconds: JetStream's own default; the store's messag
 ACK_WAIT = 30.0  # seconds before an unacknowledged message is delivered again to the same consumer
 MAX_ACK_PENDING = 20_000  # messages a partition's owner may hold unacknowledged: bounds its memory
 _DESCRIPTION = "journey-engine event log; partitions="
+_ZERO = timedelta(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +301,12 @@ def decode(data: bytes) -> list[Event] | str:
 
 
 def _event(body: dict[str, Any]) -> Event:
-    at = parse_datetime(body["at"])
+    try:  # the form `encode_events` writes (orjson's ISO 8601 of a UTC time), read by the C parser
+        at: datetime | None = datetime.fromisoformat(body["at"])
+    except (TypeError, ValueError):
+        at = None
+    if at is None or at.utcoffset() != _ZERO:
+        at = parse_datetime(body["at"])
     if at is None:
         raise ValueError(f"bus message with an unreadable timestamp {body['at']!r}")
     return Event(type=body["type"], user_id=body["user"], timestamp=at, name=body["name"],
