@@ -24,7 +24,7 @@ from journey_engine.compiler import load_workspace
 from journey_engine.engine import Engine
 from journey_engine.events import Event
 from journey_engine.facts import DuplicateIgnored
-from journey_engine.ports import ConflictError
+from journey_engine.ports import ConflictError, StoreUnavailable
 from journey_engine.runtime import MemoryStore, Runtime
 
 from .test_bus import WORKSPACE, bus_database, shape, wait_for  # noqa: F401 (a fixture: imported to be used)
@@ -132,5 +132,38 @@ def test_a_failed_commit_fails_the_batches_behind_it_and_they_run_again_in_order
             host.submit(events).result(timeout=30)
         assert _profiles(store) == _reference(FIRST, SECOND, THIRD)
         assert host.waiting == 0
+    finally:
+        host.stop()
+
+
+def test_a_batch_that_fails_before_its_commit_stops_the_ones_behind_it_too(store: Gated) -> None:
+    """The second request fails while it is applied (the database away for its reads), while the first is
+    still committing: the third, handed over before the worker saw the failure, must not commit before
+    the second is run again."""
+    runtime = Runtime(Engine(load_workspace(WORKSPACE)), store, live=True)
+    host = InProcessHost(runtime, store, Settings(), clock=lambda: NOW, pipeline=store)
+    host.start()
+    reads = store.erased
+    try:
+        store.gate.clear()
+        first = host.submit(FIRST)
+        assert wait_for(lambda: store.in_flight(["u1"]), 30)
+
+        def away(users: Any) -> Any:
+            store.erased = reads  # type: ignore[method-assign]
+            raise StoreUnavailable("the database is away")
+
+        store.erased = away  # type: ignore[method-assign]
+        second = host.submit(SECOND)
+        with pytest.raises(StoreUnavailable):
+            second.result(timeout=30)
+        with pytest.raises(EarlierBatchFailed):
+            host.submit(THIRD).result(timeout=30)
+        store.gate.set()
+        first.result(timeout=30)
+        host.recover().result(timeout=30)
+        for events in (SECOND, THIRD):
+            host.submit(events).result(timeout=30)
+        assert _profiles(store) == _reference(FIRST, SECOND, THIRD)
     finally:
         host.stop()

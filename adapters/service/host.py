@@ -115,6 +115,7 @@ class InProcessHost:
                  metrics: Metrics | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  pipeline: Pipeline | None = None) -> None:
         self.runtime, self.store, self.clock, self.pipeline = runtime, store, clock, pipeline
+        self._broken = False  # a pipelined batch failed: later ones fail too, until `recover`
         self.settings = settings if settings is not None else Settings()
         self.metrics = metrics if metrics is not None else Metrics()
         self.work: queue.Queue[tuple[list[Event] | Callable[[], Any], Future[Any]]] = queue.Queue()
@@ -197,6 +198,7 @@ class InProcessHost:
             assert self.pipeline is not None
             self.pipeline.recover()
             self.runtime.forget()
+            self._broken = False
 
         return self.later(recover)
 
@@ -225,6 +227,9 @@ class InProcessHost:
         assert self.pipeline is not None
         events = [e for payload, _ in requests for e in payload]
         began = time.perf_counter()
+        if self._broken:  # one before it failed: applied now, this one would come before it
+            self._settle(requests, outcome=None, events=len(events), began=began, error=EarlierBatchFailed())
+            return
         try:
             kept = not_erased(events, self.store.erased)
             batch, outcome = self.runtime.prepare([events[i] for i in kept], self.clock())
@@ -236,13 +241,17 @@ class InProcessHost:
                 self._settle(requests, outcome=None, events=len(events), began=began, error=EarlierBatchFailed())
             elif not self._commit(requests) and len(requests) > 1:
                 self._one_by_one(requests)
+            if any(future.done() and future.exception() is not None for _, future in requests):
+                self._broken = True
             return
         self.pipeline.commit_later(batch).add_done_callback(
             lambda done: self._settle(requests, outcome, len(events), began, done.exception()))
 
     def _settle(self, requests: list[tuple[list[Event], Future[Any]]], outcome: Outcome | None, events: int,
                 began: float, error: BaseException | None) -> None:
-        if error is None and outcome is not None:
+        if error is not None:
+            self._broken = True
+        elif outcome is not None:
             self.metrics.observe(outcome, events, time.perf_counter() - began)
         for _, future in requests:
             if error is None:

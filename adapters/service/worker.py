@@ -4,8 +4,9 @@
 from a worker that stopped renewing within `LEASE_TTL` + a renewal), reads each one in order through its
 durable pull consumer, and applies what it read through the same `InProcessHost` as `journey serve`: group
 commit, isolation of an event the engine raises on, timer rounds and erasures between batches, the same
-metrics. Every commit is fenced by the leases; a message is acknowledged only after its batch committed,
-and the store's messageId dedupe makes a redelivery harmless. Timers and sends are claimed only in the
+metrics. The host commits each batch behind the engine, which applies the next meanwhile
+(adapters/bus/pipeline.py). Every commit is fenced by the leases; a message is acknowledged only after its
+batch committed, and the store's messageId dedupe makes a redelivery harmless. Timers and sends are claimed only in the
 held partitions (a send is also claimed by one dispatcher at a time, under the outbox's own leases), and
 delivery feedback goes back through the bus to its user's partition.
 
@@ -298,13 +299,13 @@ class _Applier:
                 self._settle_all()  # nothing to apply meanwhile: finish what is in flight
                 continue
             batch = [self._read(first)]
-            size = len(batch[0][1])
+            size = _size(batch[0][1])
             while size < limit:
                 try:
                     batch.append(self._read(self.inbox.get_nowait()))
                 except queue.Empty:
                     break
-                size += len(batch[-1][1])
+                size += _size(batch[-1][1])
             self.waiting = self.inbox.qsize()
             try:
                 self._apply(batch)
@@ -423,3 +424,8 @@ class _Applier:
                     log.debug("bus worker: an ack was lost", exc_info=True)
 
         self.loop.run(ack())
+
+
+def _size(body: list[Event] | str) -> int:
+    """Events a message holds (an erasure counts as one)."""
+    return len(body) if isinstance(body, list) else 1
