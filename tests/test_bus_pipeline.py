@@ -8,6 +8,7 @@ The commits are held back by a gate on the store, so a batch is really in flight
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -17,8 +18,10 @@ import pytest
 
 from adapters.bus.leases import FencedStore
 from adapters.bus.pipeline import EarlierBatchFailed
+from adapters.bus.stream import encode_events
 from adapters.service.host import InProcessHost
 from adapters.service.settings import Settings
+from adapters.service.worker import _Applier, _Item
 from adapters.storage.sql.store import Encoded
 from journey_engine.compiler import load_workspace
 from journey_engine.engine import Engine
@@ -55,6 +58,8 @@ class Gated(FencedStore):
         self.gate = threading.Event()
         self.gate.set()
         self.fail = 0
+        self.fail_with: Exception | None = None  # the next commit raises this
+        self.away = 0  # reads of the bandits that fail (the database still away)
 
     def in_flight(self, users: list[str]) -> bool:
         return self._flight is not None and bool(self._flight.profiles(users))
@@ -64,7 +69,16 @@ class Gated(FencedStore):
         if self.fail:
             self.fail -= 1
             raise ConflictError("injected")
+        if self.fail_with is not None:
+            error, self.fail_with = self.fail_with, None
+            raise error
         super()._commit_encoded(encoded)
+
+    def bandit(self) -> Any:
+        if self.away:
+            self.away -= 1
+            raise StoreUnavailable("injected: the database is still away")
+        return super().bandit()
 
 
 @pytest.fixture
@@ -165,5 +179,102 @@ def test_a_batch_that_fails_before_its_commit_stops_the_ones_behind_it_too(store
         for events in (SECOND, THIRD):
             host.submit(events).result(timeout=30)
         assert _profiles(store) == _reference(FIRST, SECOND, THIRD)
+    finally:
+        host.stop()
+
+
+# --- the worker's apply thread over the pipeline: whatever fails, nothing is acknowledged uncommitted ------
+
+class _Message:
+    """A JetStream message as the apply thread sees it: its acknowledgement is recorded."""
+
+    def __init__(self, name: str, events: list[Event], acks: list[str]) -> None:
+        [(self.data, _)] = encode_events(events)
+        self.name, self.acks = name, acks
+
+    async def ack(self) -> None:
+        self.acks.append(self.name)
+
+
+class _Loop:
+    def run(self, coroutine: Any) -> None:
+        asyncio.run(coroutine)
+
+
+@pytest.fixture
+def applier(store: Gated) -> Iterator[tuple[_Applier, list[str]]]:
+    """The apply thread of a worker holding partition 0, one event per batch (each message a run of its own)."""
+    runtime = Runtime(Engine(load_workspace(WORKSPACE)), store, live=True)
+    host = InProcessHost(runtime, store, Settings(), clock=lambda: NOW, pipeline=store)
+    host.start()
+    stop = threading.Event()
+    apply = _Applier(host, _Loop(), lambda: {0: 1}, 1, stop, "test")  # type: ignore[arg-type]
+    acks: list[str] = []
+    yield apply, acks
+    stop.set()
+    host.stop()
+
+
+def _run(apply: _Applier, acks: list[str], store: Gated, messages: dict[str, list[Event]]) -> threading.Thread:
+    """The messages in the inbox, then the apply thread started on them."""
+    for name, events in messages.items():
+        apply.inbox.put(_Item(0, 1, _Message(name, events, acks)))
+    thread = threading.Thread(target=apply.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _processed(store: Gated) -> set[str]:
+    return store.seen(["a1", "a2", "b1", "c1"])
+
+
+def test_a_commit_that_fails_while_the_database_stays_away_is_run_again_before_anything_is_acked(
+        store: Gated, applier: tuple[_Applier, list[str]]) -> None:
+    apply, acks = applier
+    store.gate.clear()
+    thread = _run(apply, acks, store, {"m1": [_event("track", "u1", "a1", name="Signed Up")],
+                                       "m2": [_event("identify", "u2", "b1", traits={"plan": "pro"})]})
+    assert wait_for(lambda: store.in_flight(["u1"]) and store.in_flight(["u2"]), 30)
+    store.fail_with = StoreUnavailable("injected: the database went away")
+    store.away = 2  # and is still away when the worker recovers, twice
+    store.gate.set()
+    apply.inbox.put(_Item(0, 1, _Message("m3", [_event("identify", "u3", "c1", traits={"plan": "free"})], acks)))
+    assert wait_for(lambda: "m3" in acks, 30), acks
+    assert acks == ["m1", "m2", "m3"] and _processed(store) == {"a1", "b1", "c1"} and thread.is_alive()
+
+
+def test_a_commit_that_fails_for_another_reason_isolates_the_event_and_keeps_the_others(
+        store: Gated, applier: tuple[_Applier, list[str]]) -> None:
+    """An error that is not the store's (a value the database refuses) fails the batch in flight and the one
+    behind it: both are run again on their own, the event that fails again isolated; none is lost, the
+    apply thread goes on."""
+    apply, acks = applier
+    store.gate.clear()
+    thread = _run(apply, acks, store, {"m1": [_event("track", "u1", "a1", name="Signed Up")],
+                                       "m2": [_event("identify", "u2", "b1", traits={"plan": "pro"})]})
+    assert wait_for(lambda: store.in_flight(["u1"]) and store.in_flight(["u2"]), 30)
+    store.fail_with = ValueError("injected: a value the database refuses")
+    store.gate.set()
+    assert wait_for(lambda: "m2" in acks, 30), acks
+    assert acks == ["m1", "m2"] and _processed(store) == {"a1", "b1"} and thread.is_alive()
+
+
+def test_a_batch_that_does_not_encode_is_isolated_and_the_engine_thread_goes_on(store: Gated) -> None:
+    runtime = Runtime(Engine(load_workspace(WORKSPACE)), store, live=True)
+    host = InProcessHost(runtime, store, Settings(), clock=lambda: NOW, pipeline=store)
+    host.start()
+    encode = store._encoded
+    failures = [ValueError("injected: a value that does not encode")]
+
+    def encoded(batch: Any) -> Encoded:
+        if failures:
+            raise failures.pop()
+        return encode(batch)
+
+    store._encoded = encoded  # type: ignore[method-assign]
+    try:
+        host.submit(FIRST).result(timeout=30)  # isolated, then committed without a pipeline
+        host.submit(SECOND).result(timeout=30)
+        assert _profiles(store) == _reference(FIRST, SECOND) and host.waiting == 0
     finally:
         host.stop()

@@ -226,7 +226,7 @@ class FencedStore(SqlStore):
         """`commit`, on the pipeline's thread, behind the batches before it: the future settles once the
         batch is committed. Encoded now, so the caller may go on with the next batch at once."""
         if self._flight is None:
-            self._flight = InFlight(self._commit_encoded, self._forget_kept)
+            self._flight = InFlight(self._commit_encoded, self.forget)
         return self._flight.submit(self._encoded(batch))  # an empty one too: it settles in its turn
 
     def flush(self) -> bool:
@@ -238,8 +238,12 @@ class FencedStore(SqlStore):
         if self._flight is not None:
             self._flight.recover()
 
-    def _forget_kept(self) -> None:
-        if self.kept is not None:
+    def forget(self, *, behind: bool = False) -> None:
+        """Hand out no kept profile again (after a batch that may have changed one failed): now, or `behind`
+        the batches in flight, once they are committed."""
+        if behind and self._flight is not None:
+            self._flight.behind(self.forget)
+        elif self.kept is not None:
             self.kept.clear()
 
     def close(self) -> None:

@@ -116,6 +116,10 @@ class InFlight:
                 return {}
             return {u: (entry[1], entry[2]) for u in users if (entry := self._profiles.get(u)) is not None}
 
+    def behind(self, job: Callable[[], None]) -> None:
+        """Run `job` on the pipeline's thread once the batches submitted so far are done."""
+        self._thread.submit(job)
+
     def flush(self) -> bool:
         """Wait until every batch submitted so far is committed or failed; True when one failed and
         `recover` was not called since."""
@@ -124,8 +128,10 @@ class InFlight:
             return self._failed
 
     def recover(self) -> None:
-        """After a failure was seen: wait for the batches behind it to fail, then accept batches again."""
+        """After a failure was seen: wait for the batches behind it to fail, drop the kept profiles (one
+        committed meanwhile may hold an object a failed batch changed), then accept batches again."""
         self.flush()
+        self._forget()
         with self._lock:
             self._failed = False
 

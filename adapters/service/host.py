@@ -102,6 +102,8 @@ class Pipeline(Protocol):
 
     def recover(self) -> None: ...
 
+    def forget(self, *, behind: bool = False) -> None: ...
+
 
 class InProcessHost:
     """The one thread that runs the engine: batches of events, timer rounds, erasures, in order.
@@ -192,8 +194,9 @@ class InProcessHost:
             self._handle(items)
 
     def recover(self) -> Future[None]:
-        """After a commit behind the engine failed: accept batches again, the bandits back to the committed
-        arms. The caller then submits the failed batches again, in order."""
+        """After a commit behind the engine failed: accept batches again, no kept profile of before, the
+        bandits back to the committed arms. The caller then submits the failed batches again, in order
+        (`submit_alone`); if this fails too (the database still away), it calls it again."""
         def recover() -> None:
             assert self.pipeline is not None
             self.pipeline.recover()
@@ -201,6 +204,15 @@ class InProcessHost:
             self._broken = False
 
         return self.later(recover)
+
+    def submit_alone(self, events: list[Event]) -> Future[list[int]]:
+        """`submit`, committed on its own once nothing is in flight, an event the engine or the database
+        raises on isolated by halving (`_commit`): how a failed batch is run again."""
+        future: Future[list[int]] = Future()
+        with self._lock:
+            self.waiting += len(events)
+        self.later(lambda: self._commit([(events, future)]))
+        return future
 
     def _handle(self, items: list[tuple[list[Event] | Callable[[], Any], Future[Any]]]) -> None:
         requests = [(payload, f) for payload, f in items if isinstance(payload, list)]
@@ -219,8 +231,16 @@ class InProcessHost:
                     future.set_exception(exc)
 
     def _one_by_one(self, requests: list[tuple[list[Event], Future[Any]]]) -> None:
-        for request in requests:  # one bad request must not fail the others in its group
+        """Each request alone: one bad request must not fail the others in its group. With a pipeline, the
+        ones after a request that was not committed fail too (they must not commit before it)."""
+        for n, request in enumerate(requests):
             self._commit([request])
+            if self.pipeline is not None and request[1].exception() is not None:
+                self._broken = True
+                for _, future in requests[n + 1:]:
+                    future.set_exception(EarlierBatchFailed())
+                self._done(sum(len(payload) for payload, _ in requests[n + 1:]))
+                return
 
     def _commit_later(self, requests: list[tuple[list[Event], Future[Any]]]) -> None:
         """`_commit` with the batch committed behind the engine: the futures settle once it is."""
@@ -233,19 +253,25 @@ class InProcessHost:
         try:
             kept = not_erased(events, self.store.erased)
             batch, outcome = self.runtime.prepare([events[i] for i in kept], self.clock())
+            done = self.pipeline.commit_later(batch)
         except (StoreUnavailable, ConflictError) as exc:
+            # nothing of it is in flight, but what it loaded from a batch in flight it may have changed: once
+            # those are committed (or failed), no kept profile is handed out again
+            self.pipeline.forget(behind=True)
             self._settle(requests, outcome=None, events=len(events), began=began, error=exc)
             return
-        except Exception:  # the engine raised: isolate the event(s) as ever, once nothing is in flight
-            if self.pipeline.flush():
+        except Exception:  # the engine raised, or the batch did not encode: isolate the event(s), as ever
+            broken = self.pipeline.flush()
+            self.pipeline.forget()
+            if broken:
                 self._settle(requests, outcome=None, events=len(events), began=began, error=EarlierBatchFailed())
-            elif not self._commit(requests) and len(requests) > 1:
-                self._one_by_one(requests)
-            if any(future.done() and future.exception() is not None for _, future in requests):
-                self._broken = True
+            elif not self._commit(requests):
+                if len(requests) > 1:
+                    self._one_by_one(requests)
+                else:
+                    self._broken = True
             return
-        self.pipeline.commit_later(batch).add_done_callback(
-            lambda done: self._settle(requests, outcome, len(events), began, done.exception()))
+        done.add_done_callback(lambda d: self._settle(requests, outcome, len(events), began, d.exception()))
 
     def _settle(self, requests: list[tuple[list[Event], Future[Any]]], outcome: Outcome | None, events: int,
                 began: float, error: BaseException | None) -> None:

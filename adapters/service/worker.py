@@ -44,7 +44,6 @@ from journey_engine.deployment import adopt
 from journey_engine.engine import Engine
 from journey_engine.errors import WorkspaceError
 from journey_engine.events import Event
-from journey_engine.ports import ConflictError, StoreUnavailable
 from journey_engine.runtime import Runtime
 
 log = logging.getLogger("journey.worker")
@@ -296,7 +295,10 @@ class _Applier:
             try:  # with a batch committing, take what came meanwhile; else wait for more
                 first = self.inbox.get_nowait() if self._pending else self.inbox.get(timeout=0.05)
             except queue.Empty:
-                self._settle_all()  # nothing to apply meanwhile: finish what is in flight
+                try:
+                    self._settle_all()  # nothing to apply meanwhile: finish what is in flight
+                except Exception:  # never let the thread every partition waits on end
+                    log.exception("bus worker %s: settling the batches in flight failed", self.name)
                 continue
             batch = [self._read(first)]
             size = _size(batch[0][1])
@@ -350,7 +352,12 @@ class _Applier:
         if not run:
             return
         events = [event for _, event in run if event is not None]
-        self._pending.append((run, self.host.submit(events) if events else None))
+        try:
+            future: Future[list[int]] | None = self.host.submit(events) if events else None
+        except Exception as exc:  # refused at once (overloaded): settled as a failure, so run again
+            future = Future()
+            future.set_exception(exc)
+        self._pending.append((run, future))
         while len(self._pending) > 1:
             self._settle_oldest()
 
@@ -359,13 +366,13 @@ class _Applier:
             self._settle_oldest()
 
     def _settle_oldest(self) -> None:
-        """Wait for the oldest run handed over and acknowledge it; if its commit failed, every run behind it
-        failed too: run them all again, in order, one at a time."""
+        """Wait for the oldest run handed over and acknowledge it; if it failed in any way, every run behind it
+        failed too (adapters/bus/pipeline.py): run them all again, in order, one at a time."""
         run, future = self._pending.popleft()
         try:
             if future is not None:
                 future.result()
-        except (LeaseLost, StoreUnavailable, ConflictError):
+        except Exception:
             again = [run]
             while self._pending:
                 later, failed = self._pending.popleft()
@@ -373,28 +380,30 @@ class _Applier:
                     with contextlib.suppress(Exception):
                         failed.result()
                 again.append(later)
-            self.host.recover().result()
             for each in again:
                 self._commit(each)
             return
         self._ack([item for item, _ in run])
 
     def _commit(self, run: Run) -> None:
-        """Commit a run of events through the engine thread and wait, retrying what the store refused, then
-        ack (an unreadable message is in the run as None: acknowledged with it)."""
-        while run and not self._stop.is_set():
+        """Run a batch again after a failure: recover the engine thread, commit the run on its own (an event
+        the engine or the database raises on isolated), retrying until it is committed, its partitions are
+        lost or the worker stops; then ack (an unreadable message is in the run as None: acked with it)."""
+        while not self._stop.is_set():
+            kept = set(map(id, self._held([item for item, _ in run])))
+            run = [(item, event) for item, event in run if id(item) in kept]
+            if not run:
+                return
             events = [event for _, event in run if event is not None]
             try:
+                self.host.recover().result()
                 if events:
-                    self.host.submit(events).result()
-            except (LeaseLost, StoreUnavailable, ConflictError) as exc:
+                    self.host.submit_alone(events).result()
+            except Exception as exc:
                 if not isinstance(exc, LeaseLost):
-                    log.warning("bus worker %s: a batch of %d events was not committed (%s); trying again",
+                    log.warning("bus worker %s: a batch of %d events was not committed (%r); trying again",
                                 self.name, len(run), exc)
                     self._stop.wait(RETRY_EVERY)
-                self.host.recover().result()
-                kept = set(map(id, self._held([item for item, _ in run])))
-                run = [(item, event) for item, event in run if id(item) in kept]
                 continue
             # committed; the events the engine raised on were isolated and logged by the host: done with too
             self._ack([item for item, _ in run])
@@ -404,8 +413,8 @@ class _Applier:
         while not self._stop.is_set() and self._held([item]):
             try:
                 self.host.erase(user).result()
-            except StoreUnavailable as exc:
-                log.warning("bus worker %s: erasure not committed (%s); trying again", self.name, exc)
+            except Exception as exc:  # never skipped: a later ack would cover it
+                log.warning("bus worker %s: erasure not committed (%r); trying again", self.name, exc)
                 self._stop.wait(RETRY_EVERY)
                 continue
             self._ack([item])
