@@ -168,8 +168,8 @@ async def take_consumer(client: Client, js: JetStreamContext, config: BusConfig,
 
 async def _consumer_names(client: Client, config: BusConfig, part: int) -> list[str]:
     """The names of the durable consumers of partition `part`, by the JetStream API's list of names. Not
-    `consumers_info`: listing every consumer's info makes nats-server (seen with 2.9) serve every pull
-    consumer of the stream ten times slower for as long as they are read afterwards."""
+    `consumers_info`: after listing every consumer's info, nats-server 2.9 served every pull consumer of
+    the stream far slower for as long as it was read (docs/performance.md)."""
     prefix = f"{config.durable(part)}_t"
     names: list[str] = []
     while True:
