@@ -77,17 +77,22 @@ def run_bus_bench(compiled: CompiledWorkspace, folder: Path, *, bus: str, databa
         report["bus_vs_memory"] = round(report["events_per_s"] / memory, 2) if memory else None
         report["rss_mb"] = round(_rss_mb(), 1)
     finally:
-        stop.set()
-        for proc in procs:
-            proc.join(timeout=30)
-            if proc.is_alive():
-                proc.kill()
-        with contextlib.suppress(Exception):  # the stream is the benchmark's own: left behind, it harms nothing
-            publisher.loop.run(publisher.js.delete_stream(config.stream)).result(timeout=30)
-        publisher.stop()
-        store.drop_schema()
-        store.close()
+        clean_up(stop, procs, publisher, store)
     return report
+
+
+def clean_up(stop: Any, procs: list[Any], publisher: BusPublisher, store: SqlStore) -> None:
+    """Stop the worker processes, delete the benchmark's stream and schema."""
+    stop.set()
+    for proc in procs:
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.kill()
+    with contextlib.suppress(Exception):  # the stream is the benchmark's own: left behind, it harms nothing
+        publisher.loop.run(publisher.js.delete_stream(publisher.config.stream)).result(timeout=30)
+    publisher.stop()
+    store.drop_schema()
+    store.close()
 
 
 def _shifted(events: list[Event], prefix: str | None = None) -> list[Event]:
@@ -109,8 +114,8 @@ def _in_memory(compiled: CompiledWorkspace, stream: list[Event]) -> float:
     return len(stream) / (time.perf_counter() - began)
 
 
-def _flat_out(publisher: BusPublisher, store: SqlStore, stream: list[Event],
-              progress: Progress | None) -> dict[str, Any]:
+def publish(publisher: BusPublisher, stream: list[Event]) -> float:
+    """Publish the events flat out, in requests of REQUEST with IN_FLIGHT unanswered; the seconds it took."""
     began = time.perf_counter()
     pending: list[Future[list[int]]] = []
     for chunk in _chunks(stream, REQUEST):
@@ -119,7 +124,13 @@ def _flat_out(publisher: BusPublisher, store: SqlStore, stream: list[Event],
             pending.pop(0).result(timeout=60)
     for future in pending:
         future.result(timeout=60)
-    published = time.perf_counter() - began
+    return time.perf_counter() - began
+
+
+def _flat_out(publisher: BusPublisher, store: SqlStore, stream: list[Event],
+              progress: Progress | None) -> dict[str, Any]:
+    began = time.perf_counter()
+    published = publish(publisher, stream)
     _say(progress, f"published {len(stream):,} events in {published:.1f} s")
     _wait(lambda: _applied(store) >= len(stream), 3600, "the workers did not commit every event", progress)
     applied = time.perf_counter() - began

@@ -11,7 +11,6 @@ applied, when every partition is leased and read. The stream and the schema are 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import multiprocessing
 import os
 import sys
@@ -55,15 +54,7 @@ def main() -> None:
              for i in range(args.workers)]
     try:
         publisher.start()
-        began = time.perf_counter()
-        pending = []
-        for chunk in bench_bus._chunks(stream, bench_bus.REQUEST):
-            pending.append(publisher.submit(chunk))
-            while len(pending) > bench_bus.IN_FLIGHT:
-                pending.pop(0).result(timeout=60)
-        for future in pending:
-            future.result(timeout=60)
-        published = time.perf_counter() - began
+        published = bench_bus.publish(publisher, stream)
         for proc in procs:
             proc.start()
         for _ in procs:
@@ -82,16 +73,7 @@ def main() -> None:
         print(f"published {len(stream) / published:,.0f} events/s; {args.workers} worker(s) drained "
               f"{(high - low) / (marks[high] - marks[low]):,.0f} events/s (10% to 90% applied)")
     finally:
-        stop.set()
-        for proc in procs:
-            proc.join(timeout=30)
-            if proc.is_alive():
-                proc.kill()
-        with contextlib.suppress(Exception):
-            publisher.loop.run(publisher.js.delete_stream(config.stream)).result(timeout=30)
-        publisher.stop()
-        store.drop_schema()
-        store.close()
+        bench_bus.clean_up(stop, procs, publisher, store)
 
 
 if __name__ == "__main__":
